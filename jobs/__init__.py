@@ -1,0 +1,1 @@
+"""Thin entry points: parse arguments, call the pipeline (`python -m jobs.<name>`)."""

@@ -1,0 +1,163 @@
+"""User-facing entry points: build models from presets, load any supported checkpoint, save our own.
+
+    from model import create_model
+    vqa, inter = create_model("paper", checkpoint="s3://bucket/securevqa.pt")
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .checkpoint import (
+    CheckpointMismatchError,
+    detect_format,
+    load_state_dict_strict,
+    mmaction_swin_to_backbone,
+    pytorchvideo_to_fastpath,
+    read_checkpoint,
+    reference_to_securevqa,
+    unwrap_state_dict,
+)
+from .config import SecureVQAConfig, get_config
+from .securevqa import InterEmbedder, SecureVQA
+
+FORMAT = "securevqa"
+FORMAT_VERSION = 1
+# Index buffers and similar are recomputed from sizes, never loaded.
+_RECOMPUTED = (r"relative_position_index$",)
+
+
+def _sub(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _config_of(ckpt: Any, config: SecureVQAConfig | str | None) -> SecureVQAConfig:
+    if isinstance(config, str):
+        return get_config(config)
+    if config is not None:
+        return config
+    if isinstance(ckpt, Mapping) and ckpt.get("format") == FORMAT:
+        return SecureVQAConfig.from_dict(ckpt["config"])
+    return get_config("paper")
+
+
+def load_securevqa_weights(model: SecureVQA, ckpt: Any, *, source: str = "<checkpoint>") -> None:
+    """Intra backbone + fusion head from our format or the reference SecureVQA training layout."""
+    fmt = detect_format(ckpt)
+    if fmt == FORMAT:
+        load_state_dict_strict(model, ckpt["securevqa"], source=source)
+    elif fmt == "reference":
+        load_state_dict_strict(model, reference_to_securevqa(unwrap_state_dict(ckpt)), source=source)
+    else:
+        raise ValueError(
+            f"{source} is a {fmt} checkpoint, not a SecureVQA one: load it with "
+            "load_intra_pretrained (Video Swin) or load_inter_weights (SlowFast)"
+        )
+
+
+def load_intra_pretrained(model: SecureVQA, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Initialise the intra backbone from Video Swin K400 (mmaction) weights.
+
+    The classifier is dropped; the GRPB fragment tables do not exist in Video Swin and start at zero.
+    """
+    sd = mmaction_swin_to_backbone(unwrap_state_dict(read_checkpoint(uri, storage_options)))
+    for k, v in model.intra.state_dict().items():
+        if k.endswith("fragment_position_bias_table"):
+            sd.setdefault(k, torch.zeros_like(v))
+    load_state_dict_strict(model.intra, sd, source=uri, ignore=_RECOMPUTED)
+
+
+def load_inter_weights(
+    embedder: InterEmbedder, uri_or_ckpt: Any, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Fast-pathway weights from a pytorchvideo SlowFast R50 checkpoint or from our own format."""
+    source = uri_or_ckpt if isinstance(uri_or_ckpt, (str, os.PathLike)) else "<checkpoint>"
+    ckpt = read_checkpoint(uri_or_ckpt, storage_options) if source != "<checkpoint>" else uri_or_ckpt
+    fmt = detect_format(ckpt)
+    if fmt == FORMAT:
+        if ckpt.get("inter") is None:
+            raise ValueError(f"{source} holds no inter (fast pathway) weights")
+        sd = ckpt["inter"]
+    elif fmt == "pytorchvideo_slowfast":
+        sd = pytorchvideo_to_fastpath(unwrap_state_dict(ckpt))
+    else:
+        raise ValueError(f"{source} is a {fmt} checkpoint: it holds no SlowFast fast-pathway weights")
+    load_state_dict_strict(embedder.fastpath, sd, source=str(source))
+
+
+def create_model(
+    preset: str | SecureVQAConfig = "paper",
+    *,
+    checkpoint: str | None = None,
+    inter_checkpoint: str | None = None,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    guardian: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[SecureVQA, InterEmbedder]:
+    """Build (SecureVQA, InterEmbedder) in eval mode, optionally loading weights.
+
+    `checkpoint`: our format (carries its own config, which wins over `preset`) or the reference
+    SecureVQA layout. `inter_checkpoint`: a pytorchvideo SlowFast checkpoint; when omitted and
+    `checkpoint` is ours with inter weights, those are used. Paths or fsspec URIs (s3:// ...).
+    """
+    ckpt = read_checkpoint(checkpoint, storage_options) if checkpoint else None
+    cfg = _config_of(ckpt, preset if ckpt is None or detect_format(ckpt) != FORMAT else None)
+    vqa, inter = SecureVQA(cfg, guardian=guardian), InterEmbedder(cfg, guardian=guardian)
+    if ckpt is not None:
+        load_securevqa_weights(vqa, ckpt, source=str(checkpoint))
+        if inter_checkpoint is None and detect_format(ckpt) == FORMAT and ckpt.get("inter") is not None:
+            load_inter_weights(inter, ckpt)
+    if inter_checkpoint:
+        load_inter_weights(inter, inter_checkpoint, storage_options)
+    vqa.eval().set_precision(precision).to(device)  # type: ignore[arg-type]
+    inter.set_precision(precision).to(device)  # type: ignore[arg-type]
+    return vqa, inter
+
+
+def save_checkpoint(
+    uri: str,
+    vqa: SecureVQA,
+    inter: InterEmbedder | None = None,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write our format: plain tensors and builtins only, so `weights_only=True` can read it back."""
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": vqa.cfg.to_dict(),
+        "config_version": vqa.cfg.version(),
+        "securevqa": {k: v.detach().float().cpu() for k, v in vqa.state_dict().items()},
+        "inter": None if inter is None else {k: v.detach().cpu() for k, v in inter.fastpath.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    if "://" in uri:
+        import fsspec
+
+        with fsspec.open(uri, "wb", **dict(storage_options or {})) as f:
+            f.write(buf.getvalue())
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        tmp = uri + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, uri)  # atomic: a crash never leaves half a checkpoint
+
+
+__all__ = [
+    "CheckpointMismatchError",
+    "create_model",
+    "load_inter_weights",
+    "load_intra_pretrained",
+    "load_securevqa_weights",
+    "save_checkpoint",
+]

@@ -1,0 +1,129 @@
+"""SecureVQA: intra Swin-GRPB on guarded fragments, fused with cached inter embeddings.
+
+Two modules, matching the two pipeline stages:
+- `InterEmbedder` (stage 1): frozen SlowFast fast pathway + global pooling, 16 segments -> (16, Ce);
+- `SecureVQA` (stage 2): Swin-GRPB on fragment clips, fusion with the inter embeddings, regression head.
+Both take pixels on the 0-255 scale and apply the guardian map and the normalisation themselves, so a
+caller (pipeline, trainer, attacker) cannot forget the defense or apply it twice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .config import SecureVQAConfig
+from .fusion import FusionHead
+from .rng import resolve
+from .slowfast import FastPathway
+from .swin import SwinTransformer3D
+from .transforms import apply_guardian_map, guardian_map, normalize
+
+Precision = Literal["fp32", "bf16"]
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _dtype(precision: str) -> torch.dtype:
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}") from None
+
+
+def guard_and_normalize(
+    x: Tensor, generator: torch.Generator | None, enabled: bool, maps_per_sample: int = 1
+) -> Tensor:
+    """Guardian map (one per sample, broadcast over frames) + clamp + normalise, on (N, C, T, H, W)."""
+    x = x.float()
+    if enabled:
+        n, c, _, h, w = x.shape
+        g = resolve(generator)
+        maps = torch.stack([guardian_map(generator=g, channels=c, size=(h, w)) for _ in range(n // maps_per_sample)])
+        maps = maps.to(x.device).repeat_interleave(maps_per_sample, dim=0)
+        x = apply_guardian_map(x, maps)
+    return normalize(x)
+
+
+class SecureVQA(nn.Module):
+    """Scores fragment clips of videos given their cached inter embeddings.
+
+    forward(clips (B, K, 3, T, H, W) on 0-255, inter (B, S, Ce)) -> per-clip scores (B, K); the video
+    score is their mean (`score`). A fresh guardian map is drawn per clip on every call.
+    """
+
+    def __init__(self, cfg: SecureVQAConfig, *, guardian: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.guardian = guardian
+        self.intra = SwinTransformer3D(cfg.swin)
+        self.head = FusionHead(cfg.intra_dim, cfg.inter_dim, cfg.head)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.fc_last.weight.dtype
+
+    def set_precision(self, precision: Precision) -> "SecureVQA":
+        """fp32, or bf16 weights and activations (about 2x faster on CPUs with AVX-512 BF16 and on GPUs)."""
+        return self.to(_dtype(precision))
+
+    def forward(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        if clips.ndim == 5:
+            clips = clips[:, None]
+        if clips.ndim != 6 or clips.shape[2] != 3:
+            raise ValueError(f"clips must be (B, K, 3, T, H, W) on the 0-255 scale, got {tuple(clips.shape)}")
+        b, k = clips.shape[:2]
+        if inter.ndim != 3 or inter.shape[0] != b or inter.shape[2] != self.cfg.inter_dim:
+            raise ValueError(
+                f"inter embeddings must be (B={b}, segments, {self.cfg.inter_dim}), got {tuple(inter.shape)}"
+            )
+        x = guard_and_normalize(clips.flatten(0, 1), generator, self.guardian).to(self.dtype)
+        feats = self.intra(x)
+        tokens = self.head(feats, inter.repeat_interleave(k, dim=0).to(self.dtype))  # (B*K, T')
+        return tokens.float().mean(1).view(b, k)
+
+    def score(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """One score per video: the mean over temporal tokens and clips."""
+        return self(clips, inter, generator=generator).mean(1)
+
+
+class InterEmbedder(nn.Module):
+    """Frozen fast pathway: (B, S, 3, T, 224, 224) 0-255 segments -> (B, S, Ce) pooled embeddings.
+
+    One guardian map per video (shared by its segments), as at extraction in the reference recipe.
+    Weights never train (requires_grad off, BatchNorm always in eval mode), but gradients still flow
+    to the input pixels, so white-box attacks can go through the inter branch.
+    """
+
+    def __init__(self, cfg: SecureVQAConfig, *, guardian: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.guardian = guardian
+        self.fastpath = FastPathway(cfg.fastpath)
+        self.fastpath.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "InterEmbedder":
+        # Frozen: BatchNorm must use its running statistics, never the batch's.
+        return super().train(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.fastpath.parameters()).dtype
+
+    def set_precision(self, precision: Precision) -> "InterEmbedder":
+        return self.to(_dtype(precision))
+
+    def forward(
+        self, segments: Tensor, *, generator: torch.Generator | None = None, chunk: int = 4
+    ) -> Tensor:
+        if segments.ndim == 5:
+            segments = segments[None]
+        if segments.ndim != 6 or segments.shape[2] != 3:
+            raise ValueError(f"segments must be (B, S, 3, T, H, W) on the 0-255 scale, got {tuple(segments.shape)}")
+        b, s = segments.shape[:2]
+        x = guard_and_normalize(segments.flatten(0, 1), generator, self.guardian, maps_per_sample=s)
+        # chunks bound the activation memory of the 3D convs (16 segments x 32 frames at 224^2)
+        out = [self.fastpath.embed(part.to(self.dtype)) for part in x.split(chunk)]
+        return torch.cat(out).float().view(b, s, -1)

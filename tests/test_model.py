@@ -1,0 +1,173 @@
+"""SecureVQA and InterEmbedder: shapes, randomness, gradients, precision, adaptive windows."""
+
+import dataclasses
+
+import pytest
+import torch
+from scipy import stats
+
+from model import InterEmbedder, SecureVQA, get_config, make_generator
+from model import swin as swin_mod
+from model.swin import SwinTransformer3D, adaptive_window
+
+TINY = get_config("tiny")
+
+
+def tiny_models(seed: int = 0, guardian: bool = True):
+    torch.manual_seed(seed)
+    return SecureVQA(TINY, guardian=guardian).eval(), InterEmbedder(TINY, guardian=guardian)
+
+
+def random_clips(b: int, k: int = 1, t: int = 32, size: int = 224, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, k, 3, t, size, size), generator=g, dtype=torch.uint8)
+
+
+def test_shapes_and_score():
+    vqa, inter = tiny_models()
+    segments = random_clips(2, 16, t=32, size=64)  # fast pathway accepts any size; 224 in production
+    with torch.no_grad():
+        emb = inter(segments, generator=make_generator(0))
+        assert emb.shape == (2, 16, TINY.inter_dim)
+        per_clip = vqa(random_clips(2, 3), emb, generator=make_generator(0))
+        assert per_clip.shape == (2, 3)
+        video = vqa.score(random_clips(2, 3), emb, generator=make_generator(0))
+    assert video.shape == (2,)
+    assert torch.isfinite(video).all()
+
+
+def test_bad_inputs_are_named():
+    vqa, _ = tiny_models()
+    with pytest.raises(ValueError, match="clips must be"):
+        vqa(torch.zeros(1, 2, 32, 224, 224), torch.zeros(1, 16, TINY.inter_dim))
+    with pytest.raises(ValueError, match="inter embeddings"):
+        vqa(random_clips(1), torch.zeros(1, 16, TINY.inter_dim + 1))
+    with pytest.raises(ValueError, match="precision"):
+        vqa.set_precision("fp8")  # type: ignore[arg-type]
+
+
+def test_guardian_map_fresh_per_call_and_replayable():
+    vqa, _ = tiny_models()
+    clips, emb = random_clips(1, 2), torch.randn(1, 16, TINY.inter_dim)
+    with torch.no_grad():
+        a = vqa(clips, emb, generator=make_generator(1))
+        b = vqa(clips, emb, generator=make_generator(1))
+        c = vqa(clips, emb, generator=make_generator(2))
+        fresh1, fresh2 = vqa(clips, emb), vqa(clips, emb)
+    assert torch.equal(a, b), "same seed must replay exactly"
+    assert not torch.equal(a, c), "another seed must draw another guardian map"
+    assert not torch.equal(fresh1, fresh2), "no generator: fresh randomness on every call"
+    assert a[0, 0] != a[0, 1] or not torch.equal(clips[0, 0], clips[0, 1])
+
+
+def test_guardian_off_is_deterministic_and_changes_scores():
+    on, _ = tiny_models(guardian=True)
+    off, _ = tiny_models(guardian=False)
+    clips, emb = random_clips(1), torch.randn(1, 16, TINY.inter_dim)
+    with torch.no_grad():
+        assert torch.equal(off(clips, emb), off(clips, emb))
+        assert not torch.equal(on(clips, emb, generator=make_generator(0)), off(clips, emb))
+
+
+def test_gradient_reaches_swin_and_head_never_fast_pathway():
+    vqa, inter = tiny_models()
+    vqa.train()
+    inter.train()  # must stay frozen and in eval mode whatever the caller asks
+    assert not inter.training and not any(m.training for m in inter.modules())
+    segments = random_clips(1, 16, size=64).float().requires_grad_(True)
+    emb = inter(segments, generator=make_generator(0))
+    loss = vqa.score(random_clips(1), emb, generator=make_generator(0)).sum()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in vqa.intra.named_parameters()
+               if not n.endswith("fragment_position_bias_table") or True), "every Swin parameter gets a gradient"
+    assert all(p.grad is not None for p in vqa.head.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in inter.parameters())
+    assert segments.grad is not None and segments.grad.abs().sum() > 0, "attacks need pixel gradients"
+
+
+def test_batchnorm_of_fast_pathway_uses_running_stats():
+    _, inter = tiny_models()
+    seg = random_clips(3, 16, size=64)
+    with torch.no_grad():
+        batch = inter(seg, generator=make_generator(0))
+        alone = inter(seg[:1], generator=make_generator(0))
+    assert torch.allclose(batch[:1], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(16, 224, 224), (32, 160, 224), (32, 200, 200)])
+def test_adaptive_window_sizes_run(size):
+    swin = SwinTransformer3D(TINY.swin).eval()
+    with torch.no_grad():
+        out = swin(torch.randn(1, 3, *size))
+    assert out.shape == (1, TINY.intra_dim, size[0] // 2, -(-size[1] // 32), -(-size[2] // 32))
+    assert adaptive_window(TINY.swin, size) == tuple(max(1, w * s // b) for w, s, b in zip((8, 7, 7), size, (32, 224, 224)))
+
+
+def test_adaptive_window_rejects_larger_inputs():
+    with pytest.raises(ValueError, match="larger than the base size"):
+        adaptive_window(TINY.swin, (32, 448, 448))
+
+
+def test_window_order_path_equals_pad_roll_path(monkeypatch):
+    """The token-reordering fast path must equal the textbook pad/roll/partition path exactly."""
+    torch.manual_seed(0)
+    swin = SwinTransformer3D(TINY.swin).eval()
+    with torch.no_grad():
+        for p in swin.parameters():  # non-zero fragment tables so the gate matters
+            p.add_(0.05 * torch.randn_like(p))
+        x = torch.randn(1, 3, 32, 224, 224)
+        fast = swin(x)
+        build = swin_mod.BlockGeometry.build
+        monkeypatch.setattr(
+            swin_mod.BlockGeometry, "build",
+            staticmethod(lambda *a: dataclasses.replace(build(*a), needs_padding=True)),
+        )
+        slow = swin(x)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_cache_follows_weight_updates():
+    torch.manual_seed(0)
+    swin = SwinTransformer3D(TINY.swin).eval()
+    x = torch.randn(1, 3, 32, 224, 224)
+    with torch.no_grad():
+        before = swin(x)
+        table = swin.layers[0].blocks[0].attn.fragment_position_bias_table
+        table.add_(torch.randn_like(table))  # in place, as an optimizer step
+        after = swin(x)
+        fresh = SwinTransformer3D(TINY.swin).eval()
+        fresh.load_state_dict(swin.state_dict())
+        expected = fresh(x)
+    assert not torch.allclose(before, after)
+    assert torch.equal(after, expected)
+
+
+def test_bf16_scores_agree_with_fp32():
+    """Precision option: bf16 ranks a set of clips like fp32 (Spearman >= 0.999)."""
+    vqa, _ = tiny_models(seed=3)
+    torch.manual_seed(3)
+    with torch.no_grad():  # give the untrained head some spread to rank
+        for p in vqa.head.parameters():
+            p.mul_(8.0)
+    n = 24
+    g = torch.Generator().manual_seed(0)
+    # clips that differ in what quality models look at: brightness, contrast, noise, blockiness
+    base = torch.rand(1, 3, 32, 28, 28, generator=g) * 255
+    clips = []
+    for i in range(n):
+        level = i / (n - 1)
+        x = torch.nn.functional.interpolate(base, size=(32, 224, 224), mode="nearest")
+        x = x * (0.3 + 0.7 * level) + torch.randn(x.shape, generator=g) * 40 * (1 - level)
+        clips.append(x.clamp(0, 255).round())
+    clips = torch.cat(clips)[:, None]
+    emb = torch.randn(1, 16, TINY.inter_dim, generator=g).expand(n, -1, -1)
+    with torch.no_grad():
+        fp32 = vqa.score(clips, emb, generator=make_generator(0))
+        vqa.set_precision("bf16")
+        bf16 = vqa.score(clips, emb, generator=make_generator(0))
+    rho = stats.spearmanr(fp32.numpy(), bf16.numpy()).statistic
+    spread = (fp32.max() - fp32.min()).item()
+    print(f"bf16 vs fp32 on {n} clips: Spearman {rho:.5f}, max |diff| {(fp32 - bf16).abs().max():.4g}, "
+          f"score range {spread:.4g}")
+    assert bf16.dtype == torch.float32
+    assert rho >= 0.999
