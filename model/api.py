@@ -98,6 +98,7 @@ def create_model(
     precision: str = "fp32",
     device: str | torch.device = "cpu",
     guardian: bool = True,
+    init_seed: int = 0,
     storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[SecureVQA, InterEmbedder]:
     """Build (SecureVQA, InterEmbedder) in eval mode, optionally loading weights.
@@ -105,10 +106,14 @@ def create_model(
     `checkpoint`: our format (carries its own config, which wins over `preset`) or the reference
     SecureVQA layout. `inter_checkpoint`: a pytorchvideo SlowFast checkpoint; when omitted and
     `checkpoint` is ours with inter weights, those are used. Paths or fsspec URIs (s3:// ...).
+    Weights not loaded from a checkpoint are initialised from `init_seed`, so even an untrained
+    model is the same model on every run (the guardian maps stay fresh: they take a generator).
     """
     ckpt = read_checkpoint(checkpoint, storage_options) if checkpoint else None
     cfg = _config_of(ckpt, preset if ckpt is None or detect_format(ckpt) != FORMAT else None)
-    vqa, inter = SecureVQA(cfg, guardian=guardian), InterEmbedder(cfg, guardian=guardian)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        vqa, inter = SecureVQA(cfg, guardian=guardian), InterEmbedder(cfg, guardian=guardian)
     if ckpt is not None:
         load_securevqa_weights(vqa, ckpt, source=str(checkpoint))
         if inter_checkpoint is None and detect_format(ckpt) == FORMAT and ckpt.get("inter") is not None:
