@@ -32,6 +32,14 @@ def _dtype(precision: str) -> torch.dtype:
         raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}") from None
 
 
+def micro_batches(x: Tensor, size: int | None) -> list[Tensor]:
+    """Split a batch for the backbone. On CPU one sample at a time is fastest (activations stay in
+    cache: 4 Swin clips one by one take ~0.75x the time of one batch of 4 here); GPUs want it whole."""
+    if size is None:
+        size = x.shape[0] if x.device.type == "cuda" else 1
+    return list(x.split(size))
+
+
 def guard_and_normalize(
     x: Tensor, generator: torch.Generator | None, enabled: bool, maps_per_sample: int = 1
 ) -> Tensor:
@@ -59,14 +67,15 @@ class SecureVQA(nn.Module):
         self.guardian = guardian
         self.intra = SwinTransformer3D(cfg.swin)
         self.head = FusionHead(cfg.intra_dim, cfg.inter_dim, cfg.head)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.head.fc_last.weight.dtype
+        self.precision: Precision = "fp32"
+        self.micro_batch: int | None = None  # clips per backbone call; None: 1 on CPU, all on GPU
 
     def set_precision(self, precision: Precision) -> "SecureVQA":
-        """fp32, or bf16 weights and activations (about 2x faster on CPUs with AVX-512 BF16 and on GPUs)."""
-        return self.to(_dtype(precision))
+        """fp32, or bf16 matrix products (mixed precision: residual stream, norms, attention and head
+        stay fp32). About 2x faster on CPUs with AVX-512 BF16 and on GPUs; see docs/performance.md."""
+        self.intra.set_matmul_dtype(_dtype(precision))
+        self.precision = precision
+        return self
 
     def forward(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         if clips.ndim == 5:
@@ -78,10 +87,10 @@ class SecureVQA(nn.Module):
             raise ValueError(
                 f"inter embeddings must be (B={b}, segments, {self.cfg.inter_dim}), got {tuple(inter.shape)}"
             )
-        x = guard_and_normalize(clips.flatten(0, 1), generator, self.guardian).to(self.dtype)
-        feats = self.intra(x)
-        tokens = self.head(feats, inter.repeat_interleave(k, dim=0).to(self.dtype))  # (B*K, T')
-        return tokens.float().mean(1).view(b, k)
+        x = guard_and_normalize(clips.flatten(0, 1), generator, self.guardian)
+        feats = torch.cat([self.intra(part) for part in micro_batches(x, self.micro_batch)]).float()
+        tokens = self.head(feats, inter.float().repeat_interleave(k, dim=0))  # (B*K, T')
+        return tokens.mean(1).view(b, k)
 
     def score(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """One score per video: the mean over temporal tokens and clips."""
@@ -116,7 +125,7 @@ class InterEmbedder(nn.Module):
         return self.to(_dtype(precision))
 
     def forward(
-        self, segments: Tensor, *, generator: torch.Generator | None = None, chunk: int = 4
+        self, segments: Tensor, *, generator: torch.Generator | None = None, micro_batch: int | None = None
     ) -> Tensor:
         if segments.ndim == 5:
             segments = segments[None]
@@ -124,6 +133,5 @@ class InterEmbedder(nn.Module):
             raise ValueError(f"segments must be (B, S, 3, T, H, W) on the 0-255 scale, got {tuple(segments.shape)}")
         b, s = segments.shape[:2]
         x = guard_and_normalize(segments.flatten(0, 1), generator, self.guardian, maps_per_sample=s)
-        # chunks bound the activation memory of the 3D convs (16 segments x 32 frames at 224^2)
-        out = [self.fastpath.embed(part.to(self.dtype)) for part in x.split(chunk)]
+        out = [self.fastpath.embed(part.to(self.dtype)) for part in micro_batches(x, micro_batch)]
         return torch.cat(out).float().view(b, s, -1)
