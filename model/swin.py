@@ -1,10 +1,12 @@
 """Video Swin Transformer with gated relative position bias (GRPB), the intra branch backbone.
 
-Facts follow DESIGN.md 2.1 (Video Swin-T as in FAST-VQA / SecureVQA); the code is our own. Two
-choices make it fast on CPU and GPU alike:
-- tokens stay channels-last (B, D, H, W, C) for the whole network, so every linear layer is one GEMM;
-- window attention goes through `scaled_dot_product_attention` with one additive bias per block that
-  already holds the relative-position bias, the fragment gate and the shifted-window mask.
+Facts follow DESIGN.md 2.1 (Video Swin-T as in FAST-VQA / SecureVQA); the code is our own. What makes
+it fast (docs/performance.md has the measurements):
+- window attention goes through `scaled_dot_product_attention` (4-D, contiguous inputs) with one
+  additive bias per block that already holds the relative-position bias, the fragment gate and the
+  shifted-window mask; the bias is cached when no gradient can reach the tables;
+- tokens stay channels-last (B, D, H, W, C), so every linear layer is one GEMM;
+- optional mixed precision: linear weights in bf16, the rest in fp32 (`set_matmul_dtype`).
 """
 
 from __future__ import annotations
@@ -228,10 +230,6 @@ class BlockGeometry:
     padded: Triple
     mask: Tensor | None
     gate: Tensor | None
-    # Raster index of the token at each (window, position) slot after the cyclic shift; lets a stage
-    # reorder tokens with one gather instead of roll + partition + reverse + roll.
-    order: Tensor
-    needs_padding: bool
 
     @staticmethod
     def build(token_size: Triple, window: Triple, shifted: bool, gated: bool) -> "BlockGeometry":
@@ -245,17 +243,7 @@ class BlockGeometry:
             padded=padded,  # type: ignore[arg-type]
             mask=shift_mask(padded, win, shift),
             gate=fragment_gate(padded, win, shift) if gated else None,
-            order=window_order(padded, win, shift),
-            needs_padding=padded != tuple(token_size),
         )
-
-
-@functools.lru_cache(maxsize=64)
-def window_order(padded: Triple, window: Triple, shift: Triple) -> Tensor:
-    raster = torch.arange(padded[0] * padded[1] * padded[2]).view(1, *padded, 1)
-    if any(shift):
-        raster = torch.roll(raster, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-    return window_partition(raster, window).flatten()
 
 
 class SwinBlock3D(nn.Module):
@@ -272,23 +260,13 @@ class SwinBlock3D(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, geometry: BlockGeometry) -> Tensor:
-        """x: (B, L, C) tokens already in this block's window order (see `SwinStage`)."""
-        b, length, c = x.shape
-        bias = self.attn.attention_bias(geometry, x.dtype, x.device)
-        y = self.attn(self.norm1(x).view(b, -1, bias.shape[-1], c), bias).view(b, length, c)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward_padded(self, x: Tensor, geometry: BlockGeometry) -> Tensor:
-        """x: (B, D, H, W, C) raster tokens, for maps that are not a multiple of the window.
-
-        Video Swin pads *after* norm1 with zeros, so padded tokens take part in attention as zeros;
-        that is kept here, hence a separate path.
-        """
+        """x: (B, D, H, W, C) channels-last tokens."""
         _, d, h, w, _ = x.shape
         y = self.norm1(x)
         dp, hp, wp = geometry.padded
-        y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h, 0, dp - d))
+        if (dp, hp, wp) != (d, h, w):
+            # Video Swin pads *after* norm1: padded tokens take part in attention as zeros.
+            y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h, 0, dp - d))
         if any(geometry.shift):
             y = torch.roll(y, shifts=tuple(-s for s in geometry.shift), dims=(1, 2, 3))
         bias = self.attn.attention_bias(geometry, y.dtype, y.device)
@@ -331,36 +309,12 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(self, x: Tensor, window: Triple) -> Tensor:
-        """x: (B, D, H, W, C) raster tokens."""
-        b, d, h, w, c = x.shape
-        geometries = [BlockGeometry.build((d, h, w), window, shifted, self.frag_bias) for shifted in (False, True)]
-        if geometries[0].needs_padding:
-            for blk in self.blocks:
-                x = blk.forward_padded(x, geometries[int(blk.shifted)])
-        else:
-            # Norms and MLPs are per token, so tokens can stay in window order between blocks: one
-            # gather per block replaces roll + partition + reverse + roll.
-            x = x.reshape(b, d * h * w, c)
-            current = None
-            for blk in self.blocks:
-                geo = geometries[int(blk.shifted)]
-                x = x.index_select(1, reorder(current, geo.order).to(x.device))
-                current = geo.order
-                x = blk(x, geo)
-            if current is not None:
-                x = x.index_select(1, reorder(current, None).to(x.device))
-            x = x.view(b, d, h, w, c)
+        """x: (B, D, H, W, C) channels-last tokens."""
+        size = tuple(x.shape[1:4])
+        geometries = [BlockGeometry.build(size, window, shifted, self.frag_bias) for shifted in (False, True)]
+        for blk in self.blocks:
+            x = blk(x, geometries[int(blk.shifted)])
         return self.downsample(x) if self.downsample is not None else x
-
-
-def reorder(current: Tensor | None, target: Tensor | None) -> Tensor:
-    """Index that takes tokens laid out as `current` (raster indices; None = raster) to `target`."""
-    if current is None:
-        assert target is not None
-        return target
-    inverse = torch.empty_like(current)
-    inverse[current] = torch.arange(current.numel())
-    return inverse if target is None else inverse[target]
 
 
 class PatchEmbed3D(nn.Module):
