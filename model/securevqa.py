@@ -109,9 +109,7 @@ class InterEmbedder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.guardian = guardian
-        self.fastpath = FastPathway(cfg.fastpath)
-        self.fastpath.requires_grad_(False)
-        self.train(False)
+        self.fastpath = FastPathway(cfg.fastpath).freeze_()
 
     def train(self, mode: bool = True) -> "InterEmbedder":
         # Frozen: BatchNorm must use its running statistics, never the batch's.

@@ -21,14 +21,11 @@ Speed (all exact up to float rounding): by default (`use_2d=True`) activations a
 channels_last_3d and every factorised kernel runs as a 2-D conv on a free view: (1,3,3) and 1x1x1
 kernels per frame (frames folded into the batch), (3,1,1) kernels over (T, H*W). On the 2-core CPU
 this is about 1.6x faster than plain conv3d, which PyTorch partly routes to its slow im2col kernel
-for these thin layers. `set_use_2d(False)` restores plain conv3d. `fused_copy()` returns an
-inference-only copy with every BatchNorm folded into its conv (eval statistics; a few percent more);
-the unfused module stays the one checkpoints are loaded into.
+for these thin layers. `set_use_2d(False)` restores plain conv3d.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
 
@@ -46,7 +43,6 @@ __all__ = [
     "FastResBlock",
     "FastBottleneck",
     "fastpath_config_from_state_dict",
-    "fold_bn_into_conv",
 ]
 
 
@@ -246,58 +242,6 @@ class FastPathway(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         return self
-
-    def fused_copy(self) -> "FastPathway":
-        """Inference-only copy with every BatchNorm folded into its conv (uses the running statistics).
-
-        The copy is in eval mode with gradients off; its state_dict no longer matches checkpoints
-        (convs gain biases, norms become Identity), so load weights into the unfused module first.
-        """
-        fused = copy.deepcopy(self).freeze_()
-        stem = fused.blocks[0]
-        stem.conv = fold_bn_into_conv(stem.conv, stem.norm)
-        stem.norm = nn.Identity()
-        for stage in fused.blocks[1:]:
-            for block in stage.res_blocks:
-                if block.branch1_conv is not None:
-                    block.branch1_conv = fold_bn_into_conv(block.branch1_conv, block.branch1_norm)
-                    block.branch1_norm = nn.Identity()
-                b2 = block.branch2
-                for s in "abc":
-                    conv, bn = getattr(b2, f"conv_{s}"), getattr(b2, f"norm_{s}")
-                    setattr(b2, f"conv_{s}", fold_bn_into_conv(conv, bn))
-                    setattr(b2, f"norm_{s}", nn.Identity())
-        return fused
-
-
-@torch.no_grad()
-def fold_bn_into_conv(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> "FactorizedConv3d":
-    """A new conv computing bn(conv(x)) with eval-mode statistics.
-
-    w' = w * g / sqrt(v + eps),  b' = (b - m) * g / sqrt(v + eps) + beta.
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm without running statistics")
-    gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
-    scale = gamma * torch.rsqrt(bn.running_var + bn.eps)
-    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    out = FactorizedConv3d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    out.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1, 1))
-    out.bias.copy_((bias - bn.running_mean) * scale + shift)
-    out.requires_grad_(False)
-    out.use_2d = getattr(conv, "use_2d", True)
-    return out
 
 
 _STAGE_KEY = re.compile(r"^blocks\.(\d+)\.res_blocks\.(\d+)\.")
