@@ -73,21 +73,29 @@ def load_intra_pretrained(model: SecureVQA, uri: str, storage_options: Mapping[s
 
 
 def load_inter_weights(
-    embedder: InterEmbedder, uri_or_ckpt: Any, storage_options: Mapping[str, Any] | None = None
+    embedder: InterEmbedder,
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Fast-pathway weights from a pytorchvideo SlowFast R50 checkpoint or from our own format."""
-    source = uri_or_ckpt if isinstance(uri_or_ckpt, (str, os.PathLike)) else "<checkpoint>"
-    ckpt = read_checkpoint(uri_or_ckpt, storage_options) if source != "<checkpoint>" else uri_or_ckpt
+    """Fast-pathway weights from a pytorchvideo SlowFast R50 checkpoint or from our own format.
+
+    `source`: a path or URI, or a checkpoint already read with `read_checkpoint`.
+    """
+    if isinstance(source, Mapping):
+        ckpt, name = source, "<checkpoint>"
+    else:
+        name = os.fspath(source)
+        ckpt = read_checkpoint(name, storage_options)
     fmt = detect_format(ckpt)
     if fmt == FORMAT:
         if ckpt.get("inter") is None:
-            raise ValueError(f"{source} holds no inter (fast pathway) weights")
+            raise ValueError(f"{name} holds no inter (fast pathway) weights")
         sd = ckpt["inter"]
     elif fmt == "pytorchvideo_slowfast":
         sd = pytorchvideo_to_fastpath(unwrap_state_dict(ckpt))
     else:
-        raise ValueError(f"{source} is a {fmt} checkpoint: it holds no SlowFast fast-pathway weights")
-    load_state_dict_strict(embedder.fastpath, sd, source=str(source))
+        raise ValueError(f"{name} is a {fmt} checkpoint: it holds no SlowFast fast-pathway weights")
+    load_state_dict_strict(embedder.fastpath, sd, source=name)
 
 
 def create_model(

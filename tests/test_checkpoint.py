@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import CheckpointMismatchError, InterEmbedder, SecureVQA, create_model, get_config, make_generator
-from model.api import load_intra_pretrained, load_securevqa_weights, save_checkpoint
+from model.api import load_inter_weights, load_intra_pretrained, load_securevqa_weights, save_checkpoint
 from model.checkpoint import read_checkpoint
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "securevqa_checkpoint_keys.json"
@@ -135,3 +135,22 @@ def test_checkpoint_from_s3(tmp_path, s3_endpoint):
     vqa2, _ = create_model(checkpoint="s3://models/tiny/securevqa.pt", storage_options=opts)
     for (k, a), (_, b) in zip(vqa.state_dict().items(), vqa2.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_pytorchvideo_slowfast_through_create_model(tmp_path):
+    torch.manual_seed(2)
+    donor = InterEmbedder(TINY)
+    state = {}
+    for k, v in donor.fastpath.state_dict().items():
+        block, rest = k.split(".", 2)[1], k.split(".", 2)[2]
+        state[f"blocks.{block}.multipathway_blocks.1.{rest}"] = v.clone().normal_() if v.is_floating_point() else v
+        state[f"blocks.{block}.multipathway_blocks.0.{rest}"] = torch.zeros(1)  # slow pathway: ignored
+    state["blocks.6.proj.weight"] = torch.zeros(400, 2304)  # classifier: ignored
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"model_state": state, "epoch": 196}, path)
+    _, inter = create_model("tiny", inter_checkpoint=str(path))
+    for k, v in inter.fastpath.state_dict().items():
+        block, rest = k.split(".", 2)[1], k.split(".", 2)[2]
+        assert torch.equal(v, state[f"blocks.{block}.multipathway_blocks.1.{rest}"]), k
+    with pytest.raises(ValueError, match="holds no SlowFast"):
+        load_inter_weights(inter, reference_checkpoint())
