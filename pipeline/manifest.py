@@ -1,0 +1,191 @@
+"""Input manifests: which videos to score.
+
+``read_manifest(spec)`` accepts, locally or on ``s3://`` (any fsspec URL):
+
+* a manifest file, chosen by extension: ``.csv``, ``.parquet``/``.pq``, ``.jsonl``/``.ndjson``
+  (JSON lines; ``.json`` is read as a JSON array of records or as JSON lines). It must have a
+  ``uri`` column; ``video_id``, ``mos`` and ``dataset`` are optional, other columns are kept after
+  the standard four. Relative uris are resolved against the manifest's directory (on the same
+  filesystem: a relative uri in ``s3://b/m/list.csv`` becomes ``s3://b/m/...``).
+* a directory: every video file below it (recursively);
+* a glob (``*``, ``?``, ``[``): the matching video files, or, if it matches only manifest files,
+  those manifests concatenated.
+
+Video extensions (case-insensitive): mp4, mkv, mov, webm, avi, m4v. Raw ``.yuv`` is *not*
+discovered from directories: it has no header, so a decoder needs width/height/pixel format that
+a directory listing cannot give; list such files explicitly in a manifest (with extra columns).
+Hidden files (``.`` prefix, e.g. macOS ``._clip.mp4`` resource forks) are skipped.
+
+Output columns: ``video_id`` (str; the file name without its last extension when absent; must be
+unique), ``uri`` (str: absolute local path or ``proto://...``), ``mos`` (float, NaN when unknown),
+``dataset`` (str or None). Rows keep the manifest's order; discovered files are sorted by uri.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from pipeline.storage import filesystem, is_local, to_uri
+
+__all__ = ["read_manifest", "VIDEO_EXTENSIONS", "MANIFEST_EXTENSIONS", "ManifestError"]
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"})
+MANIFEST_EXTENSIONS = frozenset({".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"})
+COLUMNS = ["video_id", "uri", "mos", "dataset"]
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used (empty, missing column, duplicate ids, bad values)."""
+
+
+def _ext(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def _has_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _is_video(path: str) -> bool:
+    name = posixpath.basename(path.rstrip("/"))
+    return not name.startswith(".") and _ext(name) in VIDEO_EXTENSIONS
+
+
+def read_manifest(spec: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Videos to score as a DataFrame with columns video_id, uri, mos, dataset (see module docstring)."""
+    spec = os.fspath(spec)
+    fs, path = filesystem(spec, storage_options)
+
+    if _has_glob(spec):
+        matches = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        videos = [p for p in matches if _is_video(p)]
+        manifests = [p for p in matches if _ext(p) in MANIFEST_EXTENSIONS]
+        if manifests and not videos:
+            df = pd.concat([_read_manifest_file(fs, p) for p in manifests], ignore_index=True)
+            return _finish(df, source=spec)
+        if not videos:
+            raise FileNotFoundError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) match {spec!r}")
+        return _finish(_from_videos(fs, videos), source=spec)
+
+    if not fs.exists(path):
+        raise FileNotFoundError(f"manifest not found: {spec!r}")
+    if fs.isdir(path):
+        videos = sorted(p for p in fs.find(path) if _is_video(p))
+        if not videos:
+            raise FileNotFoundError(
+                f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) under directory {spec!r}"
+            )
+        return _finish(_from_videos(fs, videos), source=spec)
+
+    ext = _ext(path)
+    if ext in MANIFEST_EXTENSIONS:
+        return _finish(_read_manifest_file(fs, path), source=spec)
+    if ext in VIDEO_EXTENSIONS:  # a single video
+        return _finish(_from_videos(fs, [path]), source=spec)
+    raise ManifestError(
+        f"unknown extension {ext or '(none)'!r} for {spec!r}: expected a manifest "
+        f"({', '.join(sorted(MANIFEST_EXTENSIONS))}), a video ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
+        "a directory or a glob"
+    )
+
+
+def _from_videos(fs, paths: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"uri": [to_uri(fs, p) for p in paths]})
+
+
+def _read_manifest_file(fs, path: str) -> pd.DataFrame:
+    ext = _ext(path)
+    with fs.open(path, "rb") as f:
+        raw = f.read()
+    where = to_uri(fs, path)
+    if not raw.strip():
+        raise ManifestError(f"empty manifest: {where}")
+    try:
+        if ext == ".csv":
+            df = pd.read_csv(io.BytesIO(raw), dtype={"video_id": str, "uri": str, "dataset": str})
+        elif ext in (".parquet", ".pq"):
+            df = pd.read_parquet(io.BytesIO(raw))
+        elif ext == ".json" and raw.lstrip()[:1] == b"[":
+            df = pd.read_json(io.BytesIO(raw), orient="records", dtype=False)
+        else:
+            df = pd.read_json(io.BytesIO(raw), lines=True, dtype=False)
+    except (ValueError, pd.errors.ParserError) as e:
+        if isinstance(e, pd.errors.EmptyDataError):
+            raise ManifestError(f"empty manifest: {where}") from e
+        raise ManifestError(f"cannot parse manifest {where}: {e}") from e
+    if "uri" not in df.columns:
+        raise ManifestError(f"manifest {where} has no 'uri' column; columns found: {list(map(str, df.columns))}")
+    if len(df) == 0:
+        raise ManifestError(f"empty manifest (no rows): {where}")
+    df = df.copy()
+    base_dir = posixpath.dirname(path) if not is_local(fs) else os.path.dirname(path)
+    df["uri"] = [_resolve(fs, base_dir, u, where, i) for i, u in enumerate(df["uri"])]
+    return df
+
+
+def _resolve(fs, base_dir: str, uri: Any, where: str, row: int) -> str:
+    if uri is None or (isinstance(uri, float) and pd.isna(uri)) or not str(uri).strip():
+        raise ManifestError(f"manifest {where}: empty uri in row {row}")
+    uri = str(uri).strip()
+    if uri.startswith("file://"):
+        return os.path.abspath(uri[len("file://"):])
+    if "://" in uri:
+        return uri
+    if uri.startswith("/"):  # absolute local path: kept as is, whatever filesystem the manifest is on
+        return os.path.normpath(uri)
+    if is_local(fs):
+        return os.path.normpath(os.path.join(base_dir, uri))
+    return to_uri(fs, posixpath.normpath(posixpath.join(base_dir, uri)))
+
+
+def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    n = len(df)
+    uri = df["uri"].astype(str)
+    derived = [posixpath.splitext(posixpath.basename(u.rstrip("/")))[0] for u in uri]
+    if "video_id" in df.columns:
+        given = df["video_id"]
+        vid = [d if (v is None or (not isinstance(v, str) and pd.isna(v)) or str(v) == "") else str(v) for v, d in zip(given, derived)]
+    else:
+        vid = derived
+
+    if "mos" in df.columns:
+        try:
+            mos = pd.to_numeric(df["mos"], errors="raise").astype("float64")
+        except (ValueError, TypeError) as e:
+            raise ManifestError(f"manifest {source}: non-numeric mos values ({e})") from e
+    else:
+        mos = pd.Series([float("nan")] * n, dtype="float64")
+
+    if "dataset" in df.columns:
+        ds = [None if (v is None or (not isinstance(v, str) and pd.isna(v))) else str(v) for v in df["dataset"]]
+    else:
+        ds = [None] * n
+
+    out = pd.DataFrame(
+        {
+            "video_id": pd.Series(vid, dtype=str),
+            "uri": pd.Series(list(uri), dtype=str),
+            "mos": pd.Series(list(mos), dtype="float64"),
+            "dataset": pd.Series(ds, dtype=object),
+        }
+    )
+    extra = [c for c in df.columns if c not in COLUMNS]
+    for c in extra:
+        out[c] = df[c].to_numpy()
+
+    dup = out["video_id"][out["video_id"].duplicated(keep=False)]
+    if len(dup):
+        groups = out[out["video_id"].isin(set(dup))].groupby("video_id", sort=True)["uri"].apply(list)
+        shown = "; ".join(f"{k}: {v}" for k, v in list(groups.items())[:20])
+        more = f" (and {len(groups) - 20} more)" if len(groups) > 20 else ""
+        raise ManifestError(
+            f"duplicate video_id in {source} ({len(groups)} ids): {shown}{more}; "
+            "add a unique 'video_id' column to the manifest"
+        )
+    return out
