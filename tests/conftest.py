@@ -34,3 +34,15 @@ def s3_endpoint():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray for the whole test session (ray.init takes seconds)."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,387 @@
+"""The two Ray Data stages: inter-embedding cache (stage 1) and scores (stage 2).
+
+Shape of a run (same code on a laptop and under `ray job submit` on a GPU cluster):
+
+1. The driver reads the manifest, stats every video once (size + mtime, or ETag on S3) and derives a
+   row key per video: hash(uri, content key, model version [, clips]). It drops the keys the output
+   store has already committed, so a re-run, or a run after a crash, only computes what is missing.
+2. The remaining rows (paths, never frames) go through `map_batches` on an actor pool. Each actor
+   loads its model once (one GPU each where the cluster has GPUs), decodes inside the actor only the
+   frames the sampler asks for, catches every per-video failure into `status`/`error`, and commits
+   its batch as one Parquet shard through `ShardStore` (data file first, manifest last with exclusive
+   create). The actor returns a few summary columns only.
+3. The driver folds the summaries into progress and a one-line summary.
+
+Every output is a `ShardStore` root; readers see whole shards only and one row per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from model import InterEmbedder, SecureVQA, create_model, make_generator
+
+from .inference import inter_segments, intra_clips
+from .storage import ShardStore, filesystem, is_local, make_key, stat_many
+from .video import VideoDecodeError, VideoReader
+
+log = logging.getLogger("securevqa")
+
+INTER_DIR = "inter"
+
+
+# ----------------------------------------------------------------------------- run configuration
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a stage runs; everything an actor needs to build it, and its version."""
+
+    preset: str | None = None  # None: the checkpoint's own config, else "tiny"
+    checkpoint: str | None = None
+    inter_checkpoint: str | None = None
+    precision: str = "fp32"
+    guardian: bool = True
+
+    def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # never from Ray's GPU ids
+        preset = self.preset or ("paper" if self.checkpoint else "tiny")
+        return create_model(
+            preset, checkpoint=self.checkpoint, inter_checkpoint=self.inter_checkpoint,
+            precision=self.precision, device=device, guardian=self.guardian, storage_options=storage_options,
+        )
+
+    def versions(self, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Version strings of the inter and intra models (config hash + weights fingerprint), and the
+        preset's number of test clips."""
+        vqa, inter = self.build(storage_options)
+        return {"inter": _version(inter, self.guardian), "score": _version(vqa, self.guardian),
+                "test_clips": vqa.cfg.sampling.test_clips}
+
+
+def _version(module: SecureVQA | InterEmbedder, guardian: bool) -> str:
+    h = hashlib.sha256(module.cfg.version().encode())
+    h.update(f"guardian={guardian}".encode())
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return f"{module.cfg.name}-{h.hexdigest()[:12]}"
+
+
+@dataclass
+class RunOptions:
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    actors: int | None = None  # None: one per GPU, else one per 2 CPUs
+    batch_size: int = 8  # videos per shard
+    gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0
+    clips: int | None = None  # None: the preset's test clips
+    seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
+    retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
+    limit: int | None = None
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    videos: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"{self.stage}: {self.videos} videos: {self.done} done, {self.failed} failed, "
+                f"{self.skipped} skipped (already done) in {self.seconds:.1f} s")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+def _video_seed(seed: int | None, key: str) -> int | None:
+    """Per-video seed from the run seed, so a replay does not depend on batch composition."""
+    if seed is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") >> 1
+
+
+def _open(uri: str, storage_options: Mapping[str, Any]):
+    fs, path = filesystem(uri, storage_options)
+    if is_local(fs):
+        return path, None
+    f = fs.open(path, "rb", block_size=8 * 2**20)
+    return f, f
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, VideoDecodeError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc}"
+    if isinstance(exc, MemoryError):
+        return "out of memory while processing this video"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mapping[str, Any],
+                   extra: Iterable[Any] = ()) -> pd.DataFrame:
+    """Manifest rows with `content_key` and `key` = hash(uri, content key, version, *extra).
+
+    Missing files get a content key of "missing" so they still get a row (status error) instead of
+    disappearing from the output.
+    """
+    stats = stat_many(manifest["uri"].tolist(), storage_options)
+    out = manifest.copy()
+    out["content_key"] = [s.content_key if s is not None else "missing" for s in (stats[u] for u in out["uri"])]
+    out["key"] = [make_key(u, c, version, *extra) for u, c in zip(out["uri"], out["content_key"])]
+    return out
+
+
+def _pending(rows: pd.DataFrame, store: ShardStore, retry_errors: bool) -> tuple[pd.DataFrame, int]:
+    committed = store.committed_keys()
+    if retry_errors and committed:
+        t = store.read_table(columns=[store.key_column, "status"]).to_pandas()
+        committed -= set(t.loc[t["status"] != "ok", store.key_column])
+    todo = rows[~rows["key"].isin(committed)]
+    return todo, len(rows) - len(todo)
+
+
+def _compute(opts: RunOptions) -> tuple[Any, dict[str, Any]]:
+    """Actor pool size and resources: one GPU per actor where the cluster has GPUs."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_gpu = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if opts.actors is not None:
+        size = opts.actors
+    elif per_gpu:
+        size = max(1, int(gpus / per_gpu))
+    else:
+        size = max(1, int(cpus // max(opts.cpus_per_actor, 2)))
+    return ray.data.ActorPoolStrategy(size=size), {"num_gpus": per_gpu, "num_cpus": opts.cpus_per_actor}
+
+
+def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary) -> None:
+    import ray
+
+    if todo.empty:
+        return
+    compute, resources = _compute(opts)
+    ds = ray.data.from_pandas(todo.reset_index(drop=True))
+    # Keep blocks the size of a shard so actors start early and commit often.
+    ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
+    out = ds.map_batches(udf, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, batch_format="pandas",
+                         compute=compute, **resources)
+    for batch in out.iter_batches(batch_format="pandas", batch_size=None):
+        summary.done += int((batch["status"] == "ok").sum())
+        summary.failed += int((batch["status"] != "ok").sum())
+
+
+def _shard_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]})
+
+
+def _common_fields(r: Any) -> dict[str, Any]:
+    return {"key": r.key, "video_id": str(r.video_id), "uri": str(r.uri), "content_key": str(r.content_key)}
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+INTER_SCHEMA = pa.schema([
+    ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
+    ("inter_version", pa.string()), ("embedding", pa.list_(pa.float32())), ("segments", pa.int32()),
+    ("status", pa.string()), ("error", pa.string()), ("num_frames", pa.int64()), ("width", pa.int32()),
+    ("height", pa.int32()), ("fps", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
+    ("created_at", pa.float64()),
+])
+
+
+class InterExtractor:
+    """Ray actor for stage 1: decode the 16 inter segments, embed them, commit a shard per batch."""
+
+    def __init__(self, spec: ModelSpec, cache_uri: str, opts: RunOptions, inter_version: str) -> None:
+        torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
+        _, self.inter = spec.build(opts.storage_options)
+        self.store = ShardStore(cache_uri, opts.storage_options)
+        self.opts, self.version = opts, inter_version
+
+    def embed(self, r: Any) -> dict[str, Any]:
+        row = {**_common_fields(r), "inter_version": self.version, "embedding": None, "segments": None,
+               "status": "ok", "error": None, "num_frames": None, "width": None, "height": None, "fps": None,
+               "decode_s": 0.0, "model_s": 0.0, "created_at": time.time()}
+        t0 = time.perf_counter()
+        try:
+            src, handle = _open(r.uri, self.opts.storage_options)
+            try:
+                with VideoReader(src, threads=1) as video:
+                    info = video.info
+                    row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
+                    segments = inter_segments(video, self.inter)
+            finally:
+                if handle is not None:
+                    handle.close()
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                emb = self.inter(segments[None], generator=make_generator(_video_seed(self.opts.seed, r.key)))[0]
+            row.update(embedding=emb.flatten().numpy().astype(np.float32), segments=emb.shape[0],
+                       decode_s=t1 - t0, model_s=time.perf_counter() - t1)
+        except Exception as exc:  # one bad video never costs another its row
+            row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
+        return row
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = [self.embed(r) for r in batch.itertuples(index=False)]
+        self.store.commit(None, _shard_table(rows, INTER_SCHEMA), [r["key"] for r in rows])
+        return _summary_frame(rows)
+
+
+def extract_inter(manifest: pd.DataFrame, cache_uri: str, spec: ModelSpec, opts: RunOptions,
+                  versions: dict[str, str] | None = None) -> StageSummary:
+    """Stage 1: make sure every video of `manifest` has a committed inter embedding in the cache."""
+    t0 = time.perf_counter()
+    versions = versions or spec.versions(opts.storage_options)
+    rows = keyed_manifest(manifest, versions["inter"], opts.storage_options)
+    store = ShardStore(cache_uri, opts.storage_options)
+    todo, skipped = _pending(rows, store, opts.retry_errors)
+    summary = StageSummary("extract-inter", videos=len(rows), skipped=skipped)
+    _run(todo, InterExtractor,
+         {"spec": spec, "cache_uri": cache_uri, "opts": opts, "inter_version": versions["inter"]}, opts, summary)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+class InterCache:
+    """Read side of the stage-1 cache: embeddings for a set of keys, reading only the shards holding them."""
+
+    def __init__(self, cache_uri: str, storage_options: Mapping[str, Any]) -> None:
+        self.store = ShardStore(cache_uri, storage_options)
+        self._where: dict[str, str] = {}
+        for m in self.store.manifests():  # oldest first: a newer shard wins, as in read_table
+            for k in m["keys"]:
+                self._where[k] = m["file"]
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        wanted: dict[str, list[str]] = {}
+        for k in keys:
+            if k in self._where:
+                wanted.setdefault(self._where[k], []).append(k)
+        out: dict[str, dict[str, Any]] = {}
+        for file, ks in wanted.items():
+            path = self.store._p(*file.split("/"))
+            t = pq.read_table(path, filesystem=self.store.fs, columns=["key", "embedding", "segments", "status", "error"])
+            t = t.filter(pc.is_in(t["key"], pa.array(ks)))
+            for row in t.to_pylist():
+                out[row["key"]] = row
+        return out
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+SCORE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
+    ("mos", pa.float64()), ("dataset", pa.string()), ("score", pa.float64()), ("clip_scores", pa.list_(pa.float64())),
+    ("status", pa.string()), ("error", pa.string()), ("model_version", pa.string()), ("inter_key", pa.string()),
+    ("clips", pa.int32()), ("seeded", pa.bool_()), ("num_frames", pa.int64()), ("width", pa.int32()),
+    ("height", pa.int32()), ("fps", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
+    ("created_at", pa.float64()),
+])
+
+
+class Scorer:
+    """Ray actor for stage 2: decode intra clips, fragments; Swin + fusion + head with cached inter embeddings."""
+
+    def __init__(self, spec: ModelSpec, cache_uri: str, output_uri: str, opts: RunOptions, score_version: str) -> None:
+        torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
+        self.vqa, _ = spec.build(opts.storage_options)
+        self.cache = InterCache(cache_uri, opts.storage_options)
+        self.store = ShardStore(output_uri, opts.storage_options)
+        self.opts, self.version = opts, score_version
+        self.clips = opts.clips or self.vqa.cfg.sampling.test_clips
+
+    def score(self, r: Any, cached: dict[str, Any] | None) -> dict[str, Any]:
+        mos = float(r.mos) if getattr(r, "mos", None) is not None and not pd.isna(r.mos) else None
+        dataset = getattr(r, "dataset", None)
+        row = {**_common_fields(r), "mos": mos, "dataset": None if pd.isna(dataset) else str(dataset),
+               "score": None, "clip_scores": None, "status": "ok", "error": None, "model_version": self.version,
+               "inter_key": r.inter_key, "clips": self.clips, "seeded": self.opts.seed is not None,
+               "num_frames": None, "width": None, "height": None, "fps": None, "decode_s": 0.0, "model_s": 0.0,
+               "created_at": time.time()}
+        t0 = time.perf_counter()
+        try:
+            if cached is None:
+                raise RuntimeError("no inter embedding in the cache for this video version (run extract-inter)")
+            if cached["status"] != "ok":
+                raise VideoDecodeError(cached["error"] or "inter embedding failed")
+            emb = torch.tensor(cached["embedding"], dtype=torch.float32).view(cached["segments"], -1)
+            g = make_generator(_video_seed(self.opts.seed, r.key))
+            src, handle = _open(r.uri, self.opts.storage_options)
+            try:
+                with VideoReader(src, threads=1) as video:
+                    info = video.info
+                    row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
+                    clips = intra_clips(video, self.vqa, self.clips, g)
+            finally:
+                if handle is not None:
+                    handle.close()
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                per_clip = self.vqa(clips[None], emb[None], generator=g)[0]
+            row.update(score=float(per_clip.mean()), clip_scores=[float(c) for c in per_clip],
+                       decode_s=t1 - t0, model_s=time.perf_counter() - t1)
+        except Exception as exc:
+            row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
+        return row
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        cached = self.cache.lookup(batch["inter_key"])
+        rows = [self.score(r, cached.get(r.inter_key)) for r in batch.itertuples(index=False)]
+        self.store.commit(None, _shard_table(rows, SCORE_SCHEMA), [r["key"] for r in rows])
+        return _summary_frame(rows)
+
+
+def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSpec, opts: RunOptions,
+          *, compute_missing_inter: bool = True) -> tuple[StageSummary, StageSummary | None]:
+    """Stage 2: score every video of `manifest` into `output_uri`, filling the inter cache on the way
+    (unless `compute_missing_inter` is False: videos without an embedding then get status error)."""
+    t0 = time.perf_counter()
+    versions = spec.versions(opts.storage_options)
+    inter_summary = None
+    if compute_missing_inter:
+        inter_summary = extract_inter(manifest, cache_uri, spec, opts, versions)
+    clips = opts.clips or versions["test_clips"]
+    rows = keyed_manifest(manifest, versions["score"], opts.storage_options, extra=(clips,))
+    rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
+    store = ShardStore(output_uri, opts.storage_options)
+    todo, skipped = _pending(rows, store, opts.retry_errors)
+    summary = StageSummary("score", videos=len(rows), skipped=skipped)
+    _run(todo, Scorer, {"spec": spec, "cache_uri": cache_uri, "output_uri": output_uri, "opts": opts,
+                        "score_version": versions["score"]}, opts, summary)
+    summary.seconds = time.perf_counter() - t0
+    return summary, inter_summary
+
+
+def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """A stage's output (a ShardStore root) as one DataFrame, one row per key."""
+    return ShardStore(uri, storage_options).read_table().to_pandas()
+
+
+__all__ = [
+    "INTER_SCHEMA", "SCORE_SCHEMA", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
+    "StageSummary", "extract_inter", "keyed_manifest", "load_table", "score",
+]
