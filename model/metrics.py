@@ -33,16 +33,16 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "MIN_N",
     "METRICS",
-    "valid_pairs",
-    "rescale_to_labels",
-    "srcc",
-    "plcc",
-    "krcc",
-    "rmse",
-    "quality_metrics",
+    "MIN_N",
     "bootstrap_ci",
+    "krcc",
+    "plcc",
+    "quality_metrics",
+    "rescale_to_labels",
+    "rmse",
+    "srcc",
+    "valid_pairs",
 ]
 
 MIN_N = 3  # fewer valid pairs than this: every metric is NaN

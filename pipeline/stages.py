@@ -87,7 +87,6 @@ class RunOptions:
     clips: int | None = None  # None: the preset's test clips
     seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
     retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
-    limit: int | None = None
 
 
 @dataclass
@@ -98,6 +97,7 @@ class StageSummary:
     failed: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    keys: list[str] = field(default_factory=list, repr=False)  # the row key of every input video
 
     def line(self) -> str:
         return (f"{self.stage}: {self.videos} videos: {self.done} done, {self.failed} failed, "
@@ -256,7 +256,7 @@ def extract_inter(manifest: pd.DataFrame, cache_uri: str, spec: ModelSpec, opts:
     rows = keyed_manifest(manifest, versions["inter"], opts.storage_options)
     store = ShardStore(cache_uri, opts.storage_options)
     todo, skipped = _pending(rows, store, opts.retry_errors)
-    summary = StageSummary("extract-inter", videos=len(rows), skipped=skipped)
+    summary = StageSummary("extract-inter", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
     _run(todo, InterExtractor,
          {"spec": spec, "cache_uri": cache_uri, "opts": opts, "inter_version": versions["inter"]}, opts, summary)
     summary.seconds = time.perf_counter() - t0
@@ -369,7 +369,7 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
     store = ShardStore(output_uri, opts.storage_options)
     todo, skipped = _pending(rows, store, opts.retry_errors)
-    summary = StageSummary("score", videos=len(rows), skipped=skipped)
+    summary = StageSummary("score", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
     _run(todo, Scorer, {"spec": spec, "cache_uri": cache_uri, "output_uri": output_uri, "opts": opts,
                         "score_version": versions["score"]}, opts, summary)
     summary.seconds = time.perf_counter() - t0

@@ -1,0 +1,243 @@
+"""The Ray pipeline end to end: bad videos, idempotent re-runs, resume after a kill, rescore, S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import videos as V
+from jobs.cli import main as cli
+from pipeline.stages import ModelSpec, RunOptions, extract_inter, load_table, score
+from pipeline.storage import ShardStore
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = ModelSpec(preset="tiny")
+
+GOOD = {  # name -> writer; each must come out with status ok
+    "normal": V.normal_clip,
+    "short_wraps": V.short_clip,
+    "tiny_64x48": V.tiny_clip,
+    "portrait": V.portrait_clip,
+    "rotated": V.rotated_clip,
+    "ten_bit": V.ten_bit_clip,
+    "yuv444": V.yuv444_clip,
+    "vfr": V.vfr_clip,
+}
+BAD = {  # name -> (writer, words the error message must contain)
+    "missing": (V.missing_path, "not found"),
+    "zero_bytes": (V.empty_file, "empty"),
+    "truncated": (V.truncated_clip, "truncated"),
+    "not_video": (V.text_file, "not a video"),
+    "audio_only": (V.audio_only, "no video stream"),
+}
+
+
+def _manifest(paths: dict[str, Path]) -> pd.DataFrame:
+    return pd.DataFrame({"video_id": list(paths), "uri": [str(p) for p in paths.values()],
+                         "mos": [float(i) for i in range(len(paths))], "dataset": ["test"] * len(paths)})
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> pd.DataFrame:
+    d = tmp_path_factory.mktemp("zoo")
+    paths = {}
+    for name, write in GOOD.items():
+        sub = d / name
+        sub.mkdir()
+        paths[name] = write(sub)
+    for name, (write, _) in BAD.items():
+        sub = d / name
+        sub.mkdir()
+        paths[name] = write(sub)
+    return _manifest(paths)
+
+
+def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tmp_path):
+    opts = RunOptions(actors=1, batch_size=4, seed=0)
+    cache, out = str(tmp_path / "cache"), str(tmp_path / "scores")
+    s2, s1 = score(zoo, cache, out, SPEC, opts)
+    assert (s1.videos, s1.done, s1.failed) == (len(zoo), len(GOOD), len(BAD))
+    assert (s2.videos, s2.done, s2.failed) == (len(zoo), len(GOOD), len(BAD))
+    table = load_table(out).set_index("video_id")
+    assert sorted(table.index) == sorted(zoo["video_id"]) and table["key"].is_unique
+    for name in GOOD:
+        row = table.loc[name]
+        assert row["status"] == "ok" and pd.isna(row["error"]), (name, row["error"])
+        assert len(row["clip_scores"]) == 4 and abs(row["score"] - sum(row["clip_scores"]) / 4) < 1e-6
+    for name, (_, words) in BAD.items():
+        row = table.loc[name]
+        assert row["status"] == "error" and pd.isna(row["score"]), name
+        assert words in row["error"], (name, row["error"])
+    assert table.loc["portrait", "height"] > table.loc["portrait", "width"]
+    assert table.loc["tiny_64x48", "width"] == 64
+
+    # Re-running either stage recomputes nothing and duplicates no row.
+    shards = (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests()))
+    s2b, s1b = score(zoo, cache, out, SPEC, opts)
+    assert (s1b.skipped, s1b.done + s1b.failed) == (len(zoo), 0)
+    assert (s2b.skipped, s2b.done + s2b.failed) == (len(zoo), 0)
+    assert (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests())) == shards
+    assert len(load_table(out)) == len(zoo)
+
+
+def test_seed_replays_scores_and_no_seed_draws_fresh(ray_local, zoo, tmp_path):
+    ok = zoo[zoo["video_id"].isin(["normal", "short_wraps"])]
+    runs = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", None)):
+        score(ok, str(tmp_path / f"cache_{name}"), str(tmp_path / f"out_{name}"), SPEC,
+              RunOptions(actors=1, batch_size=2, seed=seed))
+        runs[name] = load_table(str(tmp_path / f"out_{name}")).set_index("video_id")["score"]
+    assert runs["a"].equals(runs["b"])
+    assert not runs["a"].equals(runs["c"])
+
+
+def test_score_without_inter_cache_marks_videos_instead_of_computing(ray_local, zoo, tmp_path):
+    one = zoo[zoo["video_id"] == "normal"]
+    s2, s1 = score(one, str(tmp_path / "cache"), str(tmp_path / "out"), SPEC, RunOptions(actors=1),
+                   compute_missing_inter=False)
+    assert s1 is None and s2.failed == 1
+    assert "no inter embedding" in load_table(str(tmp_path / "out"))["error"].iloc[0]
+
+
+def _cli_subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **(env_extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_after_first_commit(proc: subprocess.Popen, store: ShardStore, timeout: float = 240) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        committed = len(store.manifests())
+        if committed:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the actors
+            proc.wait()
+            return committed
+        time.sleep(0.2)
+    out = proc.stdout.read() if proc.stdout else ""
+    proc.kill()
+    raise AssertionError(f"no shard committed before the job ended or timed out:\n{out[-3000:]}")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_midway(ray_local, tmp_path):
+    d = tmp_path / "videos"
+    d.mkdir()
+    paths = {}
+    for i in range(6):
+        sub = d / f"v{i}"
+        sub.mkdir()
+        paths[f"v{i}"] = V.normal_clip(sub, num_frames=40)
+    manifest = tmp_path / "manifest.csv"
+    _manifest(paths).to_csv(manifest, index=False)
+    cache = tmp_path / "cache"
+    proc = _cli_subprocess(["extract-inter", "--input", str(manifest), "--cache", str(cache), "--preset", "tiny",
+                            "--actors", "1", "--batch-size", "1"])
+    committed = _kill_after_first_commit(proc, ShardStore(str(cache)))
+    assert committed < 6, "the job must have been killed midway"
+    summary = extract_inter(_manifest(paths), str(cache), SPEC, RunOptions(actors=1, batch_size=2))
+    assert summary.skipped >= committed and summary.done == 6 - summary.skipped
+    table = load_table(str(cache))
+    assert sorted(table["video_id"]) == sorted(paths)  # every video exactly once
+    keys = [k for m in ShardStore(str(cache)).manifests() for k in m["keys"]]
+    assert len(keys) == len(set(keys)) == 6, "no video committed twice"
+
+
+def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, tmp_path):
+    d = tmp_path / "catalog"
+    d.mkdir()
+    for i in range(3):
+        V.write_video(d / f"v{i}.mp4", num_frames=40 + 5 * i)
+    state = str(tmp_path / "state")
+    args = ["rescore", "--input", str(d), "--state", state, "--preset", "tiny", "--actors", "1", "--batch-size", "2"]
+    assert cli(args) == 0
+    first = pd.read_parquet(Path(state) / "published" / "scores.parquet")
+    assert sorted(first["video_id"]) == ["v0", "v1", "v2"] and (first["status"] == "ok").all()
+    assert cli(args) == 0  # same catalog: nothing to compute
+    run = pd.read_json(Path(state) / "published" / "run.json", typ="series")
+    assert (run["scored_this_run"], run["embedded_this_run"], run["unchanged"]) == (0, 0, 3)
+
+    (d / "v0.mp4").unlink()  # deleted
+    time.sleep(0.01)
+    V.write_video(d / "v1.mp4", num_frames=70)  # changed
+    V.write_video(d / "v3.mp4", num_frames=50)  # new
+    assert cli(args) == 0
+    run = pd.read_json(Path(state) / "published" / "run.json", typ="series")
+    assert (run["new"], run["changed"], run["unchanged"], run["dropped"]) == (1, 1, 1, 1)
+    assert run["scored_this_run"] == 2
+    table = pd.read_parquet(Path(state) / "published" / "scores.parquet")
+    assert sorted(table["video_id"]) == ["v1", "v2", "v3"] and table["uri"].is_unique
+    assert table.set_index("video_id").loc["v1", "num_frames"] == 70
+    assert (Path(state) / "published" / "report" / "report.json").exists()
+
+
+def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path):
+    import s3fs
+
+    so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("catalog")
+    fs.mkdir("vqa")
+    local = tmp_path / "src"
+    local.mkdir()
+    for i in range(3):
+        V.write_video(local / f"s{i}.mp4", num_frames=40)
+        fs.put(str(local / f"s{i}.mp4"), f"catalog/videos/s{i}.mp4")
+    (local / "bad.mp4").write_bytes(b"")
+    fs.put(str(local / "bad.mp4"), "catalog/videos/bad.mp4")
+    manifest = pd.DataFrame({"uri": [f"videos/s{i}.mp4" for i in range(3)] + ["videos/bad.mp4"],
+                             "mos": [1.0, 2.0, 3.0, None]})
+    with fs.open("catalog/manifest.csv", "w") as f:
+        manifest.to_csv(f, index=False)
+    io = ["--endpoint-url", s3_endpoint, "--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    run = ["--preset", "tiny", "--actors", "1", "--batch-size", "2", *io]
+    assert cli(["extract-inter", "--input", "s3://catalog/manifest.csv", "--cache", "s3://vqa/inter", *run]) == 0
+    assert cli(["score", "--input", "s3://catalog/manifest.csv", "--cache", "s3://vqa/inter",
+                "--output", "s3://vqa/scores", *run]) == 0
+    table = load_table("s3://vqa/scores", so).set_index("video_id")
+    assert sorted(table.index) == ["bad", "s0", "s1", "s2"]
+    assert (table.loc[["s0", "s1", "s2"], "status"] == "ok").all()
+    assert "empty" in table.loc["bad", "error"]
+    assert cli(["report", "--scores", "s3://vqa/scores", "--output", "s3://vqa/report", *io]) == 0
+    assert fs.exists("vqa/report/report.json") and fs.exists("vqa/report/score_hist.png")
+    # rescore twice on S3: the second run computes nothing
+    state = ["rescore", "--input", "s3://catalog/manifest.csv", "--state", "s3://vqa/state", *run]
+    assert cli(state) == 0 and cli(state) == 0
+    import json
+
+    done = json.loads(fs.cat_file("vqa/state/published/run.json"))
+    assert (done["scored_this_run"], done["catalog_videos"]) == (0, 4)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_on_s3(ray_local, s3_endpoint, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("resume")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        V.write_video(src / f"r{i}.mp4", num_frames=40)
+        fs.put(str(src / f"r{i}.mp4"), f"resume/videos/r{i}.mp4")
+    so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    proc = _cli_subprocess(["extract-inter", "--input", "s3://resume/videos/", "--cache", "s3://resume/cache",
+                            "--preset", "tiny", "--actors", "1", "--batch-size", "1", "--endpoint-url", s3_endpoint,
+                            "--storage-option", "key=testing", "--storage-option", "secret=testing"])
+    committed = _kill_after_first_commit(proc, ShardStore("s3://resume/cache", so))
+    assert committed < 5
+    from pipeline.manifest import read_manifest
+
+    summary = extract_inter(read_manifest("s3://resume/videos/", so), "s3://resume/cache", SPEC,
+                            RunOptions(storage_options=so, actors=1, batch_size=2))
+    assert summary.skipped >= committed and summary.done + summary.skipped == 5
+    keys = [k for m in ShardStore("s3://resume/cache", so).manifests() for k in m["keys"]]
+    assert len(keys) == len(set(keys)) == 5
