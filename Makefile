@@ -29,7 +29,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.bench_model
+	$(BIN)/python -m bench.bench_model --ablations
+	$(BIN)/python -m bench.bench_pipeline
 
 clean:
 	rm -rf $(VENV) demo_output bench_output

@@ -53,7 +53,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--actors", type=int, help="actor pool size (default: one per GPU, else one per 2 CPUs)")
     r.add_argument("--batch-size", type=int, default=8, help="videos per actor call and per committed shard")
     r.add_argument("--gpus-per-actor", type=float, help="default 1 where the cluster has GPUs, else 0")
-    r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    r.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs Ray reserves per actor")
+    r.add_argument("--threads", type=int, help="torch threads per actor (default: --cpus-per-actor)")
     r.add_argument("--clips", type=int, help="intra clips per video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay guardian maps and offsets (default: fresh randomness)")
     r.add_argument("--retry-errors", action="store_true", help="recompute videos that failed last time")
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
                      precision=args.precision, guardian=not args.no_guardian)
     opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
-                      gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, clips=args.clips,
+                      gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                      threads=args.threads, clips=args.clips,
                       seed=args.seed, retry_errors=args.retry_errors)
     manifest = read_manifest(args.input, so)
     if args.limit:

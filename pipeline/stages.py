@@ -83,7 +83,8 @@ class RunOptions:
     actors: int | None = None  # None: one per GPU, else one per 2 CPUs
     batch_size: int = 8  # videos per shard
     gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.0  # logical CPUs Ray reserves per actor
+    threads: int | None = None  # torch threads per actor (None: cpus_per_actor)
     clips: int | None = None  # None: the preset's test clips
     seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
     retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
@@ -163,6 +164,12 @@ def _compute(opts: RunOptions) -> tuple[Any, dict[str, Any]]:
     per_gpu = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     if opts.actors is not None:
         size = opts.actors
+        if not per_gpu and size * opts.cpus_per_actor >= cpus:
+            # Ray Data's own tasks (repartition, reads) need a CPU too; a pool holding every CPU
+            # waits forever. Reserve less and keep the threads (--threads) instead.
+            raise ValueError(
+                f"{size} actor(s) x {opts.cpus_per_actor} CPUs leave none of the cluster's {cpus:g} CPUs for "
+                "Ray Data's tasks: lower --actors or --cpus-per-actor (use --threads for more torch threads)")
     elif per_gpu:
         size = max(1, int(gpus / per_gpu))
     else:
@@ -213,7 +220,7 @@ class InterExtractor:
     """Ray actor for stage 1: decode the 16 inter segments, embed them, commit a shard per batch."""
 
     def __init__(self, spec: ModelSpec, cache_uri: str, opts: RunOptions, inter_version: str) -> None:
-        torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
+        torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
         _, self.inter = spec.build(opts.storage_options)
         self.store = ShardStore(cache_uri, opts.storage_options)
         self.opts, self.version = opts, inter_version
@@ -307,7 +314,7 @@ class Scorer:
     """Ray actor for stage 2: decode intra clips, fragments; Swin + fusion + head with cached inter embeddings."""
 
     def __init__(self, spec: ModelSpec, cache_uri: str, output_uri: str, opts: RunOptions, score_version: str) -> None:
-        torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
+        torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
         self.vqa, _ = spec.build(opts.storage_options)
         self.cache = InterCache(cache_uri, opts.storage_options)
         self.store = ShardStore(output_uri, opts.storage_options)
@@ -364,6 +371,7 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     inter_summary = None
     if compute_missing_inter:
         inter_summary = extract_inter(manifest, cache_uri, spec, opts, versions)
+        t0 = time.perf_counter()  # the score line reports stage 2 alone
     clips = opts.clips or versions["test_clips"]
     rows = keyed_manifest(manifest, versions["score"], opts.storage_options, extra=(clips,))
     rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
