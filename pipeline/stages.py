@@ -18,7 +18,6 @@ Every output is a `ShardStore` root; readers see whole shards only and one row p
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,9 +34,7 @@ from .inference import inter_segments, intra_clips
 from .storage import ShardStore, filesystem, is_local, make_key, stat_many
 from .video import VideoDecodeError, VideoReader
 
-log = logging.getLogger("securevqa")
 
-INTER_DIR = "inter"
 
 
 # ----------------------------------------------------------------------------- run configuration
