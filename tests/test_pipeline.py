@@ -113,13 +113,29 @@ def _cli_subprocess(args: list[str], env_extra: dict[str, str] | None = None) ->
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver, its local Ray (raylet, GCS: some start their own sessions) and the actors."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(procs, timeout=10)
+
+
 def _kill_after_first_commit(proc: subprocess.Popen, store: ShardStore, timeout: float = 240) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         committed = len(store.manifests())
         if committed:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the actors
-            proc.wait()
+            _kill_tree(proc)
             return committed
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
