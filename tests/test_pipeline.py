@@ -195,7 +195,7 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, tmp_pat
     assert (Path(state) / "published" / "report" / "report.json").exists()
 
 
-def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path):
+def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path, capsys):
     import s3fs
 
     so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
@@ -218,6 +218,9 @@ def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path):
     assert cli(["extract-inter", "--input", "s3://catalog/manifest.csv", "--cache", "s3://vqa/inter", *run]) == 0
     assert cli(["score", "--input", "s3://catalog/manifest.csv", "--cache", "s3://vqa/inter",
                 "--output", "s3://vqa/scores", *run]) == 0
+    printed = capsys.readouterr().out
+    assert "extract-inter: 4 videos: 3 done, 1 failed, 0 skipped (already done) in" in printed
+    assert "score: 4 videos: 3 done, 1 failed, 0 skipped (already done) in" in printed
     table = load_table("s3://vqa/scores", so).set_index("video_id")
     assert sorted(table.index) == ["bad", "s0", "s1", "s2"]
     assert (table.loc[["s0", "s1", "s2"], "status"] == "ok").all()
