@@ -136,9 +136,10 @@ def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mappin
     Missing files get a content key of "missing" so they still get a row (status error) instead of
     disappearing from the output.
     """
-    stats = stat_many(manifest["uri"].tolist(), storage_options)
     out = manifest.copy()
-    out["content_key"] = [s.content_key if s is not None else "missing" for s in (stats[u] for u in out["uri"])]
+    if "content_key" not in out:  # stat once per run: score() passes its stats on to extract_inter()
+        stats = stat_many(out["uri"].tolist(), storage_options)
+        out["content_key"] = [s.content_key if s is not None else "missing" for s in (stats[u] for u in out["uri"])]
     out["key"] = [make_key(u, c, version, *extra) for u, c in zip(out["uri"], out["content_key"])]
     return out
 
@@ -366,6 +367,8 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     t0 = time.perf_counter()
     versions = spec.versions(opts.storage_options)
     inter_summary = None
+    if "content_key" not in manifest:
+        manifest = keyed_manifest(manifest, versions["inter"], opts.storage_options).drop(columns="key")
     if compute_missing_inter:
         inter_summary = extract_inter(manifest, cache_uri, spec, opts, versions)
         t0 = time.perf_counter()  # the score line reports stage 2 alone
