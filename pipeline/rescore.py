@@ -25,25 +25,11 @@ from typing import Any
 import pandas as pd
 
 from .stages import ModelSpec, RunOptions, load_table, score
-from .storage import filesystem, is_local
+from .storage import filesystem, write_bytes
 
 
 def _join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
-
-
-def _write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any]) -> None:
-    """Whole-object write; atomic locally (temp + rename), a single PUT on object stores."""
-    fs, path = filesystem(uri, storage_options)
-    if is_local(fs):
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        tmp = f"{path}.tmp-{time.time_ns()}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-    else:
-        with fs.open(path, "wb") as f:
-            f.write(data)
 
 
 def _read_published(uri: str, storage_options: Mapping[str, Any]) -> pd.DataFrame | None:
@@ -68,7 +54,7 @@ def rescore(manifest: pd.DataFrame, state_uri: str, spec: ModelSpec, opts: RunOp
     today = today.drop_duplicates("uri", keep="last").sort_values("video_id").reset_index(drop=True)
     buf = io.BytesIO()
     today.to_parquet(buf, index=False)
-    _write_bytes(published_uri, buf.getvalue(), so)
+    write_bytes(published_uri, buf.getvalue(), so)
 
     prev_versions = {} if previous is None else dict(zip(previous["uri"], previous["content_key"]))
     now_versions = dict(zip(today["uri"], today["content_key"]))
@@ -87,5 +73,5 @@ def rescore(manifest: pd.DataFrame, state_uri: str, spec: ModelSpec, opts: RunOp
     }
     report = build_report(today, _join(state_uri, "published", "report"), so)
     run["report"] = {k: report[k] for k in ("n_videos", "n_ok", "n_failed") if k in report}
-    _write_bytes(_join(state_uri, "published", "run.json"), json.dumps(run, indent=2).encode(), so)
+    write_bytes(_join(state_uri, "published", "run.json"), json.dumps(run, indent=2).encode(), so)
     return run

@@ -89,6 +89,7 @@ __all__ = [
     "filesystem",
     "to_uri",
     "is_local",
+    "write_bytes",
     "content_key",
     "stat_many",
     "FileStat",
@@ -369,6 +370,20 @@ def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             os.fsync(f.fileno())  # durable before the manifest that names it
         return
     fs.pipe_file(path, data)
+
+
+def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Whole-object write of a published file (table, report): atomic locally (temp file + rename),
+    a single PUT on object stores, so a reader never sees half of it."""
+    fs, path = filesystem(uri, storage_options)
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
