@@ -103,7 +103,7 @@ def _model_alone(preset: str, manifest: Path, clips: int) -> float:
         g = make_generator(0)
         with VideoReader(uri) as v:
             seg = inter_segments(v, inter)
-            cl = intra_clips(v, vqa, clips, g)
+            cl = intra_clips(v, vqa.cfg.sampling, clips, g)
         with torch.inference_mode():
             emb = inter(seg[None], generator=g)
             t = time.perf_counter()

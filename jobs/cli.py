@@ -4,6 +4,7 @@
     securevqa score   --input IN --cache URI --output URI
     securevqa report  --scores URI --output URI
     securevqa rescore --input IN --state URI
+    securevqa train   --input IN --output URI [--val IN | --protocol splits]
 
 IN is a manifest (CSV, Parquet, JSON lines; a `uri` column, optional `video_id`, `mos`, `dataset`)
 or a directory or glob of videos; every URI may be local or s3://. On a cluster:
@@ -88,7 +89,104 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", required=True)
     _add_model(p)
     _add_io(p)
+    _add_train(sub)
     return parser
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train SecureVQA on cached inter embeddings (Ray Train, DDP)",
+                       description="Train SecureVQA. Defaults are the reference recipe (DESIGN 2.4); with "
+                       "--protocol splits, the small-dataset protocol (10 random 80/20 splits, backbone frozen, "
+                       "head and fusion re-initialised, 10 epochs, batch 16, mean and std over splits).")
+    p.add_argument("--input", required=True,
+                   help="labelled manifest (uri, mos[, video_id, dataset, split]) or, with --dataset, a label file")
+    p.add_argument("--output", required=True, help="run directory (local or s3://): checkpoints, best.pt, history")
+    p.add_argument("--val", help="validation manifest or label file (default: the input's rows with split 'val')")
+    p.add_argument("--dataset", help="read --input/--val as this dataset's label file: lsvq, konvid1k, livevqc, "
+                   "youtube_ugc, csv")
+    p.add_argument("--videos", help="with --dataset: the folder or URI prefix holding the videos")
+    p.add_argument("--protocol", choices=["standard", "splits"], default="standard")
+    p.add_argument("--n-splits", type=int, default=10, help="--protocol splits: number of random splits")
+    p.add_argument("--train-fraction", type=float, default=0.8, help="--protocol splits: training share")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", choices=["paper", "tiny"], default="paper")
+    g.add_argument("--init", help="start from this SecureVQA checkpoint (ours or the reference layout)")
+    g.add_argument("--intra-pretrained", help="Video Swin K400 weights (mmaction .pth) for the intra backbone")
+    g.add_argument("--inter-checkpoint", help="SlowFast R50 K400 weights (pytorchvideo .pyth) for the fast pathway")
+    g.add_argument("--no-guardian", action="store_true", help="train without guardian maps (ablations only)")
+    r = p.add_argument_group("recipe (defaults: DESIGN 2.4; --protocol splits changes epochs, batch, freezing)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--head-lr", type=float, default=1e-3)
+    r.add_argument("--backbone-lr", type=float, default=1e-4)
+    r.add_argument("--weight-decay", type=float, default=0.05)
+    r.add_argument("--warmup-epochs", type=float, default=2.5)
+    r.add_argument("--ema-decay", type=float, default=0.999)
+    r.add_argument("--loss", choices=["reference", "srcc"], default="reference",
+                   help="reference: PLCC + 0.3 rank loss (reference code); srcc: PLCC + differentiable SRCC (paper)")
+    r.add_argument("--freeze-backbone", action="store_true", default=None)
+    r.add_argument("--reinit-head", action="store_true", default=None)
+    r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
+    r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
+    x = p.add_argument_group("run")
+    x.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
+    x.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="one GPU per worker")
+    x.add_argument("--cpus-per-worker", type=float, default=1.0)
+    x.add_argument("--threads", type=int, help="torch threads per worker (default: --cpus-per-worker)")
+    x.add_argument("--loader-workers", type=int, default=1, help="clip-decoding processes per worker")
+    x.add_argument("--cache", help="stage-1 inter cache (default: OUTPUT/inter); share it with the score job")
+    x.add_argument("--limit", type=int, help="only the first N videos of the input")
+    x.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    _add_io(p)
+
+
+def _read_input(spec: str, args: argparse.Namespace, so: dict[str, Any]) -> Any:
+    if args.dataset:
+        from pipeline.datasets import read_labels
+
+        if not args.videos:
+            raise SystemExit("--dataset needs --videos (where the videos are)")
+        return read_labels(args.dataset, spec, args.videos, storage_options=so)
+    from pipeline.manifest import read_manifest
+
+    return read_manifest(spec, so)
+
+
+def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
+    from model.losses import LossConfig
+    from pipeline.train import TrainConfig, TrainRun, train, train_splits
+
+    splits = args.protocol == "splits"
+    cfg = TrainConfig(
+        preset=args.preset, init_checkpoint=args.init, intra_pretrained=args.intra_pretrained,
+        inter_checkpoint=args.inter_checkpoint, epochs=args.epochs or (10 if splits else 30),
+        batch_size=args.batch_size or (16 if splits else 12), head_lr=args.head_lr, backbone_lr=args.backbone_lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
+        loss=LossConfig(kind=args.loss), freeze_backbone=splits if args.freeze_backbone is None else True,
+        reinit_head=splits if args.reinit_head is None else True, val_clips=args.val_clips,
+        guardian=not args.no_guardian, seed=args.seed)
+    run = TrainRun(workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+                   threads=args.threads, loader_workers=args.loader_workers, cache_uri=args.cache,
+                   storage_options=so)
+    data = _read_input(args.input, args, so)
+    if args.limit:
+        data = data.head(args.limit)
+    val = _read_input(args.val, args, so) if args.val else None
+    if val is None and not splits and "split" in data and (data["split"] == "val").any():
+        data, val = data[data["split"] == "train"], data[data["split"] == "val"]
+    _init_ray(args.ray_address)
+    if splits:
+        summary = train_splits(data, args.output, cfg, run, n_splits=args.n_splits,
+                               train_fraction=args.train_fraction)
+        print(summary["line"])
+        return 0
+    if val is None:
+        log.warning("no validation set (--val, or split 'val' rows): best.pt is the last epoch's raw weights")
+    history = train(data, args.output, cfg, run, val=val)
+    best = history.get("best") or {}
+    print(f"train: done, {len(history['epochs'])} epochs; best: epoch {best.get('epoch')} ({best.get('weights')} "
+          f"weights), val SRCC {best.get('val_srcc')}; model -> {args.output.rstrip('/')}/best.pt")
+    return 0
 
 
 def _init_ray(address: str | None) -> None:
@@ -110,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.manifest import read_manifest
     from pipeline.report import build_report, load_scores
 
+    if args.command == "train":
+        return _train(args, so)
     if args.command == "report":
         result = build_report(load_scores(args.scores, so), args.output, so)
         print(json.dumps({k: result.get(k) for k in ("n_videos", "n_ok", "n_failed", "srcc", "plcc")}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 
@@ -21,3 +23,12 @@ def make_generator(seed: int | None = None, device: str | torch.device = "cpu") 
 
 def resolve(generator: torch.Generator | None) -> torch.Generator:
     return generator if generator is not None else make_generator()
+
+
+def derive_seed(seed: int | None, *parts: object) -> int | None:
+    """A seed for one use (a video, an epoch, a step) derived from a run seed, or None (fresh) when the
+    run has none. Hash-based, so a replay does not depend on the order or batching of the work."""
+    if seed is None:
+        return None
+    blob = ":".join(map(str, (seed, *parts))).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1

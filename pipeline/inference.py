@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model import InterEmbedder, SecureVQA
+from model import InterEmbedder, SamplingConfig, SecureVQA
 from model.rng import resolve
 from model.transforms import continuous_sample_indices, grid_fragments, resize_frames, skip_sample_indices
 
@@ -50,9 +50,8 @@ def inter_segments(source: FrameSource, model: SecureVQA | InterEmbedder) -> tor
     return resized[:, inverse].permute(1, 0, 2, 3, 4)  # S, C, L, h, w
 
 
-def intra_clips(source: FrameSource, vqa: SecureVQA, num_clips: int, generator: torch.Generator) -> torch.Tensor:
+def intra_clips(source: FrameSource, s: SamplingConfig, num_clips: int, generator: torch.Generator) -> torch.Tensor:
     """(K, 3, 32, 224, 224) uint8 fragment clips; frames are decoded one clip at a time."""
-    s = vqa.cfg.sampling
     n, read = _reader(source)
     idx = skip_sample_indices(
         n, clip_len=s.clip_len, frame_interval=s.frame_interval, num_clips=num_clips, generator=generator
@@ -78,6 +77,6 @@ def score_frames(
     k = num_clips or vqa.cfg.sampling.test_clips
     if inter_embedding is None:
         inter_embedding = inter(inter_segments(source, inter)[None], generator=g)[0]
-    clips = intra_clips(source, vqa, k, g)
+    clips = intra_clips(source, vqa.cfg.sampling, k, g)
     per_clip = vqa(clips[None], inter_embedding[None], generator=g)[0]
     return VideoScore(score=float(per_clip.mean()), clip_scores=[float(c) for c in per_clip])

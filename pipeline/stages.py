@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ import pyarrow as pa
 import torch
 
 from model import InterEmbedder, SecureVQA, create_model, make_generator
+from model.rng import derive_seed
 
 from .inference import inter_segments, intra_clips
 from .storage import ShardStore, filesystem, is_local, make_key, stat_many
@@ -104,19 +106,16 @@ class StageSummary:
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def _video_seed(seed: int | None, key: str) -> int | None:
-    """Per-video seed from the run seed, so a replay does not depend on batch composition."""
-    if seed is None:
-        return None
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") >> 1
-
-
-def _open(uri: str, storage_options: Mapping[str, Any]):
+@contextmanager
+def open_video(uri: str, storage_options: Mapping[str, Any]) -> Iterator[VideoReader]:
+    """A VideoReader on a local path or any fsspec URI (remote files are read through a buffered handle)."""
     fs, path = filesystem(uri, storage_options)
     if is_local(fs):
-        return path, None
-    f = fs.open(path, "rb", block_size=8 * 2**20)
-    return f, f
+        with VideoReader(path, threads=1) as video:
+            yield video
+        return
+    with fs.open(path, "rb", block_size=8 * 2**20) as f, VideoReader(f, threads=1) as video:
+        yield video
 
 
 def _error_message(exc: BaseException) -> str:
@@ -229,18 +228,13 @@ class InterExtractor:
                "decode_s": 0.0, "model_s": 0.0, "created_at": time.time()}
         t0 = time.perf_counter()
         try:
-            src, handle = _open(r.uri, self.opts.storage_options)
-            try:
-                with VideoReader(src, threads=1) as video:
-                    info = video.info
-                    row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
-                    segments = inter_segments(video, self.inter)
-            finally:
-                if handle is not None:
-                    handle.close()
+            with open_video(r.uri, self.opts.storage_options) as video:
+                info = video.info
+                row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
+                segments = inter_segments(video, self.inter)
             t1 = time.perf_counter()
             with torch.inference_mode():
-                emb = self.inter(segments[None], generator=make_generator(_video_seed(self.opts.seed, r.key)))[0]
+                emb = self.inter(segments[None], generator=make_generator(derive_seed(self.opts.seed, r.key)))[0]
             row.update(embedding=emb.flatten().numpy().astype(np.float32), segments=emb.shape[0],
                        decode_s=t1 - t0, model_s=time.perf_counter() - t1)
         except Exception as exc:  # one bad video never costs another its row
@@ -334,16 +328,11 @@ class Scorer:
             if cached["status"] != "ok":
                 raise VideoDecodeError(cached["error"] or "inter embedding failed")
             emb = torch.tensor(cached["embedding"], dtype=torch.float32).view(cached["segments"], -1)
-            g = make_generator(_video_seed(self.opts.seed, r.key))
-            src, handle = _open(r.uri, self.opts.storage_options)
-            try:
-                with VideoReader(src, threads=1) as video:
-                    info = video.info
-                    row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
-                    clips = intra_clips(video, self.vqa, self.clips, g)
-            finally:
-                if handle is not None:
-                    handle.close()
+            g = make_generator(derive_seed(self.opts.seed, r.key))
+            with open_video(r.uri, self.opts.storage_options) as video:
+                info = video.info
+                row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
+                clips = intra_clips(video, self.vqa.cfg.sampling, self.clips, g)
             t1 = time.perf_counter()
             with torch.inference_mode():
                 per_clip = self.vqa(clips[None], emb[None], generator=g)[0]
@@ -391,5 +380,5 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
 
 __all__ = [
     "INTER_SCHEMA", "SCORE_SCHEMA", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
-    "StageSummary", "extract_inter", "keyed_manifest", "load_table", "score",
+    "StageSummary", "extract_inter", "keyed_manifest", "load_table", "open_video", "score",
 ]

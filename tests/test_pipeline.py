@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,11 +10,11 @@ import pandas as pd
 import pytest
 
 import videos as V
+from procs import cli_subprocess, kill_tree
 from jobs.cli import main as cli
 from pipeline.stages import ModelSpec, RunOptions, extract_inter, load_table, score
 from pipeline.storage import ShardStore
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec(preset="tiny")
 
 GOOD = {  # name -> writer; each must come out with status ok
@@ -106,36 +103,12 @@ def test_score_without_inter_cache_marks_videos_instead_of_computing(ray_local, 
     assert "no inter embedding" in load_table(str(tmp_path / "out"))["error"].iloc[0]
 
 
-def _cli_subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **(env_extra or {})}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver, its local Ray (raylet, GCS: some start their own sessions) and the actors."""
-    import psutil
-
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
-    psutil.wait_procs(procs, timeout=10)
-
-
 def _kill_after_first_commit(proc: subprocess.Popen, store: ShardStore, timeout: float = 240) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         committed = len(store.manifests())
         if committed:
-            _kill_tree(proc)
+            kill_tree(proc)
             return committed
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
@@ -155,7 +128,7 @@ def test_resume_after_kill_midway(ray_local, tmp_path):
     manifest = tmp_path / "manifest.csv"
     _manifest(paths).to_csv(manifest, index=False)
     cache = tmp_path / "cache"
-    proc = _cli_subprocess(["extract-inter", "--input", str(manifest), "--cache", str(cache), "--preset", "tiny",
+    proc = cli_subprocess(["extract-inter", "--input", str(manifest), "--cache", str(cache), "--preset", "tiny",
                             "--actors", "1", "--batch-size", "1"])
     committed = _kill_after_first_commit(proc, ShardStore(str(cache)))
     assert committed < 6, "the job must have been killed midway"
@@ -248,7 +221,7 @@ def test_resume_after_kill_on_s3(ray_local, s3_endpoint, tmp_path):
         V.write_video(src / f"r{i}.mp4", num_frames=40)
         fs.put(str(src / f"r{i}.mp4"), f"resume/videos/r{i}.mp4")
     so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
-    proc = _cli_subprocess(["extract-inter", "--input", "s3://resume/videos/", "--cache", "s3://resume/cache",
+    proc = cli_subprocess(["extract-inter", "--input", "s3://resume/videos/", "--cache", "s3://resume/cache",
                             "--preset", "tiny", "--actors", "1", "--batch-size", "1", "--endpoint-url", s3_endpoint,
                             "--storage-option", "key=testing", "--storage-option", "secret=testing"])
     committed = _kill_after_first_commit(proc, ShardStore("s3://resume/cache", so))

@@ -1,0 +1,525 @@
+"""Training SecureVQA on cached inter embeddings, with Ray Train (TorchTrainer, DDP).
+
+Shape of a run (`securevqa train`, the same code from one CPU worker to many GPU nodes):
+
+1. The driver keys the labelled manifest like the score stage and runs stage 1 (`extract_inter`) for
+   every video whose inter embedding is not cached yet; videos that fail stage 1 are left out, named.
+2. A `TorchTrainer` starts `workers` training workers (one GPU each where asked). Each worker reads
+   the embeddings of its videos from the cache and decodes intra clips on the fly: every step draws
+   fresh clip offsets, fragments and guardian maps (replayable when the run has a seed).
+3. Every epoch: validation of the raw and the EMA weights (SRCC/PLCC/KRCC/RMSE), a Ray Train
+   checkpoint (model, EMA, optimizer, schedule, history), and, on rank 0, `best.pt` and `last.pt` in
+   the project's checkpoint format plus `history.json` and `training_curves.png`.
+4. A run started again with the same output resumes from its last checkpoint: Ray Train restores it
+   from the run's storage, the loop continues at the next epoch with the same optimizer and EMA state.
+
+The recipe (DESIGN 2.4) is `TrainConfig`'s defaults; the small-dataset protocol is `train_splits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from model import InterEmbedder, SecureVQA, create_model, load_intra_pretrained, make_generator, save_checkpoint
+from model.fusion import FusionHead
+from model.losses import LossConfig, quality_loss
+from model.metrics import quality_metrics
+from model.optim import ModelEMA, build_optimizer, warmup_cosine
+from model.rng import derive_seed
+
+from .inference import intra_clips
+from .stages import InterCache, ModelSpec, RunOptions, extract_inter, keyed_manifest, open_video
+from .storage import ShardStore, filesystem, is_local, write_bytes
+
+log = logging.getLogger("securevqa.train")
+
+STATE_FILE = "state.pt"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What is trained and how. The defaults are the reference recipe (DESIGN 2.4)."""
+
+    preset: str = "paper"
+    init_checkpoint: str | None = None  # a SecureVQA checkpoint to start from (ours or the reference layout)
+    intra_pretrained: str | None = None  # Video Swin K400 weights (mmaction) for the intra backbone
+    inter_checkpoint: str | None = None  # SlowFast R50 K400 weights (pytorchvideo) for the fast pathway
+    epochs: int = 30
+    batch_size: int = 12  # videos per optimizer step, over all workers
+    head_lr: float = 1e-3  # fusion + regression head
+    backbone_lr: float = 1e-4  # intra Swin backbone
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.5
+    ema_decay: float = 0.999
+    loss: LossConfig = field(default_factory=LossConfig)
+    freeze_backbone: bool = False  # small-dataset protocol: only fusion and head learn
+    reinit_head: bool = False  # small-dataset protocol: fusion and head start afresh
+    val_clips: int | None = None  # clips per validation video (None: the preset's test clips)
+    guardian: bool = True
+    seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Where and on what a run executes."""
+
+    workers: int = 1  # Ray Train workers (DDP when > 1)
+    use_gpu: bool | None = None  # None: one GPU per worker where the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    threads: int | None = None  # torch threads per worker (default: cpus_per_worker)
+    loader_workers: int = 1  # DataLoader processes decoding clips per training worker
+    cache_uri: str | None = None  # stage-1 cache (default: OUTPUT/inter); share it with the score job
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    progress_every: int = 10  # steps between progress lines
+
+
+# ----------------------------------------------------------------------------- data
+
+class ClipDataset(Dataset):
+    """Labelled videos -> (K fragment clips uint8, cached inter embedding, MOS), decoded on the fly.
+
+    Randomness of item i in epoch e comes from `derive_seed(seed, salt, e, i)`: fresh clip offsets and
+    fragments every epoch, the same ones on a replay, whichever loader process decodes the item.
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], embeddings: Mapping[str, torch.Tensor], sampling: Any,
+                 num_clips: int, seed: int | None, salt: str, storage_options: Mapping[str, Any]) -> None:
+        self.rows, self.embeddings, self.sampling = list(rows), embeddings, sampling
+        self.num_clips, self.seed, self.salt = num_clips, seed, salt
+        self.storage_options = dict(storage_options)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+        r = self.rows[i]
+        g = make_generator(derive_seed(self.seed, self.salt, self.epoch, i))
+        try:
+            with open_video(r["uri"], self.storage_options) as video:
+                clips = intra_clips(video, self.sampling, self.num_clips, g)
+        except Exception as exc:
+            raise RuntimeError(f"training video {r['video_id']} ({r['uri']}): {exc}") from exc
+        return clips, self.embeddings[r["inter_key"]], float(r["mos"]), i
+
+
+def _loader_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding processes must not compete with the model's threads
+
+
+# ----------------------------------------------------------------------------- model, state
+
+def _build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
+    vqa, _ = create_model(cfg.preset, checkpoint=cfg.init_checkpoint, guardian=cfg.guardian,
+                          init_seed=derive_seed(seed, "init"))
+    if cfg.intra_pretrained:
+        load_intra_pretrained(vqa, cfg.intra_pretrained)
+    if cfg.reinit_head:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "head"))
+            vqa.head = FusionHead(vqa.cfg.intra_dim, vqa.cfg.inter_dim, vqa.cfg.head)
+    if cfg.freeze_backbone:
+        vqa.intra.requires_grad_(False)
+    return vqa
+
+
+def _set_train_mode(vqa: SecureVQA, cfg: TrainConfig) -> None:
+    vqa.train()
+    if cfg.freeze_backbone:
+        vqa.intra.eval()  # a frozen backbone gives the same features as at test time (no drop-path)
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any]) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, default=float).encode(), storage_options)
+
+
+# ----------------------------------------------------------------------------- validation
+
+@torch.no_grad()
+def evaluate(models: Mapping[str, SecureVQA], loader: DataLoader, seed: int) -> dict[str, dict[str, Any]]:
+    """Scores every validation video with each model on the same clips and guardian maps."""
+    preds: dict[str, list[float]] = {name: [] for name in models}
+    labels: list[float] = []
+    for clips, inter, mos, idx in loader:
+        for name, m in models.items():
+            m.eval()
+            g = make_generator(derive_seed(seed, "val-guardian", int(idx[0])))
+            preds[name].extend(m(clips, inter, generator=g).mean(1).tolist())
+        labels.extend(mos.tolist())
+    return {name: quality_metrics(np.asarray(p), np.asarray(labels)) for name, p in preds.items()}
+
+
+# ----------------------------------------------------------------------------- the per-worker loop
+
+def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor, mos: torch.Tensor,
+               optimizer: torch.optim.Optimizer, loss_cfg: LossConfig, *,
+               generator: torch.Generator | None = None) -> float:
+    """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,)."""
+    pred = model(clips, inter, generator=generator).mean(1)
+    loss = quality_loss(pred, mos, loss_cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_loop(config: Mapping[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: one worker's share of the whole run (resumes by itself)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = TrainConfig.from_dict(config["cfg"])
+    run = TrainRun(**config["run"])
+    seed, out, so = int(config["seed"]), config["output"], run.storage_options
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+    vqa = _build_model(cfg, seed).to(device)
+    # The inter weights are saved with every exported model, so scoring with it reuses this run's cache.
+    inter_model = config["spec"].build(so)[1].cpu() if rank == 0 else None
+    cache = InterCache(config["cache_uri"], so)
+    keys = [r["inter_key"] for r in config["train"] + config["val"]]
+    found = cache.lookup(keys)
+    emb = {k: torch.tensor(v["embedding"], dtype=torch.float32).view(v["segments"], -1) for k, v in found.items()}
+    sampling = vqa.cfg.sampling
+    train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so)
+    per_worker = max(2, cfg.batch_size // world)
+    steps_per_epoch = len(train_ds) // (per_worker * world)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(train_ds)} training videos are fewer than one batch of {cfg.batch_size}")
+    total = cfg.epochs * steps_per_epoch
+
+    model = ray.train.torch.prepare_model(vqa, move_to_device=False) if world > 1 else vqa
+    optimizer = build_optimizer(vqa, backbone_lr=cfg.backbone_lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=total)
+    ema = ModelEMA(vqa, decay=cfg.ema_decay)
+    start_epoch, step, history, best = 0, 0, [], None
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+        vqa.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
+        if rank == 0:
+            print(f"train: resumed after epoch {state['epoch'] + 1} (step {step})", flush=True)
+
+    val_loader = None
+    if config["val"] and rank == 0:
+        val_ds = ClipDataset(config["val"], emb, sampling, cfg.val_clips or sampling.test_clips, seed, "val", so)
+        val_loader = DataLoader(val_ds, batch_size=1, num_workers=run.loader_workers, worker_init_fn=_loader_init)
+
+    def validate(record: dict[str, Any]) -> None:
+        if val_loader is None:
+            return
+        t1 = time.perf_counter()
+        for name, m in evaluate({"raw": vqa, "ema": ema.module}, val_loader, seed).items():
+            record.update({f"val_{name}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")})
+        record["val_s"] = time.perf_counter() - t1
+
+    if start_epoch == 0 and rank == 0 and val_loader is not None:
+        record0: dict[str, Any] = {"epoch": 0, "step": 0, "train_loss": None, "train_s": 0.0}
+        validate(record0)  # the starting point, so every curve shows what training added
+        history.append(record0)
+        print("train: " + _epoch_line(record0), flush=True)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        if world > 1:
+            sampler: Any = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                                                               seed=derive_seed(seed, "shuffle") or 0, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(train_ds, generator=make_generator(derive_seed(seed, "shuffle", epoch)))
+        loader = DataLoader(train_ds, batch_size=per_worker, sampler=sampler, drop_last=True,
+                            num_workers=run.loader_workers, worker_init_fn=_loader_init,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
+        torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
+        _set_train_mode(vqa, cfg)
+        losses = []
+        for i, (clips, inter, mos, _) in enumerate(loader):
+            clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
+            mos = mos.to(device=device, dtype=torch.float32)
+            g = make_generator(derive_seed(seed, "guardian", epoch, i, rank))
+            loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g)
+            scheduler.step()
+            ema.update(vqa)
+            step += 1
+            losses.append(loss)
+            if rank == 0 and ((i + 1) % run.progress_every == 0 or i + 1 == steps_per_epoch):
+                rate = (time.perf_counter() - t0) / (i + 1)
+                print(f"train: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
+                      f"loss {np.mean(losses[-run.progress_every:]):.4f} "
+                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step)", flush=True)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+                                  "train_s": time.perf_counter() - t0}
+        validate(record)
+        if rank == 0:
+            best = _publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
+            history.append(record)
+            _write_history(out, so, history, best, cfg, seed)
+            print("train: " + _epoch_line(record), flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                torch.save({"epoch": epoch, "step": step, "model": vqa.state_dict(), "ema": ema.state_dict(),
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "history": history, "best": best}, os.path.join(d, STATE_FILE))
+            ray.train.report({k: v for k, v in record.items() if v is not None},
+                             checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+
+
+def _epoch_line(r: Mapping[str, Any]) -> str:
+    s = (f"epoch {r['epoch']}: before training" if r["train_loss"] is None
+         else f"epoch {r['epoch']}: loss {r['train_loss']:.4f} ({r['train_s']:.0f} s)")
+    for name in ("raw", "ema"):
+        if r.get(f"val_{name}_srcc") is not None:
+            s += f"; val {name} SRCC {r[f'val_{name}_srcc']:.4f} PLCC {r[f'val_{name}_plcc']:.4f}"
+    return s
+
+
+def _publish(out: str, so: Mapping[str, Any], candidates: Mapping[str, SecureVQA], inter: InterEmbedder,
+             record: Mapping[str, Any], best: dict[str, Any] | None, cfg: TrainConfig, seed: int) -> dict[str, Any]:
+    """last.pt: this epoch's better of raw and EMA by validation SRCC (raw without validation);
+    best.pt: the best of those over all epochs."""
+    srcc = {n: record.get(f"val_{n}_srcc") for n in candidates}
+    srcc = {n: s for n, s in srcc.items() if s is not None and not math.isnan(s)}
+    name = max(srcc, key=srcc.__getitem__) if srcc else "raw"
+    meta = {"epoch": record["epoch"], "weights": name, "val_srcc": srcc.get(name),
+            "train_config": cfg.to_dict(), "seed": seed}
+    save_checkpoint(_join(out, "last.pt"), candidates[name], inter, metadata=meta, storage_options=so)
+    improved = best is None or best["val_srcc"] is None or (name in srcc and srcc[name] > best["val_srcc"])
+    if improved:
+        save_checkpoint(_join(out, "best.pt"), candidates[name], inter, metadata=meta, storage_options=so)
+        best = {"epoch": record["epoch"], "weights": name, "val_srcc": srcc.get(name)}
+    return best
+
+
+def _write_history(out: str, so: Mapping[str, Any], history: list[dict[str, Any]], best: Any,
+                   cfg: TrainConfig, seed: int) -> None:
+    _write_json(_join(out, "history.json"), {"seed": seed, "config": cfg.to_dict(), "best": best,
+                                             "epochs": history}, so)
+    png = plot_history(history)
+    if png is not None:
+        write_bytes(_join(out, "training_curves.png"), png, so)
+
+
+def plot_history(history: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """Training loss and validation SRCC (raw and EMA) per epoch, as PNG bytes."""
+    if not history:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    a.plot(ep, [np.nan if r["train_loss"] is None else r["train_loss"] for r in history], marker="o")
+    a.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for name in ("raw", "ema"):
+        ys = [r.get(f"val_{name}_srcc") for r in history]
+        if any(y is not None for y in ys):
+            b.plot(ep, [np.nan if y is None else y for y in ys], marker="o", label=name)
+    b.set(xlabel="epoch", ylabel="SRCC", title="validation SRCC")
+    if b.lines:
+        b.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def _labelled(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    if "mos" not in df or df["mos"].isna().any():
+        missing = df["video_id"][df["mos"].isna()].head(5).tolist() if "mos" in df else "all"
+        raise ValueError(f"every {what} video needs a MOS label; missing for: {missing}")
+    return df
+
+
+def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], cache_uri: str,
+                so: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows with their inter-cache key; videos whose stage 1 failed are dropped, and named."""
+    keyed = keyed_manifest(df, versions["inter"], so)
+    status = ShardStore(cache_uri, so).read_table(columns=["key", "status", "error"]).to_pandas()
+    status = status.set_index("key")
+    ok = keyed["key"].map(lambda k: k in status.index and status.at[k, "status"] == "ok")
+    for r in keyed[~ok].itertuples(index=False):
+        err = status.at[r.key, "error"] if r.key in status.index else "not in the cache"
+        log.warning("left out of training: %s (%s): %s", r.video_id, r.uri, err)
+    keyed = keyed[ok]
+    return [{"video_id": str(r.video_id), "uri": str(r.uri), "mos": float(r.mos), "inter_key": r.key}
+            for r in keyed.itertuples(index=False)]
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(), run: TrainRun = TrainRun(),
+          *, val: pd.DataFrame | None = None, name: str = "ray_train") -> dict[str, Any]:
+    """Train on `manifest` (uri, video_id, mos), validating on `val`, into `output` (local or s3://).
+
+    Needs a Ray cluster (ray.init()). Returns history.json's content. Running it again on the same
+    output resumes the run (or does nothing when it is complete).
+    """
+    import ray.train
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    output = _absolute(output)
+    so = run.storage_options
+    seed = cfg.seed if cfg.seed is not None else _recorded_seed(_join(output, "history.json"), so)
+    _labelled(manifest, "training")
+    if val is not None:
+        _labelled(val, "validation")
+    spec = ModelSpec(preset=cfg.preset, checkpoint=cfg.init_checkpoint, inter_checkpoint=cfg.inter_checkpoint,
+                     guardian=cfg.guardian)
+    cache_uri = _absolute(run.cache_uri or _join(output, "inter"))
+    everything = pd.concat([manifest, val]) if val is not None else manifest
+    everything = everything.drop_duplicates("uri")
+    versions = spec.versions(so)
+    opts = RunOptions(storage_options=dict(so), actors=1, cpus_per_actor=1, threads=run.threads, seed=seed,
+                      gpus_per_actor=1.0 if run.use_gpu else None)
+    print(extract_inter(everything, cache_uri, spec, opts, versions).line(), flush=True)
+    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so)
+    val_rows = _inter_rows(val, spec, versions, cache_uri, so) if val is not None else []
+    print(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
+          f"{run.workers} worker(s); output {output}", flush=True)
+    use_gpu = run.use_gpu if run.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
+    config = {"cfg": cfg.to_dict(), "run": dataclasses.asdict(run), "seed": seed, "output": output,
+              "cache_uri": cache_uri, "train": train_rows, "val": val_rows, "spec": spec}
+    storage_path, storage_fs = _ray_storage(output, so)
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": run.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return read_history(output, so)
+
+
+def _recorded_seed(uri: str, so: Mapping[str, Any]) -> int:
+    """A resumed run keeps the seed it started with (recorded in the JSON file `uri`); a new run draws
+    one from the OS."""
+    fs, path = filesystem(uri, so)
+    try:
+        with fs.open(path, "rb") as f:
+            return int(json.loads(f.read())["seed"])
+    except FileNotFoundError:
+        return secrets.randbits(31)
+
+
+def read_history(output: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    fs, path = filesystem(_join(output, "history.json"), storage_options)
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def _ray_storage(output: str, so: Mapping[str, Any]) -> tuple[str, Any]:
+    """Ray Train's storage for checkpoints: `output` itself (local path, or S3 through pyarrow's filesystem
+    wrapping our fsspec one, so endpoint and credentials options apply)."""
+    fs, path = filesystem(output, so)
+    if is_local(fs):
+        return path, None
+    import pyarrow.fs
+
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+# ----------------------------------------------------------------------------- small-dataset protocol
+
+def train_splits(manifest: pd.DataFrame, output: str, cfg: TrainConfig, run: TrainRun = TrainRun(), *,
+                 n_splits: int = 10, train_fraction: float = 0.8) -> dict[str, Any]:
+    """The small-dataset protocol: `n_splits` random train/test splits of `manifest`, one run each into
+    OUTPUT/split_XX (each resumable), scored on its held-out part by the last epoch's raw and EMA weights
+    (no selection on the held-out part); mean and std over splits in OUTPUT/splits.json and splits.md.
+
+    `cfg` should have the backbone frozen and the head re-initialised (the CLI's --protocol splits does).
+    """
+    from .datasets import random_splits
+
+    output = _absolute(output)
+    so = run.storage_options
+    seed = cfg.seed if cfg.seed is not None else _recorded_seed(_join(output, "protocol.json"), so)
+    _write_json(_join(output, "protocol.json"), {"seed": seed, "n_splits": n_splits,
+                                                  "train_fraction": train_fraction}, so)
+    manifest = _labelled(manifest.reset_index(drop=True), "training")
+    per_split = []
+    for k, (tr, te) in enumerate(random_splits(len(manifest), n_splits=n_splits, train_fraction=train_fraction,
+                                               seed=seed)):
+        print(f"train: split {k + 1}/{n_splits}: {len(tr)} training, {len(te)} held-out videos", flush=True)
+        h = train(manifest.iloc[tr], _join(output, f"split_{k:02d}"),
+                  dataclasses.replace(cfg, seed=derive_seed(seed, "split", k)), run, val=manifest.iloc[te],
+                  name=f"split_{k:02d}")
+        last = h["epochs"][-1]
+        per_split.append({"split": k, **{key: last.get(key) for key in last if key.startswith("val_")}})
+    table = pd.DataFrame(per_split)
+    stats = {col: {"mean": float(table[col].mean()), "std": float(table[col].std(ddof=0))}
+             for col in table.columns if col.startswith("val_") and not col.endswith("_s")}
+    summary = {"n_splits": n_splits, "train_fraction": train_fraction, "seed": seed, "config": cfg.to_dict(),
+               "splits": per_split, "stats": stats}
+    lines = ["| weights | SRCC | PLCC | KRCC | RMSE |", "|---|---:|---:|---:|---:|"]
+    for name in ("raw", "ema"):
+        if f"val_{name}_srcc" in stats:
+            cells = [f"{stats[f'val_{name}_{m}']['mean']:.4f} ± {stats[f'val_{name}_{m}']['std']:.4f}"
+                     for m in ("srcc", "plcc", "krcc", "rmse")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    md = (f"# Small-dataset protocol: {n_splits} random {train_fraction:.0%}/{1 - train_fraction:.0%} splits\n\n"
+          f"{len(manifest)} videos; backbone frozen: {cfg.freeze_backbone}; head re-initialised: {cfg.reinit_head}; "
+          f"{cfg.epochs} epochs, batch {cfg.batch_size}; last epoch's weights on each held-out part, "
+          "mean ± std over splits.\n\n" + "\n".join(lines) + "\n")
+    _write_json(_join(output, "splits.json"), summary, so)
+    write_bytes(_join(output, "splits.md"), md.encode(), so)
+    best = stats.get("val_ema_srcc") or stats.get("val_raw_srcc") or {"mean": float("nan"), "std": float("nan")}
+    summary["line"] = (f"train: {n_splits} splits: held-out SRCC {best['mean']:.4f} ± {best['std']:.4f} "
+                       f"(EMA weights); table in {_join(output, 'splits.md')}")
+    return summary

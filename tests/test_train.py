@@ -1,0 +1,205 @@
+"""Training: which parameters move, that a short run learns, per-epoch validation and best-checkpoint
+selection, resume after a kill, and the small-dataset protocol."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from model import create_model
+from model.losses import LossConfig
+from model.optim import build_optimizer
+from pipeline.synthetic import moving_pattern
+from pipeline.train import STATE_FILE, TrainConfig, TrainRun, _build_model, read_history, train, train_splits, train_step
+from procs import cli_subprocess, kill_tree
+
+NOISE = (0, 6, 12, 20, 30, 45)  # pixel noise sigma per quality level; mos = 5 - level
+
+
+def _write(path: Path, frames: torch.Tensor) -> None:
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=25)
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        st.options = {"preset": "ultrafast", "crf": "4"}
+        for f in frames.numpy():
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+
+
+def labelled_set(d: Path, contents: range, levels=NOISE) -> pd.DataFrame:
+    """Moving textures, each at several noise levels: label = how little noise (a ranking a model can learn)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in contents:
+        clean = moving_pattern(32, 96, 128, seed=100 + c).float()
+        g = torch.Generator().manual_seed(c)
+        for lvl, sigma in enumerate(levels):
+            noisy = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0, 255).round().to(torch.uint8)
+            path = d / f"c{c}_n{lvl}.mp4"
+            _write(path, noisy)
+            rows.append({"video_id": path.stem, "uri": str(path), "mos": 5.0 - lvl, "dataset": f"c{c}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train_videos")
+    # one inter cache for the module: stage 1 runs once per video, as it would for a user
+    return {"train": labelled_set(d / "train", range(2)), "val": labelled_set(d / "val", range(2, 3)),
+            "cache": str(d / "inter")}
+
+
+# ----------------------------------------------------------------------------- one step
+
+def _batch(b: int = 2):
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (b, 1, 3, 32, 224, 224), generator=g, dtype=torch.uint8)
+    return clips, torch.randn(b, 16, 64, generator=g), torch.tensor([1.0, 4.0][:b])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_one_step_moves_exactly_the_trainable_parameters(frozen):
+    vqa = _build_model(TrainConfig(preset="tiny", freeze_backbone=frozen, reinit_head=frozen), seed=0)
+    vqa.train()
+    before = {k: v.detach().clone() for k, v in vqa.state_dict().items()}
+    clips, inter, mos = _batch()
+    inter.requires_grad_(True)
+    opt = build_optimizer(vqa, backbone_lr=1e-3, head_lr=1e-3)
+    loss = train_step(vqa, clips, inter, mos, opt, LossConfig(), generator=torch.Generator().manual_seed(1))
+    assert np.isfinite(loss)
+    after = vqa.state_dict()
+    params = dict(vqa.named_parameters())
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    trainable = {k for k, p in params.items() if not (frozen and k.startswith("intra."))}
+    assert moved == trainable, (sorted(trainable - moved)[:5], sorted(moved - trainable)[:5])
+    assert all(not k.startswith("intra.") for k in moved) if frozen else any(k.startswith("intra.") for k in moved)
+    assert any(k.startswith("head.") for k in moved)
+    assert inter.grad is not None  # cached embeddings are inputs: gradients reach them, nothing trains them
+
+
+def test_frozen_backbone_and_fresh_head_come_from_the_run_seed():
+    a = _build_model(TrainConfig(preset="tiny", reinit_head=True), seed=1)
+    b = _build_model(TrainConfig(preset="tiny", reinit_head=True), seed=1)
+    c = _build_model(TrainConfig(preset="tiny", reinit_head=True), seed=2)
+    ha, hb, hc = (m.head.state_dict() for m in (a, b, c))
+    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    assert not all(torch.equal(ha[k], hc[k]) for k in ha)
+
+
+# ----------------------------------------------------------------------------- a short run
+
+TINY = dict(preset="tiny", batch_size=4, head_lr=3e-3, backbone_lr=3e-4, warmup_epochs=0.5, ema_decay=0.8,
+            val_clips=1, seed=7)
+
+
+@pytest.mark.slow
+def test_short_run_learns_and_selects_the_best_checkpoint(ray_local, sets, tmp_path):
+    out = tmp_path / "run"
+    h = train(sets["train"], str(out), TrainConfig(epochs=4, **TINY), TrainRun(workers=1, cache_uri=sets["cache"]), val=sets["val"])
+    epochs = h["epochs"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3, 4]
+    for r in epochs:  # raw and EMA weights are validated every epoch, on every metric
+        assert all(f"val_{w}_{m}" in r for w in ("raw", "ema") for m in ("srcc", "plcc", "krcc", "rmse"))
+    start, best = epochs[0]["val_raw_srcc"], h["best"]["val_srcc"]
+    print(f"val SRCC (held-out content) before training {start:.3f}; best after training {best:.3f}; per epoch "
+          + ", ".join(f"{r['val_raw_srcc']:.2f}/{r['val_ema_srcc']:.2f}" for r in epochs))
+    assert best > start + 0.3 and best >= 0.7
+
+    # best.pt: the epoch and weights (raw or EMA) with the highest validation SRCC; loadable and scoring
+    scored = [(max(r["val_raw_srcc"], r["val_ema_srcc"]), r["epoch"]) for r in epochs[1:]]
+    best_srcc, best_epoch = max(scored, key=lambda t: t[0])  # ties: the earliest epoch keeps the title
+    assert h["best"]["epoch"] == best_epoch and h["best"]["val_srcc"] == pytest.approx(best_srcc)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["metadata"]["epoch"] == best_epoch
+    vqa, inter = create_model(checkpoint=str(out / "best.pt"))
+    assert vqa.cfg.name == "tiny" and inter is not None
+    assert (out / "training_curves.png").stat().st_size > 0 and (out / "last.pt").exists()
+
+    # a second run on the same output has nothing left to do
+    t0 = time.perf_counter()
+    again = train(sets["train"], str(out), TrainConfig(epochs=4, **TINY), TrainRun(workers=1, cache_uri=sets["cache"]), val=sets["val"])
+    assert again["epochs"] == epochs and time.perf_counter() - t0 < 60
+
+
+def _latest_state(out: Path) -> dict:
+    snap = json.loads((out / "ray_train" / "checkpoint_manager_snapshot.json").read_text())
+    ckpts = sorted((out / "ray_train").glob("checkpoint_*"))
+    assert snap and ckpts
+    return torch.load(ckpts[-1] / STATE_FILE, weights_only=True)
+
+
+def _wait_for_first_epoch(proc, out: Path, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    snap = out / "ray_train" / "checkpoint_manager_snapshot.json"
+    while time.time() < deadline and proc.poll() is None:
+        if snap.exists() and "checkpoint_" in snap.read_text():
+            kill_tree(proc)
+            return
+        time.sleep(0.2)
+    log = proc.stdout.read() if proc.stdout else ""
+    proc.kill()
+    raise AssertionError(f"no checkpoint registered before the job ended or timed out:\n{log[-3000:]}")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_with_the_same_state(ray_local, sets, tmp_path):
+    """Killed after its first epoch and started again, a run ends exactly where an uninterrupted run ends:
+    same step, same weights, same optimizer moments, same EMA."""
+    data = sets["train"].head(12)
+    manifest = tmp_path / "train.csv"
+    data.to_csv(manifest, index=False)
+    cfg = TrainConfig(epochs=2, **{**TINY, "batch_size": 4})
+    whole = tmp_path / "whole"
+    train(data, str(whole), cfg, TrainRun(workers=1, loader_workers=0, cache_uri=sets["cache"]))
+
+    killed = tmp_path / "killed"
+    proc = cli_subprocess(["train", "--input", str(manifest), "--output", str(killed), "--preset", "tiny",
+                           "--epochs", "2", "--batch-size", "4", "--head-lr", str(cfg.head_lr),
+                           "--backbone-lr", str(cfg.backbone_lr), "--warmup-epochs", str(cfg.warmup_epochs),
+                           "--ema-decay", str(cfg.ema_decay), "--seed", str(cfg.seed), "--loader-workers", "0",
+                           "--val-clips", "1", "--cache", sets["cache"]])
+    _wait_for_first_epoch(proc, killed)
+    assert len(read_history(str(killed))["epochs"]) == 1, "killed after exactly one epoch"
+    train(data, str(killed), cfg, TrainRun(workers=1, loader_workers=0, cache_uri=sets["cache"]))
+
+    a, b = _latest_state(whole), _latest_state(killed)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 6)
+    for part in ("model", "ema"):
+        sa, sb = (a[part] if part == "model" else a[part]["module"]), (b[part] if part == "model" else b[part]["module"])
+        for k in sa:
+            torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-6, msg=f"{part} {k}")
+    assert a["ema"]["num_updates"] == b["ema"]["num_updates"] == 6
+    for i, st in a["optimizer"]["state"].items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(b["optimizer"]["state"][i][k], st[k], rtol=0, atol=1e-6)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    assert [r["train_loss"] for r in a["history"]] == pytest.approx([r["train_loss"] for r in b["history"]], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_small_dataset_protocol_reports_mean_and_std_over_splits(ray_local, sets, tmp_path):
+    data = pd.concat([sets["train"], sets["val"]]).reset_index(drop=True)
+    cfg = TrainConfig(epochs=1, freeze_backbone=True, reinit_head=True, **{**TINY, "batch_size": 8})
+    summary = train_splits(data, str(tmp_path / "p"), cfg, TrainRun(workers=1, cache_uri=sets["cache"]), n_splits=2, train_fraction=0.8)
+    assert len(summary["splits"]) == 2
+    srcc = [s["val_ema_srcc"] for s in summary["splits"]]
+    assert summary["stats"]["val_ema_srcc"]["mean"] == pytest.approx(np.mean(srcc))
+    assert summary["stats"]["val_ema_srcc"]["std"] == pytest.approx(np.std(srcc))
+    assert "±" in (tmp_path / "p" / "splits.md").read_text()
+    # backbone frozen: the exported model's intra weights are the initial ones, the head is new
+    for k in range(2):
+        hist = read_history(str(tmp_path / "p" / f"split_{k:02d}"))
+        trained = torch.load(tmp_path / "p" / f"split_{k:02d}" / "last.pt", weights_only=True)["securevqa"]
+        start = _build_model(cfg, seed=hist["seed"]).state_dict()
+        assert all(torch.equal(trained[n], start[n]) for n in start if n.startswith("intra."))
+        assert not all(torch.equal(trained[n], start[n]) for n in start if n.startswith("head."))
+        assert len(hist["config"]) and hist["config"]["freeze_backbone"]
