@@ -112,6 +112,7 @@ Properties
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -121,7 +122,7 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -649,29 +650,49 @@ def _view_factor(h: int, w: int) -> int:
     return max(1, math.floor(min(h, w) / SSIM_VIEW_SIDE + 0.5))
 
 
+class _SsimReference:
+    """SSIM against one reference clip; the reference's local statistics are computed once and
+    shared by every clip compared with it (they are 2 of the 5 filtered maps)."""
+
+    C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def __init__(self, ref: torch.Tensor):
+        self.shape = tuple(ref.shape)
+        self.f = _view_factor(*ref.shape[1:3])
+        self.g = _gaussian_kernel(1.5)  # radius ceil(3 * 1.5) = 5: the 11-tap window of the SSIM paper
+        self.chunks = []
+        for s in range(0, ref.shape[0], _CHUNK):
+            y = self._luma(ref[s : s + _CHUNK])
+            my = _filter_valid(y, self.g)
+            self.chunks.append((y, my, _filter_valid(y * y, self.g) - my * my))
+
+    def _luma(self, frames: torch.Tensor) -> torch.Tensor:
+        y = _luma(frames)
+        return F.avg_pool2d(y, self.f) if self.f > 1 else y
+
+    def score(self, clip: torch.Tensor) -> float:
+        """Mean over frames of the SSIM map's mean."""
+        if tuple(clip.shape) != self.shape:
+            raise ValueError(f"clips differ in shape: {tuple(clip.shape)} vs {self.shape}")
+        g, c1, c2 = self.g, self.C1, self.C2
+        total = 0.0
+        for i, (y, my, syy) in enumerate(self.chunks):
+            x = self._luma(clip[i * _CHUNK : (i + 1) * _CHUNK])
+            mx = _filter_valid(x, g)
+            sxx = _filter_valid(x * x, g) - mx * mx
+            sxy = _filter_valid(x * y, g) - mx * my
+            m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+            total += float(m.double().mean(dim=(1, 2, 3)).sum())
+        return total / clip.shape[0]
+
+
 def ssim_video(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean over frames of the SSIM of the BT.601 luma of two (T, H, W, 3) uint8 RGB clips.
 
     Frames at least 384 px on their short side are first averaged over f x f blocks
     (``_view_factor``), as in the authors' reference code.
     """
-    if a.shape != b.shape:
-        raise ValueError(f"clips differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    g = _gaussian_kernel(1.5)  # radius ceil(3 * 1.5) = 5: the 11-tap window of the SSIM paper
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    f = _view_factor(*a.shape[1:3])
-    total = 0.0
-    for s in range(0, a.shape[0], _CHUNK):
-        x, y = _luma(a[s : s + _CHUNK]), _luma(b[s : s + _CHUNK])
-        if f > 1:
-            x, y = F.avg_pool2d(x, f), F.avg_pool2d(y, f)
-        mx, my = _filter_valid(x, g), _filter_valid(y, g)
-        sxx = _filter_valid(x * x, g) - mx * mx
-        syy = _filter_valid(y * y, g) - my * my
-        sxy = _filter_valid(x * y, g) - mx * my
-        m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-        total += float(m.double().mean(dim=(1, 2, 3)).sum())
-    return total / a.shape[0]
+    return _SsimReference(b).score(a)
 
 
 def mos_from_ssim(ssim: float) -> float:
@@ -784,6 +805,21 @@ def _video_frames(src: Path, clip_frames: int, max_height: int) -> tuple[torch.T
     return frames, fps
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread while building (the caller's setting is restored).
+
+    The tensors are small chunks, so a second thread buys little; on a shared 2-core machine
+    OpenMP's waiting threads made a build 5x slower (15 s -> 73 s for the same clips, measured).
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _source_clips(name: str, frames: torch.Tensor, fps: Fraction, out_dir: Path,
                   dist: Mapping[str, Sequence[float]], seed: int) -> list[dict]:
     """Encode the clean clip and every distortion of one source; one manifest row each."""
@@ -791,6 +827,7 @@ def _source_clips(name: str, frames: torch.Tensor, fps: Fraction, out_dir: Path,
     clean_path = out_dir / f"{name}__clean.mp4"
     _encode(frames, clean_path, fps, CLEAN_CRF)
     ref = _decode_all(clean_path, n)
+    ssim_ref = _SsimReference(ref)
     rows = [_row(name, "clean", 0, float("nan"), clean_path, 1.0)]
     for kind, levels in dist.items():
         for li, param in enumerate(levels, start=1):
@@ -798,7 +835,7 @@ def _source_clips(name: str, frames: torch.Tensor, fps: Fraction, out_dir: Path,
             rng = np.random.default_rng((int(seed), zlib.crc32(name.encode()), li))
             out, crf = _distort(kind, ref, param, fps, rng)
             _encode(out, path, fps, crf)
-            rows.append(_row(name, kind, li, param, path, ssim_video(_decode_all(path, n), ref)))
+            rows.append(_row(name, kind, li, param, path, ssim_ref.score(_decode_all(path, n))))
     return rows
 
 
@@ -844,8 +881,9 @@ def build_demo_set(
     rows: list[dict] = []
     for src, name in zip(srcs, names):
         t0 = time.perf_counter()
-        frames, fps = _video_frames(src, clip_frames, max_height)
-        rows += _source_clips(name, frames, fps, out_dir, dist, seed)
+        with _one_torch_thread():
+            frames, fps = _video_frames(src, clip_frames, max_height)
+            rows += _source_clips(name, frames, fps, out_dir, dist, seed)
         if verbose:
             h, w = frames.shape[1:3]
             print(f"{name}: {frames.shape[0]} frames {w}x{h}, {1 + sum(map(len, dist.values()))} clips in "
@@ -974,8 +1012,9 @@ def build_training_set(
     rows: list[dict] = []
     for i, src in enumerate(srcs, start=1):
         t0 = time.perf_counter()
-        frames, fps = _training_frames(src, clip_frames, size, seed)
-        clips = _source_clips(src.name, frames, fps, out_dir, dist, seed)
+        with _one_torch_thread():
+            frames, fps = _training_frames(src, clip_frames, size, seed)
+            clips = _source_clips(src.name, frames, fps, out_dir, dist, seed)
         rows += [{**r, "kind": src.kind, "split": split_of[src.name]} for r in clips]
         if verbose:
             h, w = frames.shape[1:3]

@@ -132,7 +132,7 @@ def test_short_run_learns_and_selects_the_best_checkpoint(ray_local, sets, tmp_p
 
 def _latest_state(out: Path) -> dict:
     snap = json.loads((out / "ray_train" / "checkpoint_manager_snapshot.json").read_text())
-    ckpts = sorted((out / "ray_train").glob("checkpoint_*"))
+    ckpts = sorted(p for p in (out / "ray_train").glob("checkpoint_*") if p.is_dir())
     assert snap and ckpts
     return torch.load(ckpts[-1] / STATE_FILE, weights_only=True)
 
