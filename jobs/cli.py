@@ -47,7 +47,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", help="SecureVQA checkpoint (ours or the reference layout), path or URI")
     g.add_argument("--inter-checkpoint", help="pytorchvideo SLOWFAST_8x8_R50.pyth for the fast pathway")
     g.add_argument("--preset", choices=["paper", "tiny"],
-                   help="architecture (default: the checkpoint's own, 'paper' for reference checkpoints, else 'tiny')")
+                   help="architecture (default: the checkpoint's own, 'paper' for reference checkpoints; with neither, "
+                   "the shipped demo model)")
     g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     g.add_argument("--no-guardian", action="store_true", help="disable the guardian map (ablations only)")
     r = p.add_argument_group("run")
@@ -226,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)
-    if spec.checkpoint is None and spec.preset in (None, "tiny"):
-        log.warning("no --checkpoint: scores come from an UNTRAINED tiny model")
+    if spec.checkpoint is None and spec.preset is not None:
+        log.warning("--preset without --checkpoint: scores come from an UNTRAINED %s model", spec.preset)
+    elif spec.default_weights:
+        log.info("no --checkpoint: the shipped demo model (tiny, trained on package-shipped content; "
+                 "docs/training.md says what it is not good for)")
     _init_ray(args.ray_address)
     if args.command == "extract-inter":
         print(extract_inter(manifest, args.cache, spec, opts).line())

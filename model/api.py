@@ -26,6 +26,11 @@ from .checkpoint import (
 from .config import SecureVQAConfig, get_config
 from .securevqa import InterEmbedder, SecureVQA
 
+from pathlib import Path
+
+# The demo model shipped with the package: the `tiny` preset trained by `make demo-model` (docs/training.md).
+DEMO_CHECKPOINT = Path(__file__).parent / "weights" / "securevqa_tiny_demo.pt"
+
 FORMAT = "securevqa"
 FORMAT_VERSION = 1
 # Index buffers and similar are recomputed from sizes, never loaded.
@@ -167,6 +172,7 @@ def save_checkpoint(
 
 
 __all__ = [
+    "DEMO_CHECKPOINT",
     "CheckpointMismatchError",
     "create_model",
     "load_inter_weights",

@@ -40,19 +40,20 @@ noise      additive white Gaussian noise on RGB (fresh per frame),    sigma = 8,
            CRF 12
 fps        frame-rate drop: keep every k-th frame and repeat it,       k = 2, 4
            CRF 12 (the clip keeps its length and nominal rate)
-mpeg2      MPEG-2 (FFmpeg mpeg2video, GOP 12, no B-frames) at a       quantiser q (2..31)
+mpeg2      MPEG-2 (FFmpeg mpeg2video, GOP 12, no B-frames) at a       quantiser q = 12, 31 *
            fixed quantiser, decoded, CRF 12
-mjpeg      per-frame JPEG (FFmpeg mjpeg) at a fixed quantiser,        quantiser q (2..31)
+mjpeg      per-frame JPEG (FFmpeg mjpeg) at a fixed quantiser,        quantiser q = 24 *
            decoded, CRF 12
-contrast   washed-out picture (flare/haze): blend towards grey 192    veil fraction a
-stream     low rung of an adaptive stream: downscale by 2, libx264    CRF of the small encode
-           at the CRF, decode, bicubic upscale, CRF 12
+contrast   washed-out picture (flare, haze, wrong levels): a          veil fraction a = 0.4 *
+           fraction a of each pixel replaced by grey 192, CRF 12
+stream     low rung of an adaptive stream: downscale by 2, libx264    CRF = 34 * (of the small
+           at the CRF, decode, bicubic upscale, CRF 12                encode)
 =========  ========================================================  ==========================
 
-The demo set uses the first five types (``DEFAULT_DISTORTIONS``) and the training set all nine
-(``TRAINING_DISTORTIONS``). ``level`` is 0 for the clean clip and 1..n from the mildest to the
-strongest setting of a type; ``param`` is the setting itself. Demo: 3 sources x (1 + 12) = 39
-clips.
+The demo set uses the first five types (``DEFAULT_DISTORTIONS``), the training set all nine
+(``TRAINING_DISTORTIONS``; * = its levels). ``level`` is 0 for the clean clip and 1..n from the
+mildest to the strongest setting of a type; ``param`` is the setting itself. Demo: 3 sources x
+(1 + 12) = 39 clips; training set: 17 contents x (1 + 17) = 306 clips.
 
 Columns of ``manifest.csv`` (and of the returned DataFrame): ``video_id, uri, mos, dataset,
 source, distortion, level, param, ssim`` (the training set adds ``kind`` "video"/"still" and
@@ -86,7 +87,8 @@ SSIM tracks MOS better than PSNR on the classic quality databases. Its limits:
 it is a full-reference fidelity measure, not preference - it ignores content appeal, judges
 frame by frame (the temporal part of a frame-rate drop is seen only as misaligned frames, judder
 and flicker are not modelled), weighs noise harsher and mild blur gentler than viewers often do,
-and between different contents its numbers are less comparable than within one content.
+and between different contents its numbers are less comparable than within one content
+(``docs/training_data.md`` has the full argument and a real build's label table).
 
 Properties
 ----------
@@ -104,9 +106,10 @@ Properties
 * Atomic-ish: every file is written under a hidden temporary name then renamed
   (``os.replace``); the parameter file is written last, so an interrupted build is redone.
 * Fast: 39 demo clips of 64 frames in about 35 s on 2 shared cores (measured: Big Buck Bunny
-  18 s, bikes 13 s, carphone 3 s; the CLI prints the time); the training set's timing is in
-  ``docs/training_data.md``. A no-op call takes milliseconds (it hashes the sources). Per clip:
-  distort (torch, in chunks of 4 frames), encode, decode, SSIM.
+  18 s, bikes 13 s, carphone 3 s; the CLI prints the time), the training set's 306 in about
+  230 s. A no-op call takes milliseconds (it hashes the sources). Per clip: distort (torch, in
+  chunks of 4 frames), encode, decode, SSIM (the clean clip's share of it computed once per
+  source). Torch runs on one thread during a build (``_one_torch_thread``).
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ from pipeline.video import probe, read_frames
 __all__ = [
     "DEFAULT_DISTORTIONS",
     "DEFAULT_SPLITS",
+    "DISTORTION_TYPES",
+    "TRAINING_COLUMNS",
     "TRAINING_DISTORTIONS",
     "CameraPath",
     "DemoDataError",
@@ -152,6 +157,7 @@ __all__ = [
     "mos_from_ssim",
     "shipped_sources",
     "shipped_stills",
+    "split_table",
     "ssim_video",
     "training_sources",
 ]
@@ -180,10 +186,10 @@ DEFAULT_DISTORTIONS: dict[str, tuple[float, ...]] = {
 }
 TRAINING_DISTORTIONS: dict[str, tuple[float, ...]] = {
     **DEFAULT_DISTORTIONS,
-    "mpeg2": (10, 24),  # fixed quantiser
-    "mjpeg": (20,),  # fixed quantiser
-    "contrast": (0.5,),  # veil fraction
-    "stream": (36,),  # CRF of the half-resolution encode
+    "mpeg2": (12, 31),  # fixed quantiser (31: the coarsest MPEG-2 allows)
+    "mjpeg": (24,),  # fixed quantiser
+    "contrast": (0.4,),  # veil fraction
+    "stream": (34,),  # CRF of the half-resolution encode
 }
 DISTORTION_TYPES = tuple(TRAINING_DISTORTIONS)
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
@@ -194,7 +200,7 @@ SPLITS = ("train", "val", "test")
 
 CLEAN_CRF = 12
 PRESET = "veryfast"
-X264_THREADS = 1  # with 2 frame threads x264 gave different bytes in ~1 run of 10 here
+X264_THREADS = 1  # every encoder: with 2 frame threads x264 gave different bytes in ~1 run of 10
 MPEG_GOP = 12
 VEIL_LEVEL = 192.0  # the grey a washed-out picture tends to (8-bit RGB)
 STREAM_DOWNSCALE = 2
@@ -599,8 +605,8 @@ def film_still(photo: torch.Tensor, path: CameraPath, out_hw: tuple[int, int]) -
     """(H, W, 3) uint8 photo -> (T, h, w, 3) uint8 frames seen along ``path``.
 
     Bilinear sub-pixel sampling; when the camera sees the photo downscaled, the photo is first
-    resized (antialiased) by the clip's smallest scale, so sampling never skips detail and the
-    clean clip is not aliased (the remaining per-frame minification is below the zoom range).
+    resized (antialiased) by the clip's smallest scale, so the clean clip is not aliased: what
+    minification remains per frame is at most the clip's zoom (<= 1.2x), which bilinear handles.
     """
     h, w = out_hw
     src = photo.permute(2, 0, 1)[None].float()
@@ -660,7 +666,7 @@ class _SsimReference:
         self.shape = tuple(ref.shape)
         self.f = _view_factor(*ref.shape[1:3])
         self.g = _gaussian_kernel(1.5)  # radius ceil(3 * 1.5) = 5: the 11-tap window of the SSIM paper
-        self.chunks = []
+        self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (luma, mean, variance)
         for s in range(0, ref.shape[0], _CHUNK):
             y = self._luma(ref[s : s + _CHUNK])
             my = _filter_valid(y, self.g)
@@ -928,7 +934,7 @@ def _assign_splits(names: Sequence[str], splits: Mapping[str, Sequence[str]]) ->
     where: dict[str, str] = {}
     for split, members in splits.items():
         if isinstance(members, str):
-            raise ValueError(f"split {split!r} must list content names, got the string {members!r}")
+            raise TypeError(f"split {split!r} must list content names, got the string {members!r}")
         for m in members:
             if m not in known:
                 raise ValueError(f"unknown content {m!r} in split {split!r}; known: {sorted(known)}")

@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 
 from model import InterEmbedder, SecureVQA, create_model, make_generator
+from model.api import DEMO_CHECKPOINT
 from model.rng import derive_seed
 
 from .inference import inter_segments, intra_clips
@@ -45,17 +46,23 @@ from .video import VideoDecodeError, VideoReader
 class ModelSpec:
     """Which model a stage runs; everything an actor needs to build it, and its version."""
 
-    preset: str | None = None  # None: the checkpoint's own config, else "tiny"
+    preset: str | None = None  # None: the checkpoint's own config; with no checkpoint either, the demo model
     checkpoint: str | None = None
     inter_checkpoint: str | None = None
     precision: str = "fp32"
     guardian: bool = True
 
+    @property
+    def default_weights(self) -> bool:
+        """No checkpoint and no preset: the demo model shipped with the package."""
+        return self.checkpoint is None and self.preset is None
+
     def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
         device = "cuda" if torch.cuda.is_available() else "cpu"  # never from Ray's GPU ids
-        preset = self.preset or ("paper" if self.checkpoint else "tiny")
+        checkpoint = str(DEMO_CHECKPOINT) if self.default_weights else self.checkpoint
+        preset = self.preset or ("paper" if checkpoint else "tiny")
         return create_model(
-            preset, checkpoint=self.checkpoint, inter_checkpoint=self.inter_checkpoint,
+            preset, checkpoint=checkpoint, inter_checkpoint=self.inter_checkpoint,
             precision=self.precision, device=device, guardian=self.guardian, storage_options=storage_options,
         )
 

