@@ -153,6 +153,9 @@ __all__ = [
     "build_training_set",
     "camera_path",
     "film_still",
+    "CONDITION_MOS",
+    "LABEL_RULES",
+    "apply_label_rule",
     "label_table",
     "mos_from_ssim",
     "shipped_sources",
@@ -211,8 +214,27 @@ STILL_FPS = Fraction(25)
 MIN_SIDE = 224  # the model's fragments are 224 px: never make it upsample a still's frames
 MANIFEST = "manifest.csv"
 PARAMS = "demo_params.json"
-FORMAT_VERSION = 3
-COLUMNS = ["video_id", "uri", "mos", "dataset", "source", "distortion", "level", "param", "ssim"]
+FORMAT_VERSION = 4
+COLUMNS = ["video_id", "uri", "mos", "dataset", "source", "distortion", "level", "param", "ssim", "mos_ssim"]
+
+# The label rule (docs/training_data.md): the MOS of a processing condition (type, setting) is the mean
+# of the SSIM-based rule over the 17 contents of the default training set (seed 0, built once, frozen
+# here). Per clip, SSIM ranks the conditions of one content well but is not comparable across
+# contents (low-contrast content at CRF 51: 4.40 for moon, 1.00 for grass), so each clip takes its
+# condition's value; `mos_ssim` keeps the per-clip SSIM label. LABEL_RULES: "condition" or "ssim".
+CONDITION_MOS: dict[tuple[str, float], float] = {
+    ("clean", 0.0): 5.00,
+    ("h264", 30.0): 4.56, ("h264", 38.0): 3.42, ("h264", 44.0): 2.55, ("h264", 51.0): 2.08,
+    ("scale", 2.0): 4.62, ("scale", 4.0): 3.32,
+    ("blur", 1.5): 4.03, ("blur", 3.0): 2.74,
+    ("noise", 8.0): 3.78, ("noise", 20.0): 1.49,
+    ("fps", 2.0): 4.36, ("fps", 4.0): 3.36,
+    ("mpeg2", 12.0): 4.43, ("mpeg2", 31.0): 3.60,
+    ("mjpeg", 24.0): 4.06,
+    ("contrast", 0.4): 3.50,
+    ("stream", 34.0): 2.98,
+}
+LABEL_RULES = ("condition", "ssim")
 TRAINING_COLUMNS = [*COLUMNS, "kind", "split"]
 
 # Virtual camera (output pixels and frames at 25 fps; see camera_path)
@@ -723,7 +745,7 @@ def _check_distortions(distortions: Mapping[str, Sequence[float]]) -> dict[str, 
     return dist
 
 
-def _common_params(seed: int, clip_frames: int, distortions: Mapping[str, Sequence[float]]) -> dict:
+def _common_params(seed: int, clip_frames: int, distortions: Mapping[str, Sequence[float]], label: str) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "seed": int(seed),
@@ -733,14 +755,15 @@ def _common_params(seed: int, clip_frames: int, distortions: Mapping[str, Sequen
         "x264_threads": X264_THREADS,
         "mos_rule": {"center": MOS_CENTER, "width": MOS_WIDTH, "ssim_view_side": SSIM_VIEW_SIDE},
         "distortions": {k: [float(v) for v in vs] for k, vs in distortions.items()},
+        "label": label,
         "av_version": av.__version__,
     }
 
 
 def _params(sources: Sequence[Path], seed: int, clip_frames: int, max_height: int,
-            distortions: Mapping[str, Sequence[float]]) -> dict:
+            distortions: Mapping[str, Sequence[float]], label: str) -> dict:
     return {
-        **_common_params(seed, clip_frames, distortions),
+        **_common_params(seed, clip_frames, distortions, label),
         "builder": "demo",
         "max_height": int(max_height),
         "sources": [{"name": p.name, "sha256": _sha256(p)} for p in sources],
@@ -853,6 +876,7 @@ def build_demo_set(
     clip_frames: int = 64,
     max_height: int = 360,
     distortions: Mapping[str, Sequence[float]] | None = None,
+    label: str = "condition",
     verbose: bool = False,
 ) -> pd.DataFrame:
     """Build (or reuse) the demo clips in ``out_dir`` and return the manifest (module docstring).
@@ -875,7 +899,8 @@ def build_demo_set(
     if clip_frames < 1:
         raise ValueError("clip_frames must be >= 1")
 
-    params = _params(srcs, seed, clip_frames, max_height, dist)
+    _check_label(label, dist)
+    params = _params(srcs, seed, clip_frames, max_height, dist, label)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _existing(out_dir, params)
     if done is not None:
@@ -894,21 +919,40 @@ def build_demo_set(
             h, w = frames.shape[1:3]
             print(f"{name}: {frames.shape[0]} frames {w}x{h}, {1 + sum(map(len, dist.values()))} clips in "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return _finish(out_dir, rows, COLUMNS, params)
+    return _finish(out_dir, apply_label_rule(rows, label), COLUMNS, params)
 
 
 def _row(source: str, distortion: str, level: int, param: float, path: Path, ssim: float) -> dict:
     return {
         "video_id": f"{source}__{distortion}" + (f"_{level}" if level else ""),
         "uri": str(path.resolve()),
-        "mos": round(mos_from_ssim(ssim), 4),
+        "mos": round(mos_from_ssim(ssim), 4),  # the per-clip SSIM rule; apply_label_rule may replace it
         "dataset": source,
         "source": source,
         "distortion": distortion,
         "level": level,
         "param": param,
         "ssim": round(ssim, 6),
+        "mos_ssim": round(mos_from_ssim(ssim), 4),
     }
+
+
+def _check_label(label: str, distortions: Mapping[str, Sequence[float]]) -> None:
+    if label not in LABEL_RULES:
+        raise ValueError(f"label must be one of {LABEL_RULES}, got {label!r}")
+    if label == "condition":
+        missing = [(k, float(v)) for k, vs in distortions.items() for v in vs if (k, float(v)) not in CONDITION_MOS]
+        if missing:
+            raise ValueError(f"no condition MOS for {missing}: use the table's settings (CONDITION_MOS) "
+                             "or label='ssim' (the per-clip SSIM rule)")
+
+
+def apply_label_rule(rows: list[dict], label: str) -> list[dict]:
+    """`mos` by the chosen rule: the condition's MOS (CONDITION_MOS) or the clip's own SSIM rule."""
+    if label == "ssim":
+        return rows
+    return [{**r, "mos": CONDITION_MOS[(r["distortion"], 0.0 if r["level"] == 0 else float(r["param"]))]}
+            for r in rows]
 
 
 # ----------------------------------------------------------------------------- training set
@@ -977,6 +1021,7 @@ def build_training_set(
     splits: Mapping[str, Sequence[str]] = DEFAULT_SPLITS,
     sources: Sequence[str] | None = None,
     distortions: Mapping[str, Sequence[float]] | None = None,
+    label: str = "condition",
     verbose: bool = False,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
@@ -995,11 +1040,12 @@ def build_training_set(
     if clip_frames < 2:
         raise ValueError("clip_frames must be >= 2 (a camera move needs two frames)")
     dist = _check_distortions(distortions or TRAINING_DISTORTIONS)
+    _check_label(label, dist)
     srcs = _select(sources)
     split_of = _assign_splits([s.name for s in srcs], splits)
 
     params = {
-        **_common_params(seed, clip_frames, dist),
+        **_common_params(seed, clip_frames, dist, label),
         "builder": "training",
         "size": list(size),
         "splits": split_of,
@@ -1026,7 +1072,7 @@ def build_training_set(
             h, w = frames.shape[1:3]
             print(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {frames.shape[0]} frames "
                   f"{w}x{h}, {len(clips)} clips in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    df = _finish(out_dir, rows, TRAINING_COLUMNS, params)
+    df = _finish(out_dir, apply_label_rule(rows, label), TRAINING_COLUMNS, params)
     if verbose:
         print(f"training set: {len(df)} clips in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
     return df

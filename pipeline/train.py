@@ -73,6 +73,10 @@ class TrainConfig:
     reinit_head: bool = False  # small-dataset protocol: fusion and head start afresh
     val_clips: int | None = None  # clips per validation video (None: the preset's test clips)
     guardian: bool = True
+    # Batches of `group_size` clips from each of batch/group_size groups (e.g. source content): the
+    # losses rank within a batch, and same-content clips make quality, not content, the difference.
+    group_column: str | None = None
+    group_size: int = 4
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +134,44 @@ class ClipDataset(Dataset):
         except Exception as exc:
             raise RuntimeError(f"training video {r['video_id']} ({r['uri']}): {exc}") from exc
         return clips, self.embeddings[r["inter_key"]], float(r["mos"]), i
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of `per_group` items from each of `batch_size // per_group` distinct groups (e.g. source
+    contents), drawn from `generator`: every item at most once per epoch, a group at most once per batch."""
+
+    def __init__(self, groups: Sequence[Any], batch_size: int, per_group: int, generator: torch.Generator) -> None:
+        if batch_size % per_group or batch_size < 2 * per_group:
+            raise ValueError(f"batch size {batch_size} must be a multiple (>= 2x) of the group size {per_group}")
+        self.groups, self.k, self.per_group = list(groups), batch_size // per_group, per_group
+        members: dict[Any, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            members.setdefault(g, []).append(i)
+        if len(members) < self.k:
+            raise ValueError(f"{len(members)} groups cannot fill batches of {self.k} distinct groups")
+        chunks: list[list[int]] = []
+        for items in members.values():
+            order = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+            chunks += [order[j:j + per_group] for j in range(0, len(order) - per_group + 1, per_group)]
+        chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        self.batches: list[list[int]] = []
+        open_batches: list[list[list[int]]] = []
+        for c in chunks:  # first open batch without this chunk's group, else a new one
+            for b in open_batches:
+                if all(self.groups[o[0]] != self.groups[c[0]] for o in b):
+                    b.append(c)
+                    break
+            else:
+                open_batches.append([c])
+            for b in [b for b in open_batches if len(b) == self.k]:
+                self.batches.append([i for chunk in b for i in chunk])
+                open_batches.remove(b)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _loader_init(_: int) -> None:
@@ -221,6 +263,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
     train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so)
     per_worker = max(2, cfg.batch_size // world)
     steps_per_epoch = len(train_ds) // (per_worker * world)
+    if cfg.group_column and world == 1:
+        steps_per_epoch = len(GroupedBatchSampler([r["group"] for r in config["train"]], per_worker,
+                                                  cfg.group_size, make_generator(0)))
     if steps_per_epoch < 1:
         raise ValueError(f"{len(train_ds)} training videos are fewer than one batch of {cfg.batch_size}")
     total = cfg.epochs * steps_per_epoch
@@ -271,9 +316,13 @@ def train_loop(config: Mapping[str, Any]) -> None:
             sampler.set_epoch(epoch)
         else:
             sampler = torch.utils.data.RandomSampler(train_ds, generator=make_generator(derive_seed(seed, "shuffle", epoch)))
-        loader = DataLoader(train_ds, batch_size=per_worker, sampler=sampler, drop_last=True,
-                            num_workers=run.loader_workers, worker_init_fn=_loader_init,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
+        batching: dict[str, Any] = {"batch_size": per_worker, "sampler": sampler, "drop_last": True}
+        if cfg.group_column and world == 1:
+            batching = {"batch_sampler": GroupedBatchSampler(
+                [r["group"] for r in config["train"]], per_worker, cfg.group_size,
+                make_generator(derive_seed(seed, "shuffle", epoch)))}
+        loader = DataLoader(train_ds, num_workers=run.loader_workers, worker_init_fn=_loader_init,
+                            pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         _set_train_mode(vqa, cfg)
         losses = []
@@ -382,7 +431,7 @@ def _labelled(df: pd.DataFrame, what: str) -> pd.DataFrame:
 
 
 def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], cache_uri: str,
-                so: Mapping[str, Any]) -> list[dict[str, Any]]:
+                so: Mapping[str, Any], group_column: str | None = None) -> list[dict[str, Any]]:
     """Rows with their inter-cache key; videos whose stage 1 failed are dropped, and named."""
     keyed = keyed_manifest(df, versions["inter"], so)
     status = ShardStore(cache_uri, so).read_table(columns=["key", "status", "error"]).to_pandas()
@@ -392,8 +441,9 @@ def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], 
         err = status.at[r.key, "error"] if r.key in status.index else "not in the cache"
         log.warning("left out of training: %s (%s): %s", r.video_id, r.uri, err)
     keyed = keyed[ok]
-    return [{"video_id": str(r.video_id), "uri": str(r.uri), "mos": float(r.mos), "inter_key": r.key}
-            for r in keyed.itertuples(index=False)]
+    group = keyed[group_column].astype(str) if group_column else pd.Series("", index=keyed.index)
+    return [{"video_id": str(r.video_id), "uri": str(r.uri), "mos": float(r.mos), "inter_key": r.key, "group": g}
+            for r, g in zip(keyed.itertuples(index=False), group)]
 
 
 def _absolute(uri: str) -> str:
@@ -426,7 +476,9 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     opts = RunOptions(storage_options=dict(so), actors=1, cpus_per_actor=1, threads=run.threads, seed=seed,
                       gpus_per_actor=1.0 if run.use_gpu else None)
     print(extract_inter(everything, cache_uri, spec, opts, versions).line(), flush=True)
-    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so)
+    if cfg.group_column and cfg.group_column not in manifest:
+        raise ValueError(f"--group-by {cfg.group_column!r}: no such column in the training manifest")
+    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column)
     val_rows = _inter_rows(val, spec, versions, cache_uri, so) if val is not None else []
     print(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
           f"{run.workers} worker(s); output {output}", flush=True)

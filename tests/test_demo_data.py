@@ -22,6 +22,7 @@ from pipeline.demo_data import (
     build_training_set,
     camera_path,
     film_still,
+    CONDITION_MOS,
     mos_from_ssim,
     shipped_sources,
     shipped_stills,
@@ -41,7 +42,9 @@ def _carphone() -> Path:
 
 
 def _build(out: Path, seed: int = 0, distortions=SMALL) -> pd.DataFrame:
-    return build_demo_set(out, seed=seed, sources=[_carphone()], clip_frames=FRAMES, distortions=distortions)
+    # custom settings: the per-clip SSIM rule (the condition table only knows the default settings)
+    return build_demo_set(out, seed=seed, sources=[_carphone()], clip_frames=FRAMES, distortions=distortions,
+                          label="ssim")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +174,7 @@ TRAIN_SPLITS = {"test": ["carphone"], "val": ["moon", "rocket"]}  # rocket: know
 
 def _build_training(out: Path, seed: int = 0, **kw) -> pd.DataFrame:
     args = {"seed": seed, "clip_frames": TRAIN_FRAMES, "size": TRAIN_SIZE, "splits": TRAIN_SPLITS,
-            "sources": TRAIN_SOURCES, "distortions": TRAIN_DIST}
+            "sources": TRAIN_SOURCES, "distortions": TRAIN_DIST, "label": "ssim"}
     return build_training_set(out, **{**args, **kw})
 
 
@@ -333,3 +336,30 @@ def test_cli_summarises_a_training_build(trained, monkeypatch, capsys):
     assert demo_data.main(["unused", "--training-set", "--frames", "8", "--size", "224x256"]) == 0
     text = capsys.readouterr().out
     assert "train" in text and "test" in text and "contrast" in text and f"{len(df)} clips from 3 sources" in text
+
+
+def test_condition_labels_are_the_table_and_the_same_for_every_content(tmp_path):
+    dist = {"h264": (30, 51), "noise": (8.0, 20.0), "fps": (2,)}
+    df = build_training_set(tmp_path / "c", clip_frames=TRAIN_FRAMES, size=TRAIN_SIZE, splits=TRAIN_SPLITS,
+                            sources=["carphone", "astronaut"], distortions=dist)
+    for r in df.itertuples():
+        key = ("clean", 0.0) if r.level == 0 else (r.distortion, float(r.param))
+        assert r.mos == CONDITION_MOS[key]
+        assert r.mos_ssim == pytest.approx(mos_from_ssim(r.ssim), abs=1e-4)  # the per-clip rule is kept
+    # one value per condition across contents; strictly falling with strength within a type
+    assert df.groupby(["distortion", "level"])["mos"].nunique().eq(1).all()
+    for _, g in df[df.level > 0].groupby(["source", "distortion"]):
+        assert np.all(np.diff(g.sort_values("level").mos.to_numpy()) < 0)
+    with pytest.raises(ValueError, match="no condition MOS"):
+        build_demo_set(tmp_path / "x", sources=[_carphone()], distortions={"blur": (2.0,)})
+    with pytest.raises(ValueError, match="label must be one of"):
+        build_demo_set(tmp_path / "y", sources=[_carphone()], label="vmaf")
+
+
+def test_condition_table_is_monotone_and_covers_the_default_settings():
+    from pipeline.demo_data import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS
+
+    for dist in (DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS):
+        for kind, levels in dist.items():
+            values = [CONDITION_MOS[(kind, float(v))] for v in sorted(levels)]
+            assert all(1.0 <= v < 5.0 for v in values) and np.all(np.diff(values) < 0), (kind, values)
