@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo demo-model test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo
 
+# Trains the shipped demo model (about 30 minutes on 2 CPU cores; docs/training.md) and installs it.
+demo-model: $(STAMP)
+	$(BIN)/python -m jobs.demo_model --install
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -33,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_pipeline
 
 clean:
-	rm -rf $(VENV) demo_output bench_output
+	rm -rf $(VENV) demo_output demo_model_output bench_output

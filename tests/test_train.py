@@ -17,7 +17,17 @@ from model import create_model
 from model.losses import LossConfig
 from model.optim import build_optimizer
 from pipeline.synthetic import moving_pattern
-from pipeline.train import STATE_FILE, TrainConfig, TrainRun, _build_model, read_history, train, train_splits, train_step
+from pipeline.train import (
+    STATE_FILE,
+    GroupedBatchSampler,
+    TrainConfig,
+    TrainRun,
+    _build_model,
+    read_history,
+    train,
+    train_splits,
+    train_step,
+)
 from procs import cli_subprocess, kill_tree
 
 NOISE = (0, 6, 12, 20, 30, 45)  # pixel noise sigma per quality level; mos = 5 - level
@@ -93,6 +103,25 @@ def test_frozen_backbone_and_fresh_head_come_from_the_run_seed():
     ha, hb, hc = (m.head.state_dict() for m in (a, b, c))
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
     assert not all(torch.equal(ha[k], hc[k]) for k in ha)
+
+
+def test_grouped_batches_pair_clips_of_the_same_content():
+    groups = [f"c{i % 5}" for i in range(5 * 18)]  # 5 contents x 18 clips
+    s = GroupedBatchSampler(groups, batch_size=8, per_group=4, generator=torch.Generator().manual_seed(0))
+    batches = list(s)
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)), "an item at most once per epoch"
+    assert len(batches) == len(s) >= 9 and all(len(b) == 8 for b in batches)
+    for b in batches:  # two contents, four clips each
+        counts = pd.Series([groups[i] for i in b]).value_counts()
+        assert sorted(counts) == [4, 4]
+    again = list(GroupedBatchSampler(groups, 8, 4, torch.Generator().manual_seed(0)))
+    other = list(GroupedBatchSampler(groups, 8, 4, torch.Generator().manual_seed(1)))
+    assert again == batches and other != batches
+    with pytest.raises(ValueError, match="multiple"):
+        GroupedBatchSampler(groups, 6, 4, torch.Generator())
+    with pytest.raises(ValueError, match="groups cannot fill"):
+        GroupedBatchSampler(["a"] * 10, 8, 4, torch.Generator())
 
 
 # ----------------------------------------------------------------------------- a short run
