@@ -126,6 +126,7 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--loss", choices=["reference", "srcc"], default="reference",
                    help="reference: PLCC + 0.3 rank loss (reference code); srcc: PLCC + differentiable SRCC (paper)")
     r.add_argument("--freeze-backbone", action="store_true", default=None)
+    r.add_argument("--head-dropout", type=float, help="dropout of the head while training (default: the preset's 0.5)")
     r.add_argument("--reinit-head", action="store_true", default=None)
     r.add_argument("--group-by", help="batches of --group-size clips per value of this column (e.g. source): "
                    "the losses rank within a batch, so same-content clips isolate quality from content")
@@ -168,7 +169,7 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
         loss=LossConfig(kind=args.loss), freeze_backbone=splits if args.freeze_backbone is None else True,
         reinit_head=splits if args.reinit_head is None else True, val_clips=args.val_clips,
-        group_column=args.group_by, group_size=args.group_size,
+        group_column=args.group_by, group_size=args.group_size, head_dropout=args.head_dropout,
         guardian=not args.no_guardian, seed=args.seed)
     run = TrainRun(workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                    threads=args.threads, loader_workers=args.loader_workers, cache_uri=args.cache,

@@ -21,7 +21,8 @@ from jobs.cli import main as cli
 
 RECIPE = [  # the reference recipe scaled to ~20 minutes of a 2-core CPU (docs/training.md says why)
     "--preset", "tiny", "--epochs", "7", "--batch-size", "8", "--group-by", "source", "--group-size", "4",
-    "--head-lr", "3e-3", "--backbone-lr", "2e-3", "--warmup-epochs", "0.5", "--ema-decay", "0.9", "--val-clips", "1",
+    "--head-lr", "2e-3", "--backbone-lr", "1e-3", "--warmup-epochs", "0.5", "--ema-decay", "0.9", "--val-clips", "1",
+    "--head-dropout", "0.1",
 ]
 
 

@@ -25,6 +25,20 @@ _SHIFT_MASK_VALUE = -100.0  # what Swin adds between tokens from different regio
 
 # ----------------------------------------------------------------------------- window geometry
 
+def _constant(fn):
+    """lru_cache for the constant index, mask and gate tensors, always built outside inference mode:
+    a tensor first made under torch.inference_mode and then cached would break every later forward that
+    autograd records (training, white-box attacks) with "inference tensors cannot be saved for backward"."""
+
+    @functools.lru_cache(maxsize=64)
+    @functools.wraps(fn)
+    def cached(*args):
+        with torch.inference_mode(False), torch.no_grad():
+            return fn(*args)
+
+    return cached
+
+
 def adaptive_window(cfg: SwinConfig, input_size: Triple) -> Triple:
     """Window for an input of size (T, H, W): the base window scaled with the input (DESIGN 2.1)."""
     if not cfg.adaptive_window:
@@ -62,7 +76,7 @@ def window_reverse(windows: Tensor, window: Triple, size: Triple) -> Tensor:
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d, h, w, c)
 
 
-@functools.lru_cache(maxsize=64)
+@_constant
 def relative_position_index(base_window: Triple, window: Triple) -> Tensor:
     """(N, N) index into the relative-position table of `base_window`, cut to `window` per axis."""
     coords = torch.stack(torch.meshgrid(*[torch.arange(s) for s in base_window], indexing="ij")).flatten(1)
@@ -77,7 +91,7 @@ def relative_position_index(base_window: Triple, window: Triple) -> Tensor:
     return index.reshape(n, n).contiguous()
 
 
-@functools.lru_cache(maxsize=64)
+@_constant
 def shift_mask(padded: Triple, window: Triple, shift: Triple) -> Tensor | None:
     """(nW, N, N) additive mask keeping attention inside the regions a cyclic shift brought together."""
     if not any(shift):
@@ -92,7 +106,7 @@ def shift_mask(padded: Triple, window: Triple, shift: Triple) -> Tensor | None:
     return torch.zeros(diff.shape).masked_fill_(diff, _SHIFT_MASK_VALUE)
 
 
-@functools.lru_cache(maxsize=64)
+@_constant
 def fragment_gate(padded: Triple, window: Triple, shift: Triple) -> Tensor:
     """(nW, N, N) GRPB gate: L1 distance between the fragment coordinates of two tokens of a window.
 

@@ -70,6 +70,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     loss: LossConfig = field(default_factory=LossConfig)
     freeze_backbone: bool = False  # small-dataset protocol: only fusion and head learn
+    head_dropout: float | None = None  # None: the preset's (0.5); training only, inference has none
     reinit_head: bool = False  # small-dataset protocol: fusion and head start afresh
     val_clips: int | None = None  # clips per validation video (None: the preset's test clips)
     guardian: bool = True
@@ -191,6 +192,11 @@ def _build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
             vqa.head = FusionHead(vqa.cfg.intra_dim, vqa.cfg.inter_dim, vqa.cfg.head)
     if cfg.freeze_backbone:
         vqa.intra.requires_grad_(False)
+    if cfg.head_dropout is not None:
+        # A training choice, not architecture: the config (and with it every cache key) stays the preset's.
+        for m in vqa.head.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.head_dropout
     return vqa
 
 

@@ -82,6 +82,21 @@ def test_gradient_reaches_swin_and_head_never_fast_pathway():
     assert segments.grad is not None and segments.grad.abs().sum() > 0, "attacks need pixel gradients"
 
 
+def test_training_after_inference_mode_scoring():
+    """Scoring under inference_mode first (as the pipeline does) must not poison the cached index
+    tensors for a later forward that autograd records (training, attacks)."""
+    from model.swin import relative_position_index
+
+    relative_position_index.cache_clear()
+    vqa, _ = tiny_models()
+    clips, emb = random_clips(1), torch.randn(1, 16, TINY.inter_dim)
+    with torch.inference_mode():
+        vqa(clips, emb, generator=make_generator(0))
+    vqa.train()
+    vqa.score(clips, emb, generator=make_generator(0)).sum().backward()
+    assert all(p.grad is not None for p in vqa.head.parameters())
+
+
 def test_batchnorm_of_fast_pathway_uses_running_stats():
     _, inter = tiny_models()
     seg = random_clips(3, 16, size=64)
