@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)
-    if spec.checkpoint is None and spec.preset is not None:
-        log.warning("--preset without --checkpoint: scores come from an UNTRAINED %s model", spec.preset)
+    if spec.checkpoint is None and not spec.default_weights:
+        log.warning("no --checkpoint and no installed demo model: scores come from an UNTRAINED %s model",
+                    spec.preset or "tiny")
     elif spec.default_weights:
         log.info("no --checkpoint: the shipped demo model (tiny, trained on package-shipped content; "
                  "docs/training.md says what it is not good for)")

