@@ -18,6 +18,21 @@ from pathlib import Path
 from jobs.cli import main as cli
 
 
+def _forget_results_of_older_builds(out: Path) -> None:
+    """The score store keeps every video version it ever scored; a rebuilt demo set (new clips, new
+    labels) would report old and new rows side by side, so start its results afresh."""
+    import hashlib
+    import shutil
+
+    stamp = out / ".demo_manifest.sha256"
+    digest = hashlib.sha256((out / "videos" / "manifest.csv").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    for name in ("inter", "scores", "report"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    stamp.write_text(digest)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_output")
@@ -29,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     videos = build_demo_set(out / "videos")
     print(f"demo set: {len(videos)} clips from {videos['source'].nunique()} shipped videos -> {out / 'videos'}")
+    _forget_results_of_older_builds(out)
     seed = [] if args.seed is None else ["--seed", str(args.seed)]
     run = ["--actors", "1", "--cpus-per-actor", "1", "--threads", "2", "--batch-size", "4", *seed]
     code = cli(["score", "--input", str(out / "videos" / "manifest.csv"), "--cache", str(out / "inter"),
