@@ -810,6 +810,19 @@ def _remove_previous(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _reuse_or_clear(out_dir: Path, params: dict, columns: Sequence[str], what: str,
+                    verbose: bool) -> pd.DataFrame | None:
+    """The existing build's manifest when it matches `params`; otherwise clear the folder for a new build."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = _existing(out_dir, params, columns)
+    if done is not None:
+        if verbose:
+            print(f"{what} up to date in {out_dir} ({len(done)} clips): nothing to do", file=sys.stderr)
+        return done
+    _remove_previous(out_dir)
+    return None
+
+
 def _finish(out_dir: Path, rows: list[dict], columns: Sequence[str], params: dict) -> pd.DataFrame:
     """Write the manifest, then the parameter file (last: it marks the build complete)."""
     df = pd.DataFrame(rows, columns=list(columns))
@@ -901,13 +914,9 @@ def build_demo_set(
 
     _check_label(label, dist)
     params = _params(srcs, seed, clip_frames, max_height, dist, label)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = _existing(out_dir, params)
+    done = _reuse_or_clear(out_dir, params, COLUMNS, "demo set", verbose)
     if done is not None:
-        if verbose:
-            print(f"demo set up to date in {out_dir} ({len(done)} clips): nothing to do", file=sys.stderr)
         return done
-    _remove_previous(out_dir)
 
     rows: list[dict] = []
     for src, name in zip(srcs, names):
@@ -1053,13 +1062,9 @@ def build_training_set(
                     for s in srcs],
         "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = _existing(out_dir, params, TRAINING_COLUMNS)
+    done = _reuse_or_clear(out_dir, params, TRAINING_COLUMNS, "training set", verbose)
     if done is not None:
-        if verbose:
-            print(f"training set up to date in {out_dir} ({len(done)} clips): nothing to do", file=sys.stderr)
         return done
-    _remove_previous(out_dir)
 
     rows: list[dict] = []
     for i, src in enumerate(srcs, start=1):

@@ -505,21 +505,23 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     return read_history(output, so)
 
 
+def _read_json(uri: str, so: Mapping[str, Any] | None) -> dict[str, Any]:
+    fs, path = filesystem(uri, so)
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
 def _recorded_seed(uri: str, so: Mapping[str, Any]) -> int:
     """A resumed run keeps the seed it started with (recorded in the JSON file `uri`); a new run draws
     one from the OS."""
-    fs, path = filesystem(uri, so)
     try:
-        with fs.open(path, "rb") as f:
-            return int(json.loads(f.read())["seed"])
+        return int(_read_json(uri, so)["seed"])
     except FileNotFoundError:
         return secrets.randbits(31)
 
 
 def read_history(output: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    fs, path = filesystem(_join(output, "history.json"), storage_options)
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+    return _read_json(_join(output, "history.json"), storage_options)
 
 
 def _ray_storage(output: str, so: Mapping[str, Any]) -> tuple[str, Any]:
