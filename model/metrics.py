@@ -41,6 +41,9 @@ __all__ = [
     "quality_metrics",
     "rescale_to_labels",
     "rmse",
+    "robustness",
+    "robustness_terms",
+    "security_metrics",
     "srcc",
     "valid_pairs",
 ]
@@ -173,3 +176,47 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     low, high = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+# ----------------------------------------------------------------------------- security (DESIGN 3)
+
+
+def robustness_terms(q: Any, q_adv: Any, target: Any) -> np.ndarray:
+    """Per-video ln(|q - target| / (|q_adv - q| + 1e-12)); R is their mean. Higher is more robust:
+    0 means the attack moved the score by the whole clean-to-target distance."""
+    q, q_adv, target = _as_1d(q), _as_1d(q_adv), _as_1d(target)
+    return np.log(np.abs(q - target) / (np.abs(q_adv - q) + 1e-12))
+
+
+def robustness(q: Any, q_adv: Any, target: Any) -> float:
+    """R (DESIGN 3): the mean of :func:`robustness_terms`."""
+    return float(robustness_terms(q, q_adv, target).mean())
+
+
+def _mean_of_first(a: np.ndarray, _: np.ndarray) -> float:
+    return float(a.mean())
+
+
+def security_metrics(
+    q: Any, q_adv: Any, target: Any, q_mos: Any, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, Any]:
+    """The security table's figures for one attack on one model, each with a percentile bootstrap CI
+    over videos: SRCC and PLCC of clean and adversarial scores against the normalised MOS (no
+    rescale), R, and the mean absolute score shift |q_adv - q|. Keys: ``n`` and, for each figure
+    f in (srcc_clean, plcc_clean, srcc_adv, plcc_adv, r, shift), ``f``, ``f_low``, ``f_high``."""
+    q, q_adv, target, q_mos = (_as_1d(a) for a in (q, q_adv, target, q_mos))
+    if not (q.shape == q_adv.shape == target.shape == q_mos.shape):
+        raise ValueError(f"q, q_adv, target and q_mos differ in length: {[a.size for a in (q, q_adv, target, q_mos)]}")
+    keep = np.isfinite(q) & np.isfinite(q_adv) & np.isfinite(target) & np.isfinite(q_mos)
+    q, q_adv, target, q_mos = q[keep], q_adv[keep], target[keep], q_mos[keep]
+    terms, shift = robustness_terms(q, q_adv, target), np.abs(q_adv - q)
+    figures: dict[str, tuple[Callable[..., float], np.ndarray, np.ndarray]] = {
+        "srcc_clean": (srcc, q, q_mos), "plcc_clean": (plcc, q, q_mos),
+        "srcc_adv": (srcc, q_adv, q_mos), "plcc_adv": (plcc, q_adv, q_mos),
+        "r": (_mean_of_first, terms, terms), "shift": (_mean_of_first, shift, shift),
+    }
+    out: dict[str, Any] = {"n": int(q.size)}
+    for name, (fn, a, b) in figures.items():
+        out[name] = fn(a, b) if a.size else float("nan")
+        out[f"{name}_low"], out[f"{name}_high"] = bootstrap_ci(fn, a, b, n_boot=n_boot, seed=seed, alpha=alpha)
+    return out

@@ -77,7 +77,10 @@ class SecureVQA(nn.Module):
         self.precision = precision
         return self
 
-    def forward(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None, guardian: bool | None = None
+    ) -> Tensor:
+        """`guardian` overrides the module's switch for this call (the defense ablations)."""
         if clips.ndim == 5:
             clips = clips[:, None]
         if clips.ndim != 6 or clips.shape[2] != 3:
@@ -87,7 +90,7 @@ class SecureVQA(nn.Module):
             raise ValueError(
                 f"inter embeddings must be (B={b}, segments, {self.cfg.inter_dim}), got {tuple(inter.shape)}"
             )
-        x = guard_and_normalize(clips.flatten(0, 1), generator, self.guardian)
+        x = guard_and_normalize(clips.flatten(0, 1), generator, self.guardian if guardian is None else guardian)
         feats = torch.cat([self.intra(part) for part in micro_batches(x, self.micro_batch)]).float()
         tokens = self.head(feats, inter.float().repeat_interleave(k, dim=0))  # (B*K, T')
         return tokens.mean(1).view(b, k)
@@ -123,13 +126,19 @@ class InterEmbedder(nn.Module):
         return self.to(_dtype(precision))
 
     def forward(
-        self, segments: Tensor, *, generator: torch.Generator | None = None, micro_batch: int | None = None
+        self,
+        segments: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        micro_batch: int | None = None,
+        guardian: bool | None = None,
     ) -> Tensor:
         if segments.ndim == 5:
             segments = segments[None]
         if segments.ndim != 6 or segments.shape[2] != 3:
             raise ValueError(f"segments must be (B, S, 3, T, H, W) on the 0-255 scale, got {tuple(segments.shape)}")
         b, s = segments.shape[:2]
-        x = guard_and_normalize(segments.flatten(0, 1), generator, self.guardian, maps_per_sample=s)
+        guardian = self.guardian if guardian is None else guardian
+        x = guard_and_normalize(segments.flatten(0, 1), generator, guardian, maps_per_sample=s)
         out = [self.fastpath.embed(part.to(self.dtype)) for part in micro_batches(x, micro_batch)]
         return torch.cat(out).float().view(b, s, -1)

@@ -162,10 +162,13 @@ def _upsampled_size(h: int, w: int, min_side: int) -> tuple[int, int]:
     return max(min_side, (2 * h * min_side + w) // (2 * w)), min_side
 
 
-def _bilinear_uint8(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a uint8 (C,T,H,W) clip to ``size``, back to uint8 (round + clamp)."""
+def _bilinear(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (C,T,H,W) clip to ``size``; uint8 comes back as uint8 (round + clamp),
+    floating input stays floating and differentiable (attacks backpropagate through it)."""
     frames = video.transpose(0, 1).to(torch.float32)  # (T,C,H,W): frames are the batch
     out = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+    if video.dtype != torch.uint8:
+        return out.transpose(0, 1)
     return out.round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1)
 
 
@@ -178,7 +181,7 @@ def grid_fragments(
     patch: int = 32,
     align: int = 32,
 ) -> torch.Tensor:
-    """Spatial grid sampling ("fragments", DESIGN 2.1): uint8 (C, T, grid*patch, grid*patch).
+    """Spatial grid sampling ("fragments", DESIGN 2.1): (C, T, grid*patch, grid*patch), same dtype.
 
     Frames whose short side is below grid*patch are first upsampled (bilinear) so the short side is
     exactly grid*patch; the grid is then laid on the *upsampled* frame (unlike the reference, whose
@@ -186,11 +189,12 @@ def grid_fragments(
     (min(i*(H//grid), H-patch), min(j*(W//grid), W-patch)); a patch x patch crop is taken at a random
     offset in [0, H//grid - patch) x [0, W//grid - patch) (0 when the cell is not larger than the
     patch). Offsets are drawn per cell and per block of ``align`` frames and shared inside a block,
-    so patches are aligned in time.
+    so patches are aligned in time. uint8 is the pipeline's input; floating input (0-255) is the
+    attacks' differentiable path, with the same draws for the same generator state.
     """
     v = to_cthw(video, layout)
-    if v.dtype != torch.uint8:
-        raise ValueError(f"grid_fragments expects a uint8 video, got {v.dtype}")
+    if not (v.dtype == torch.uint8 or v.dtype.is_floating_point):
+        raise ValueError(f"grid_fragments expects a uint8 or floating video, got {v.dtype}")
     grid = _positive_int(grid, "grid")
     patch = _positive_int(patch, "patch")
     align = _positive_int(align, "align")
@@ -199,7 +203,7 @@ def grid_fragments(
     _, t, h, w = v.shape
     if min(h, w) < out_side:
         h, w = _upsampled_size(h, w, out_side)
-        v = _bilinear_uint8(v, (h, w))
+        v = _bilinear(v, (h, w))
 
     cell_h, cell_w = h // grid, w // grid
     num_blocks = -(-t // align)

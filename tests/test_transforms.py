@@ -374,9 +374,23 @@ def test_fragments_upsample_tall_thin_layouts_identical():
     match_crops(a, upsample_ref(v, (448, 224)))
 
 
+def test_fragments_float_path_matches_uint8_and_is_differentiable():
+    v = ramp_video(3, 300, 260)  # large enough: no upsampling, so the float path is the same gather
+    a = grid_fragments(v, generator=gen(5))
+    x = v.float().requires_grad_()
+    b = grid_fragments(x, generator=gen(5))
+    assert b.dtype == torch.float32 and torch.equal(a.float(), b.detach())
+    b.sum().backward()
+    # each output pixel is one input pixel: the gradient counts how often a pixel was picked
+    assert x.grad.sum() == b.numel() and set(x.grad.unique().tolist()) <= {0.0, 1.0}
+    small = ramp_video(3, 120, 160)  # upsampled: float skips the uint8 rounding, within half a level
+    diff = grid_fragments(small, generator=gen(6)).float() - grid_fragments(small.float(), generator=gen(6))
+    assert diff.abs().max() <= 0.5 + 1e-4
+
+
 def test_fragments_errors():
-    with pytest.raises(ValueError, match="uint8"):
-        grid_fragments(torch.zeros(3, 2, 224, 224), generator=gen())
+    with pytest.raises(ValueError, match="uint8 or floating"):
+        grid_fragments(torch.zeros(3, 2, 224, 224, dtype=torch.int32), generator=gen())
     with pytest.raises(ValueError, match="channels"):
         grid_fragments(torch.zeros(2, 224, 224, 3, dtype=torch.uint8), generator=gen())
     with pytest.raises(ValueError, match="layout"):
