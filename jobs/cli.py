@@ -5,6 +5,7 @@
     securevqa report  --scores URI --output URI
     securevqa rescore --input IN --state URI
     securevqa train   --input IN --output URI [--val IN | --protocol splits]
+    securevqa attack  --input IN --output URI [--defenses ...] [--attack SPEC ...]
 
 IN is a manifest (CSV, Parquet, JSON lines; a `uri` column, optional `video_id`, `mos`, `dataset`)
 or a directory or glob of videos; every URI may be local or s3://. On a cluster:
@@ -91,7 +92,73 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_io(p)
     _add_train(sub)
+    _add_attack(sub)
     return parser
+
+
+def _add_attack(sub: Any) -> None:
+    p = sub.add_parser(
+        "attack", help="security evaluation: attack a labelled set under defense configurations (DESIGN 3)",
+        description="Attack the first --max-videos labelled videos under each defense configuration with each attack; "
+        "per-video results (Parquet), summary.md/csv/json shaped like the paper's Tables I/II and V/VI, and "
+        "clean_vs_adv.png in --output. Resumable: a re-run computes only what is missing.")
+    p.add_argument("--input", required=True, help="labelled manifest (uri, mos[, video_id, dataset])")
+    p.add_argument("--output", required=True, help="output root (local or s3://)")
+    p.add_argument("--defenses", nargs="+", default=["none", "securevqa"], metavar="CONFIG",
+                   help="defense configurations: securevqa (all on), none (undefended baseline), or '+'-joined "
+                   "switches from guardian, grid, inter; '@N' averages N guardian-map draws per score "
+                   "(default: none securevqa)")
+    p.add_argument("--ablation", action="store_true",
+                   help="the ablation: none, each defense alone, and securevqa (replaces --defenses)")
+    p.add_argument("--attack", action="append", metavar="SPEC",
+                   help="repeatable; 'black-box[:gamma=5,repeats=1]' or 'white-box[:norm=l2|linf,eps=1,eot=1,"
+                   "objective=frame|video,steps=30,lr=0.003]'; gamma and eps in 8-bit levels (default: black-box)")
+    p.add_argument("--max-videos", type=int, default=50, help="attack the first N labelled videos (paper: 50)")
+    p.add_argument("--max-frames", type=int, help="attack and score only the first N frames of each video")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    _add_model(p)
+    _add_io(p)
+    p.set_defaults(batch_size=1)  # a video's attack takes minutes: commit (and report) each one
+
+
+def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
+    from model.attacks import AttackSpec
+    from model.defense import ABLATION, Defenses
+    from pipeline.attack import AttackPlan, run_attacks
+    from pipeline.manifest import read_manifest
+    from pipeline.stages import ModelSpec, RunOptions
+
+    try:
+        defenses = ABLATION if args.ablation else tuple(Defenses.parse(d) for d in args.defenses)
+        attacks = tuple(AttackSpec.parse(a) for a in (args.attack or ["black-box"]))
+        plan = AttackPlan(defenses=defenses, attacks=attacks, max_videos=args.max_videos,
+                          max_frames=args.max_frames, n_boot=args.n_boot)
+    except ValueError as e:
+        raise SystemExit(f"securevqa attack: {e}") from None
+    spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
+                     precision=args.precision)
+    opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
+                      gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
+                      clips=args.clips, seed=args.seed, retry_errors=args.retry_errors)
+    manifest = read_manifest(args.input, so)
+    if args.limit:
+        manifest = manifest.head(args.limit)
+    _warn_untrained(spec)
+    _init_ray(args.ray_address)
+    print(f"attack: {len(defenses)} defense configuration(s) x {len(attacks)} attack(s): "
+          f"{', '.join(d.name for d in defenses)} | {', '.join(a.name for a in attacks)}")
+    for line in run_attacks(manifest, args.output, spec, plan, opts).lines():
+        print(line)
+    return 0
+
+
+def _warn_untrained(spec: Any) -> None:
+    if spec.checkpoint is None and not spec.default_weights:
+        log.warning("no --checkpoint and no installed demo model: scores come from an UNTRAINED %s model",
+                    spec.preset or "tiny")
+    elif spec.default_weights:
+        log.info("no --checkpoint: the shipped demo model (tiny, trained on package-shipped content; "
+                 "docs/training.md says what it is not good for)")
 
 
 def _add_train(sub: Any) -> None:
@@ -216,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         return _train(args, so)
+    if args.command == "attack":
+        return _attack(args, so)
     if args.command == "report":
         result = build_report(load_scores(args.scores, so), args.output, so)
         print(json.dumps({k: result.get(k) for k in ("n_videos", "n_ok", "n_failed", "srcc", "plcc")}))
@@ -232,12 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)
-    if spec.checkpoint is None and not spec.default_weights:
-        log.warning("no --checkpoint and no installed demo model: scores come from an UNTRAINED %s model",
-                    spec.preset or "tiny")
-    elif spec.default_weights:
-        log.info("no --checkpoint: the shipped demo model (tiny, trained on package-shipped content; "
-                 "docs/training.md says what it is not good for)")
+    _warn_untrained(spec)
     _init_ray(args.ray_address)
     if args.command == "extract-inter":
         print(extract_inter(manifest, args.cache, spec, opts).line())

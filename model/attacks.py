@@ -311,6 +311,7 @@ class AttackSpec:
     black_box: BlackBoxConfig = BlackBoxConfig()
     white_box: WhiteBoxConfig = WhiteBoxConfig()
     frame_batch: int = 8  # frames attacked together (one batched query)
+    clips: int | None = None  # clips per objective evaluation (None: the model's test clips, as deployed)
 
     def __post_init__(self) -> None:
         if self.kind not in ("black-box", "white-box"):
@@ -319,8 +320,8 @@ class AttackSpec:
             raise ValueError(f"objective must be 'frame' or 'video', got {self.objective!r}")
         if self.kind == "black-box" and self.objective == "video":
             raise ValueError("the black-box attack works on frames (its units are 56x56 patches of one frame)")
-        if self.frame_batch < 1:
-            raise ValueError("frame_batch must be >= 1")
+        if self.frame_batch < 1 or (self.clips is not None and self.clips < 1):
+            raise ValueError("frame_batch and clips must be >= 1")
 
     @property
     def name(self) -> str:
@@ -341,6 +342,8 @@ class AttackSpec:
                 parts += [f"steps={wb.steps}", f"lr={wb.lr:g}"]
             if self.objective != "frame":
                 parts.append(f"objective={self.objective}")
+        if self.clips is not None:
+            parts.append(f"clips={self.clips}")
         if self.frame_batch != 8:  # the attacker's draws follow the batching
             parts.append(f"batch={self.frame_batch}")
         return f"{self.kind}:{','.join(parts)}"
@@ -353,7 +356,8 @@ class AttackSpec:
     @classmethod
     def parse(cls, spec: str) -> "AttackSpec":
         """'black-box', 'black-box:gamma=3', 'black-box:gamma=5,repeats=8', 'white-box:norm=linf',
-        'white-box:eot=8,objective=video'; gamma and eps in 8-bit levels (5 means 5/255)."""
+        'white-box:eot=8,clips=1,objective=video'; gamma and eps in 8-bit levels (5 means 5/255); clips: clips
+        the objective scores per evaluation (default: the model's test clips, what a deployed scorer returns)."""
         kind, _, rest = spec.strip().partition(":")
         opts: dict[str, str] = {}
         for item in filter(None, (s.strip() for s in rest.split(","))):
@@ -361,8 +365,8 @@ class AttackSpec:
             if not eq:
                 raise ValueError(f"attack option {item!r} in {spec!r} must be key=value")
             opts[k.strip()] = v.strip()
-        allowed = {"black-box": {"gamma", "repeats", "units", "batch"},
-                   "white-box": {"norm", "eps", "eot", "steps", "lr", "objective", "batch"}}
+        allowed = {"black-box": {"gamma", "repeats", "units", "batch", "clips"},
+                   "white-box": {"norm", "eps", "eot", "steps", "lr", "objective", "batch", "clips"}}
         if kind not in allowed:
             raise ValueError(f"unknown attack {kind!r} in {spec!r}: use 'black-box' or 'white-box'")
         unknown = set(opts) - allowed[kind]
@@ -370,15 +374,17 @@ class AttackSpec:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for {kind}; allowed: {sorted(allowed[kind])}")
         try:
             batch = int(opts.get("batch", 8))
+            clips = int(opts["clips"]) if "clips" in opts else None
             if kind == "black-box":
                 bb = BlackBoxConfig(
                     gamma=float(opts.get("gamma", 5)) * LEVEL, repeats=int(opts.get("repeats", 1)),
                     units_per_step=int(opts["units"]) if "units" in opts else None)
-                return cls(kind=kind, black_box=bb, frame_batch=batch)
+                return cls(kind=kind, black_box=bb, frame_batch=batch, clips=clips)
             wb = WhiteBoxConfig(
                 steps=int(opts.get("steps", 30)), lr=float(opts.get("lr", 0.003)), norm=opts.get("norm", "l2"),
                 eps=float(opts["eps"]) * LEVEL if "eps" in opts else None, eot=int(opts.get("eot", 1)))
-            return cls(kind=kind, objective=opts.get("objective", "frame"), white_box=wb, frame_batch=batch)
+            return cls(kind=kind, objective=opts.get("objective", "frame"), white_box=wb, frame_batch=batch,
+                       clips=clips)
         except ValueError as e:
             raise ValueError(f"bad attack spec {spec!r}: {e}") from None
 

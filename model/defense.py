@@ -105,13 +105,19 @@ class DefendedVQA(nn.Module):
     def train(self, mode: bool = True) -> "DefendedVQA":
         return super().train(False)
 
-    def intra_clips(self, video: Tensor, generator: torch.Generator) -> Tensor:
-        """(K, 3, clip_len, S, S) on 0-255 from one (3, T, H, W) 0-255 float video."""
+    def intra_clips(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(K', 3, clip_len, S, S) clips on 0-255 from one (3, T, H, W) 0-255 float video, and the weight
+        of each in the score. Without grid sampling and guardian maps a clip is a function of its frame
+        indices alone, so clips with the same indices (a one-frame video has K of them) are computed once."""
         s = self.vqa.cfg.sampling
         idx = skip_sample_indices(
             video.shape[1], clip_len=s.clip_len, frame_interval=s.frame_interval, num_clips=self.num_clips,
             generator=generator,
         ).to(video.device)
+        weights = torch.ones(idx.shape[0], device=video.device)
+        if not (self.defenses.grid or self.defenses.guardian):
+            idx, counts = torch.unique(idx, dim=0, return_counts=True)
+            weights = counts.to(video.device, torch.float32)
         clips = []
         for i in idx:
             frames = video[:, i]
@@ -119,7 +125,7 @@ class DefendedVQA(nn.Module):
                 clips.append(grid_fragments(frames, generator=generator, grid=s.fragment_grid, patch=s.fragment_patch))
             else:
                 clips.append(resize_frames(frames, size=s.fragment_size))
-        return torch.stack(clips)
+        return torch.stack(clips), weights / weights.sum()
 
     def inter_embedding(self, video: Tensor, generator: torch.Generator) -> Tensor:
         """(S, Ce) inter embedding of one (3, T, H, W) 0-255 video, or zeros with the branch off.
@@ -142,14 +148,17 @@ class DefendedVQA(nn.Module):
         if videos.ndim != 5 or videos.shape[2] != 3:
             raise ValueError(f"videos must be (N, T, 3, H, W) in [0, 1], got {tuple(videos.shape)}")
         g = resolve(generator)
-        x = videos.float().mul(255.0).transpose(1, 2)  # (N, 3, T, H, W), the model's 0-255 scale
-        clips = torch.stack([self.intra_clips(v, g) for v in x])  # (N, K, 3, L, S, S)
-        inter = torch.stack([self.inter_embedding(v, g) for v in x])
-        d = self.defenses.guardian_draws
-        if d > 1:
-            clips = clips.repeat_interleave(d, dim=1)  # each copy gets its own guardian map
-        per_clip = self.vqa(clips, inter, generator=g, guardian=self.defenses.guardian)
-        return per_clip.mean(1)
+        d = self.defenses.guardian_draws if self.defenses.guardian else 1
+        scores = []
+        for v in videos.float().mul(255.0).transpose(1, 2):  # (3, T, H, W), the model's 0-255 scale
+            clips, weights = self.intra_clips(v, g)
+            inter = self.inter_embedding(v, g)
+            if d > 1:
+                clips = clips.repeat_interleave(d, dim=0)  # each copy gets its own guardian map
+                weights = weights.repeat_interleave(d) / d
+            per_clip = self.vqa(clips[None], inter[None], generator=g, guardian=self.defenses.guardian)[0]
+            scores.append((per_clip * weights).sum())
+        return torch.stack(scores)
 
 
 def frames_as_videos(frames: Tensor) -> Tensor:
