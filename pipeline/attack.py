@@ -32,7 +32,7 @@ import pyarrow as pa
 import torch
 
 from model import make_generator
-from model.attacks import AttackSpec, attack_video, normalised_mos, score_reversed_targets
+from model.attacks import AttackSpec, attack_video, normalised_mos, perturbation_norms, score_reversed_targets
 from model.defense import DefendedVQA, Defenses
 from model.metrics import security_metrics
 from model.rng import derive_seed
@@ -155,9 +155,8 @@ class Attacker(_Evaluator):
                                attacker=self.generator(r.key, "attacker"), defender=self.generator(r.key, "defender"))
             with torch.no_grad():
                 adv = float(scorer(res.adversarial[None], generator=self.generator(r.key, "score"))[0])
-            d = (res.adversarial - frames) * 255.0
-            row.update(adv_score=adv, linf=float(d.abs().max()), rms=float(d.square().mean().sqrt()),
-                       queries=int(res.queries.sum()), frames=frames.shape[0])
+            row.update(adv_score=adv, **perturbation_norms(frames, res.adversarial), queries=int(res.queries.sum()),
+                       frames=frames.shape[0])
         except Exception as exc:
             row.update(status="error", error=_error_message(exc))
         row["seconds"] = time.perf_counter() - t0

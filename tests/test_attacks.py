@@ -13,27 +13,14 @@ from model.attacks import (
     LEVEL, AttackSpec, BlackBoxConfig, WhiteBoxConfig, attack_video, black_box_attack, normalised_mos, quantize,
     score_reversed_targets, white_box_attack,
 )
-from model.config import FastPathwayConfig, HeadConfig, SamplingConfig, SecureVQAConfig, SwinConfig
+from model.config import SamplingConfig
 from model.defense import ABLATION, DefendedVQA, Defenses
 from model.metrics import robustness, robustness_terms, security_metrics
-
-# Every branch of the real model at a size that runs in milliseconds: 64x64 fragments of a 2x2 grid,
-# 8-frame clips, 4 inter segments.
-MICRO = SecureVQAConfig(
-    name="micro",
-    swin=SwinConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=(4, 2, 2),
-                    base_input_size=(8, 64, 64)),
-    fastpath=FastPathwayConfig(stem_width=4, stage_depths=(1, 1, 1, 1), stage_widths=(8, 8, 16, 16)),
-    head=HeadConfig(hidden_dim=8),
-    sampling=SamplingConfig(clip_len=8, inter_segments=4, inter_segment_len=8, inter_size=64, fragment_grid=2,
-                            fragment_patch=32, test_clips=2),
-)
-
+from micro import MICRO, micro_model
 
 @pytest.fixture(scope="module")
 def micro() -> tuple[SecureVQA, InterEmbedder]:
-    torch.manual_seed(0)
-    vqa, inter = SecureVQA(MICRO), InterEmbedder(MICRO)
+    vqa, inter = micro_model()
     for p in [*vqa.parameters(), *inter.parameters()]:
         p.requires_grad_(False)
     return vqa.eval(), inter
