@@ -112,7 +112,8 @@ def _add_attack(sub: Any) -> None:
                    help="the ablation: none, each defense alone, and securevqa (replaces --defenses)")
     p.add_argument("--attack", action="append", metavar="SPEC",
                    help="repeatable; 'black-box[:gamma=5,repeats=1]' or 'white-box[:norm=l2|linf,eps=1,eot=1,"
-                   "objective=frame|video,steps=30,lr=0.003]'; gamma and eps in 8-bit levels (default: black-box)")
+                   "objective=frame|video,steps=30,lr=0.003]', or 'none' (the control: no perturbation, fresh draws); "
+                   "gamma and eps in 8-bit levels (default: black-box)")
     p.add_argument("--max-videos", type=int, default=50, help="attack the first N labelled videos (paper: 50)")
     p.add_argument("--max-frames", type=int, help="attack and score only the first N frames of each video")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the confidence intervals")

@@ -305,6 +305,8 @@ class AttackSpec:
     objective "frame" is the published protocol: each frame is attacked as a one-frame video of its
     own and the whole adversarial video is scored at the end. "video" (white-box only, adaptive) attacks
     the video's own score directly, so the objective is the one the defender computes.
+    kind "none" is the control: no perturbation, the clean video scored again with fresh draws. Its
+    shift is the score's own noise under a randomised defense, the floor any attack's shift sits on.
     """
 
     kind: str = "black-box"
@@ -315,8 +317,8 @@ class AttackSpec:
     clips: int | None = None  # clips per objective evaluation (None: the model's test clips, as deployed)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("black-box", "white-box"):
-            raise ValueError(f"attack kind must be 'black-box' or 'white-box', got {self.kind!r}")
+        if self.kind not in ("black-box", "white-box", "none"):
+            raise ValueError(f"attack kind must be 'black-box', 'white-box' or 'none', got {self.kind!r}")
         if self.objective not in ("frame", "video"):
             raise ValueError(f"objective must be 'frame' or 'video', got {self.objective!r}")
         if self.kind == "black-box" and self.objective == "video":
@@ -327,6 +329,8 @@ class AttackSpec:
     @property
     def name(self) -> str:
         """Canonical spec string; `parse(name)` gives this spec back."""
+        if self.kind == "none":
+            return "none"
         if self.kind == "black-box":
             b = self.black_box
             parts = [f"gamma={_levels(b.gamma)}"]
@@ -351,6 +355,8 @@ class AttackSpec:
 
     @property
     def adaptive(self) -> bool:
+        if self.kind == "none":
+            return False
         return self.black_box.repeats > 1 if self.kind == "black-box" else (
             self.white_box.eot > 1 or self.objective == "video")
 
@@ -366,14 +372,16 @@ class AttackSpec:
             if not eq:
                 raise ValueError(f"attack option {item!r} in {spec!r} must be key=value")
             opts[k.strip()] = v.strip()
-        allowed = {"black-box": {"gamma", "repeats", "units", "batch", "clips"},
+        allowed = {"none": set(), "black-box": {"gamma", "repeats", "units", "batch", "clips"},
                    "white-box": {"norm", "eps", "eot", "steps", "lr", "objective", "batch", "clips"}}
         if kind not in allowed:
-            raise ValueError(f"unknown attack {kind!r} in {spec!r}: use 'black-box' or 'white-box'")
+            raise ValueError(f"unknown attack {kind!r} in {spec!r}: use 'black-box', 'white-box' or 'none'")
         unknown = set(opts) - allowed[kind]
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for {kind}; allowed: {sorted(allowed[kind])}")
         try:
+            if kind == "none":
+                return cls(kind="none")
             batch = int(opts.get("batch", 8))
             clips = int(opts["clips"]) if "clips" in opts else None
             if kind == "black-box":
@@ -408,6 +416,8 @@ def attack_video(
     queries summed over its frames, and the mean last loss."""
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be (T, 3, H, W), got {tuple(frames.shape)}")
+    if spec.kind == "none":
+        return AttackResult(frames.clone(), torch.zeros(1, dtype=torch.long), torch.full((1,), float("nan")))
     if spec.objective == "video":
         res = white_box_attack(frames[None], score_videos, torch.tensor([target]), spec.white_box,
                                defender=defender, progress=progress)

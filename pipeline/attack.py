@@ -109,6 +109,10 @@ class _Evaluator:
             p.requires_grad_(False)
         self.store = ShardStore(output_uri, opts.storage_options)
         self.opts, self.version, self.max_frames = opts, version, max_frames
+        self.device = next(self.vqa.parameters()).device  # where ModelSpec put it (a GPU when there is one)
+
+    def frames(self, uri: str) -> torch.Tensor:
+        return read_frames01(uri, self.opts.storage_options, self.max_frames).to(self.device)
 
     def scorer(self, defenses: str, clips: int | None = None) -> DefendedVQA:
         return DefendedVQA(self.vqa, self.inter, Defenses.parse(defenses), num_clips=clips or self.opts.clips)
@@ -124,7 +128,7 @@ class CleanScorer(_Evaluator):
                "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
         t0 = time.perf_counter()
         try:
-            frames = read_frames01(r.uri, self.opts.storage_options, self.max_frames)
+            frames = self.frames(r.uri)
             row.update(frames=frames.shape[0], height=frames.shape[2], width=frames.shape[3])
             with torch.no_grad():
                 row["score"] = float(self.scorer(r.defenses)(frames[None], generator=self.generator(r.key, "score"))[0])
@@ -149,7 +153,7 @@ class Attacker(_Evaluator):
                "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
         t0 = time.perf_counter()
         try:
-            frames = read_frames01(r.uri, self.opts.storage_options, self.max_frames)
+            frames = self.frames(r.uri)
             scorer, objective = self.scorer(r.defenses), self.scorer(r.defenses, spec.clips)
             res = attack_video(frames, lambda v, g: objective(v, generator=g), r.target, spec,
                                attacker=self.generator(r.key, "attacker"), defender=self.generator(r.key, "defender"))
@@ -311,6 +315,14 @@ def render_markdown(table: pd.DataFrame) -> str:
                 f"{_fmt(rd, 'plcc_clean')} | {_fmt(rd, 'plcc_adv')} | {_fmt(rd, 'r')} | {_fmt(rd, 'shift')} | "
                 f"{rd['queries']:.0f} | {rd['linf']:.2f} | {rd['rms']:.2f} |")
         lines.append("")
+        if len(g) > 1:  # the ablation layout of Tables V/VI: one column per defense configuration
+            lines += ["| | " + " | ".join(g["defenses"]) + " |", "|---|" + "---:|" * len(g)]
+            for label, key in (("SRCC attacked", "srcc_adv"), ("PLCC attacked", "plcc_adv"), ("R", "r"),
+                               ("SRCC clean", "srcc_clean"), ("PLCC clean", "plcc_clean"), ("shift", "shift")):
+                cells = [f"{v:.4f}" if v is not None and np.isfinite(v) else "n/a"
+                         for v in g.get(key, pd.Series([np.nan] * len(g)))]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
     lines += ["L_inf and RMS of the perturbation in 8-bit levels (max over videos, mean over videos).", ""]
     return "\n".join(lines)
 

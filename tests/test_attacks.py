@@ -270,9 +270,16 @@ def test_defense_names_round_trip_and_errors():
         Defenses.parse("securevqa@many")
 
 
+def test_null_attack_changes_nothing():
+    video = grid_frames(3, 64, 64)
+    res = attack_video(video, lambda v, g: torch.zeros(v.shape[0]), 1.0, AttackSpec.parse("none"),
+                       attacker=make_generator(0), defender=make_generator(0))
+    assert torch.equal(res.adversarial, video) and res.queries.tolist() == [0]
+
+
 def test_attack_spec_names_round_trip_and_errors():
     for s in ["black-box", "black-box:gamma=3,repeats=4", "white-box:norm=linf", "white-box:eot=8,clips=1",
-              "white-box:objective=video,steps=5,lr=0.01", "black-box:gamma=1,batch=2"]:
+              "white-box:objective=video,steps=5,lr=0.01", "black-box:gamma=1,batch=2", "none"]:
         a = AttackSpec.parse(s)
         assert AttackSpec.parse(a.name) == a
     assert AttackSpec.parse("white-box:norm=linf").white_box.budget == pytest.approx(3 / 255)
