@@ -200,6 +200,16 @@ def _labelled(manifest: pd.DataFrame, max_videos: int | None) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _committed(rows: pd.DataFrame, store: ShardStore, columns: list[str]) -> pd.DataFrame:
+    """`rows` with their committed `columns`; a row the store lacks (an actor lost mid-run) gets status
+    'error' and is reported, never silently dropped."""
+    t = store.read_table(columns=["key", *columns]).to_pandas()
+    out = rows.merge(t, on="key", how="left")
+    missing = out["status"].isna()
+    out.loc[missing, "status"], out.loc[missing, "error"] = "error", "not committed (re-run to compute it)"
+    return out
+
+
 def _pairs(rows: pd.DataFrame, column: str, values: Sequence[str]) -> pd.DataFrame:
     return pd.concat([rows.assign(**{column: v}) for v in values], ignore_index=True)
 
@@ -228,7 +238,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
 
     # 2. targets per defense configuration, over the videos that scored
     t0 = time.perf_counter()
-    clean = store.read_table().to_pandas().set_index("key").loc[rows["key"]].reset_index()
+    clean = _committed(rows, store, ["score", "status", "error"])
     ok = clean[clean["status"] == "ok"].copy()
     for name in sorted(set(clean.loc[clean["status"] != "ok", "video_id"])):
         print(f"attack: {name} left out: {clean.loc[clean['video_id'] == name, 'error'].iloc[0]}")
@@ -259,7 +269,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     attack_summary.seconds = time.perf_counter() - t0
 
     # 4. summary of this plan's rows
-    results = rstore.read_table().to_pandas().set_index("key").loc[arows["key"]].reset_index()
+    results = _committed(arows, rstore, ["adv_score", "linf", "rms", "queries", "frames", "status", "error", "seconds"])
     table = summarize(results, plan)
     write_summary(table, results, base, so)
     return AttackSummary(clean_summary, attack_summary, table, output_uri)
