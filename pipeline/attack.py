@@ -155,8 +155,16 @@ class Attacker(_Evaluator):
         try:
             frames = self.frames(r.uri)
             scorer, objective = self.scorer(r.defenses), self.scorer(r.defenses, spec.clips)
+
+            def progress(done: int, total: int) -> None:  # long videos: a line per frame batch or step
+                if total > 1:
+                    print(f"attack: {r.video_id} [{r.defenses} | {r.attack}]: {done}/{total} "
+                          f"{'steps' if spec.objective == 'video' else 'frame batches'}, "
+                          f"{time.perf_counter() - t0:.0f} s", flush=True)
+
             res = attack_video(frames, lambda v, g: objective(v, generator=g), r.target, spec,
-                               attacker=self.generator(r.key, "attacker"), defender=self.generator(r.key, "defender"))
+                               attacker=self.generator(r.key, "attacker"), defender=self.generator(r.key, "defender"),
+                               progress=progress)
             with torch.no_grad():
                 adv = float(scorer(res.adversarial[None], generator=self.generator(r.key, "score"))[0])
             row.update(adv_score=adv, **perturbation_norms(frames, res.adversarial), queries=int(res.queries.sum()),
