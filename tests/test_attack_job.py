@@ -113,3 +113,33 @@ def test_attack_cli_and_bad_input(ray_local, labelled, tmp_path, capsys):
     manifest.head(4).drop(columns="mos").to_csv(unlabelled, index=False)
     with pytest.raises(ValueError, match="labelled manifest"):
         cli(["attack", "--input", str(unlabelled), "--output", str(tmp_path / "u"), "--checkpoint", spec.checkpoint])
+
+
+def test_attack_job_on_s3(ray_local, s3_endpoint, labelled, tmp_path, capsys):
+    """Inputs, results and summary on S3 (moto on loopback), through the CLI as under `ray job submit`."""
+    import s3fs
+
+    manifest, spec = labelled
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("attackset")
+    rows = manifest.head(4).copy()
+    for i, r in rows.iterrows():
+        fs.put(r["uri"], f"attackset/videos/{r['video_id']}.mp4")
+        rows.loc[i, "uri"] = f"videos/{r['video_id']}.mp4"
+    with fs.open("attackset/manifest.csv", "w") as f:
+        rows.to_csv(f, index=False)
+    fs.put(spec.checkpoint, "attackset/micro.pt")
+    io = ["--endpoint-url", s3_endpoint, "--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    args = ["attack", "--input", "s3://attackset/manifest.csv", "--output", "s3://attackset/out",
+            "--checkpoint", "s3://attackset/micro.pt", "--attack", "black-box:gamma=2", "--attack", "none",
+            "--max-frames", "1", "--seed", "0", "--actors", "1", "--n-boot", "20", *io]
+    assert cli(args) == 0
+    assert "attack: 16 videos: 16 done, 0 failed, 0 skipped (already done)" in capsys.readouterr().out
+    for name in ("summary.md", "summary.csv", "summary.json", "clean_vs_adv.png"):
+        assert fs.exists(f"attackset/out/{name}"), name
+    so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    res = ShardStore("s3://attackset/out/results", so).read_table().to_pandas()
+    assert len(res) == 16 and (res["status"] == "ok").all()
+    assert (res.loc[res["attack"] == "none", "queries"] == 0).all()
+    assert cli(args) == 0  # again: nothing left to do
+    assert "attack: 16 videos: 0 done, 0 failed, 16 skipped (already done)" in capsys.readouterr().out
