@@ -1,5 +1,5 @@
 """Adversarial attacks on quality scores (DESIGN 3): the published black-box and white-box attacks,
-their adaptive variants against randomised defenses, the target rule and the robustness R.
+their adaptive variants against randomised defenses, and the target rule (R: model.metrics).
 
 Pure PyTorch. An attack sees the model only through a score function
 ``score_fn(x, generator) -> (N,)`` on pixels in [0, 1] (frames ``(N, 3, H, W)`` or videos
@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-
-from .metrics import robustness, robustness_terms  # noqa: F401  (R belongs to the attack protocol too)
 
 ScoreFn = Callable[[Tensor, torch.Generator], Tensor]
 

@@ -76,11 +76,10 @@ class Defenses:
         return replace(self, **{s: s == switch for s in SWITCHES})
 
 
+# The ablation of Tables V/VI: undefended, each defense alone, all of them.
 ABLATION: tuple[Defenses, ...] = (
     Defenses(False, False, False),
-    Defenses(True, False, False),
-    Defenses(False, False, True),
-    Defenses(False, True, False),
+    *(Defenses().only(s) for s in ("guardian", "inter", "grid")),
     Defenses(),
 )
 
@@ -160,10 +159,3 @@ class DefendedVQA(nn.Module):
             scores.append((per_clip * weights).sum())
         return torch.stack(scores)
 
-
-def frames_as_videos(frames: Tensor) -> Tensor:
-    """(N, 3, H, W) frames -> (N, 1, 3, H, W) one-frame videos: the published attack's objective scores
-    each attacked frame as a video of its own."""
-    if frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(f"frames must be (N, 3, H, W), got {tuple(frames.shape)}")
-    return frames[:, None]
