@@ -50,12 +50,19 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=["paper", "tiny"],
                    help="architecture (default: the checkpoint's own, 'paper' for reference checkpoints; with neither, "
                    "the shipped demo model)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast on GPUs, bf16 matmul weights on CPUs")
+    g.add_argument("--device", default="auto", help="auto (the actor's GPU if torch sees one, else CPU), cpu, cuda")
     g.add_argument("--no-guardian", action="store_true", help="disable the guardian map (ablations only)")
     r = p.add_argument_group("run")
     r.add_argument("--actors", type=int, help="actor pool size (default: one per GPU, else one per 2 CPUs)")
     r.add_argument("--batch-size", type=int, default=8, help="videos per actor call and per committed shard")
-    r.add_argument("--gpus-per-actor", type=float, help="default 1 where the cluster has GPUs, else 0")
+    r.add_argument("--gpus-per-actor", type=float, help="default 1 / --actors-per-gpu where the cluster has GPUs, else 0")
+    r.add_argument("--actors-per-gpu", type=_actors_per_gpu, metavar="N|auto",
+                   help="actors sharing each GPU, so decoding overlaps forward passes (default 1); auto: from the "
+                   "decode and model times of the output's earlier rows and the cluster's CPUs per GPU")
+    r.add_argument("--forward-videos", type=int, default=1,
+                   help="videos whose clips go through one forward pass (GPUs: e.g. the batch size)")
     r.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs Ray reserves per actor")
     r.add_argument("--threads", type=int, help="torch threads per actor (default: --cpus-per-actor)")
     r.add_argument("--clips", type=int, help="intra clips per video (default: the preset's 4)")
@@ -63,6 +70,28 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--retry-errors", action="store_true", help="recompute videos that failed last time")
     r.add_argument("--limit", type=int, help="only the first N videos of the input")
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
+def _actors_per_gpu(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {value!r}") from None
+
+
+def _spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:
+    """ModelSpec and RunOptions from the model and run arguments every Ray job shares."""
+    from pipeline.stages import ModelSpec, RunOptions
+
+    spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
+                     precision=args.precision, guardian=not args.no_guardian, device=args.device)
+    opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
+                      gpus_per_actor=args.gpus_per_actor, actors_per_gpu=args.actors_per_gpu,
+                      forward_videos=args.forward_videos, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
+                      clips=args.clips, seed=args.seed, retry_errors=args.retry_errors)
+    return spec, opts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +156,6 @@ def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
     from model.defense import ABLATION, Defenses
     from pipeline.attack import AttackPlan, run_attacks
     from pipeline.manifest import read_manifest
-    from pipeline.stages import ModelSpec, RunOptions
 
     try:
         defenses = ABLATION if args.ablation else tuple(Defenses.parse(d) for d in args.defenses)
@@ -136,11 +164,7 @@ def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
                           max_frames=args.max_frames, n_boot=args.n_boot)
     except ValueError as e:
         raise SystemExit(f"securevqa attack: {e}") from None
-    spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
-                     precision=args.precision)
-    opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
-                      gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
-                      clips=args.clips, seed=args.seed, retry_errors=args.retry_errors)
+    spec, opts = _spec_and_options(args, so)
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)
@@ -291,14 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: result.get(k) for k in ("n_videos", "n_ok", "n_failed", "srcc", "plcc")}))
         return 0
 
-    from pipeline.stages import ModelSpec, RunOptions, extract_inter, score
+    from pipeline.stages import extract_inter, score
 
-    spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
-                     precision=args.precision, guardian=not args.no_guardian)
-    opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
-                      gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                      threads=args.threads, clips=args.clips,
-                      seed=args.seed, retry_errors=args.retry_errors)
+    spec, opts = _spec_and_options(args, so)
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)

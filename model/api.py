@@ -24,6 +24,7 @@ from .checkpoint import (
     unwrap_state_dict,
 )
 from .config import SecureVQAConfig, get_config
+from .device import select_device, uses_autocast
 from .securevqa import InterEmbedder, SecureVQA
 
 from pathlib import Path
@@ -109,7 +110,7 @@ def create_model(
     checkpoint: str | None = None,
     inter_checkpoint: str | None = None,
     precision: str = "fp32",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu",  # or "auto": model.device.select_device
     guardian: bool = True,
     init_seed: int = 0,
     storage_options: Mapping[str, Any] | None = None,
@@ -133,8 +134,10 @@ def create_model(
             load_inter_weights(inter, ckpt)
     if inter_checkpoint:
         load_inter_weights(inter, inter_checkpoint, storage_options)
-    vqa.eval().set_precision(precision).to(device)  # type: ignore[arg-type]
-    inter.set_precision(precision).to(device)  # type: ignore[arg-type]
+    dev = select_device(device)
+    amp = uses_autocast(precision, dev.type)
+    vqa.eval().set_precision(precision, amp=amp).to(dev)  # type: ignore[arg-type]
+    inter.set_precision(precision, amp=amp).to(dev)  # type: ignore[arg-type]
     return vqa, inter
 
 

@@ -9,12 +9,14 @@ caller (pipeline, trainer, attacker) cannot forget the defense or apply it twice
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .config import SecureVQAConfig
+from .device import autocast
 from .fusion import FusionHead
 from .rng import resolve
 from .slowfast import FastPathway
@@ -54,6 +56,20 @@ def guard_and_normalize(
     return normalize(x)
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def guard_per_video(x: Tensor, generator: Generators, enabled: bool, maps_per_sample: int = 1) -> Tensor:
+    """guard_and_normalize on (B, K, C, T, H, W), flattened to (B*K, ...). With one generator per video,
+    video b's maps come from generator[b] alone: a video scored in a batch of others draws exactly what
+    it draws scored on its own, so batching across videos never changes a seeded score."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return guard_and_normalize(x.flatten(0, 1), generator, enabled, maps_per_sample)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {x.shape[0]} videos: pass one per video, or one")
+    return torch.cat([guard_and_normalize(v, g, enabled, maps_per_sample) for v, g in zip(x, generator)])
+
+
 class SecureVQA(nn.Module):
     """Scores fragment clips of videos given their cached inter embeddings.
 
@@ -68,19 +84,23 @@ class SecureVQA(nn.Module):
         self.intra = SwinTransformer3D(cfg.swin)
         self.head = FusionHead(cfg.intra_dim, cfg.inter_dim, cfg.head)
         self.precision: Precision = "fp32"
+        self.amp = False  # bf16 through torch.autocast (GPUs) rather than stored bf16 weights (CPUs)
         self.micro_batch: int | None = None  # clips per backbone call; None: 1 on CPU, all on GPU
 
-    def set_precision(self, precision: Precision) -> "SecureVQA":
-        """fp32, or bf16 matrix products (mixed precision: residual stream, norms, attention and head
-        stay fp32). About 2x faster on CPUs with AVX-512 BF16 and on GPUs; see docs/performance.md."""
-        self.intra.set_matmul_dtype(_dtype(precision))
-        self.precision = precision
+    def set_precision(self, precision: Precision, *, amp: bool = False) -> "SecureVQA":
+        """fp32, or bf16 matrix products. Without `amp` (CPUs): the matmul weights are stored in bf16 once,
+        residual stream, norms, attention and head stay fp32 (1.6x here, docs/performance.md). With
+        `amp` (GPUs, `model.device.uses_autocast`): fp32 weights, the forward runs under torch.autocast."""
+        _dtype(precision)
+        self.intra.set_matmul_dtype(torch.bfloat16 if precision == "bf16" and not amp else torch.float32)
+        self.precision, self.amp = precision, amp
         return self
 
     def forward(
-        self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None, guardian: bool | None = None
+        self, clips: Tensor, inter: Tensor, *, generator: Generators = None, guardian: bool | None = None
     ) -> Tensor:
-        """`guardian` overrides the module's switch for this call (the defense ablations)."""
+        """`generator`: one, or one per video (batches across videos, `guard_per_video`); `guardian`
+        overrides the module's switch for this call (the defense ablations)."""
         if clips.ndim == 5:
             clips = clips[:, None]
         if clips.ndim != 6 or clips.shape[2] != 3:
@@ -90,10 +110,11 @@ class SecureVQA(nn.Module):
             raise ValueError(
                 f"inter embeddings must be (B={b}, segments, {self.cfg.inter_dim}), got {tuple(inter.shape)}"
             )
-        x = guard_and_normalize(clips.flatten(0, 1), generator, self.guardian if guardian is None else guardian)
-        feats = torch.cat([self.intra(part) for part in micro_batches(x, self.micro_batch)]).float()
-        tokens = self.head(feats, inter.float().repeat_interleave(k, dim=0))  # (B*K, T')
-        return tokens.mean(1).view(b, k)
+        x = guard_per_video(clips, generator, self.guardian if guardian is None else guardian)
+        with autocast(self.precision, x.device.type, force=self.amp):
+            feats = torch.cat([self.intra(part) for part in micro_batches(x, self.micro_batch)]).float()
+            tokens = self.head(feats, inter.float().repeat_interleave(k, dim=0))  # (B*K, T')
+        return tokens.float().mean(1).view(b, k)
 
     def score(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """One score per video: the mean over temporal tokens and clips."""
@@ -113,6 +134,8 @@ class InterEmbedder(nn.Module):
         self.cfg = cfg
         self.guardian = guardian
         self.fastpath = FastPathway(cfg.fastpath).freeze_()
+        self.precision: Precision = "fp32"
+        self.amp = False
 
     def train(self, mode: bool = True) -> "InterEmbedder":
         # Frozen: BatchNorm must use its running statistics, never the batch's.
@@ -122,14 +145,16 @@ class InterEmbedder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.fastpath.parameters()).dtype
 
-    def set_precision(self, precision: Precision) -> "InterEmbedder":
-        return self.to(_dtype(precision))
+    def set_precision(self, precision: Precision, *, amp: bool = False) -> "InterEmbedder":
+        """bf16 weights (CPUs), or fp32 weights under torch.autocast with `amp` (GPUs)."""
+        self.precision, self.amp = precision, amp
+        return self.to(torch.float32 if amp else _dtype(precision))
 
     def forward(
         self,
         segments: Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         micro_batch: int | None = None,
         guardian: bool | None = None,
     ) -> Tensor:
@@ -139,6 +164,7 @@ class InterEmbedder(nn.Module):
             raise ValueError(f"segments must be (B, S, 3, T, H, W) on the 0-255 scale, got {tuple(segments.shape)}")
         b, s = segments.shape[:2]
         guardian = self.guardian if guardian is None else guardian
-        x = guard_and_normalize(segments.flatten(0, 1), generator, guardian, maps_per_sample=s)
-        out = [self.fastpath.embed(part.to(self.dtype)) for part in micro_batches(x, micro_batch)]
+        x = guard_per_video(segments, generator, guardian, maps_per_sample=s)
+        with autocast(self.precision, x.device.type, force=self.amp):
+            out = [self.fastpath.embed(part.to(self.dtype)) for part in micro_batches(x, micro_batch)]
         return torch.cat(out).float().view(b, s, -1)

@@ -241,7 +241,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     store = ShardStore(f"{base}/clean", so)
     todo, skipped = _pending(rows, store, opts.retry_errors)
     clean_summary = StageSummary("attack-clean", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
-    _run(todo, CleanScorer, {**ctor, "output_uri": f"{base}/clean"}, opts, clean_summary)
+    _run(todo, CleanScorer, {**ctor, "output_uri": f"{base}/clean"}, opts, clean_summary, store)
     clean_summary.seconds = time.perf_counter() - t0
 
     # 2. targets per defense configuration, over the videos that scored
@@ -273,7 +273,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     rstore = ShardStore(f"{base}/results", so)
     todo, skipped = _pending(arows, rstore, opts.retry_errors)
     attack_summary = StageSummary("attack", videos=len(arows), skipped=skipped, keys=arows["key"].tolist())
-    _run(todo, Attacker, {**ctor, "output_uri": f"{base}/results"}, opts, attack_summary)
+    _run(todo, Attacker, {**ctor, "output_uri": f"{base}/results"}, opts, attack_summary, rstore)
     attack_summary.seconds = time.perf_counter() - t0
 
     # 4. summary of this plan's rows

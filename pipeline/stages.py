@@ -18,10 +18,11 @@ Every output is a `ShardStore` root; readers see whole shards only and one row p
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 
 from model import InterEmbedder, SecureVQA, create_model, make_generator
 from model.api import DEMO_CHECKPOINT
+from model.device import to_device
 from model.rng import derive_seed
 
 from .inference import inter_segments, intra_clips
@@ -51,6 +53,7 @@ class ModelSpec:
     inter_checkpoint: str | None = None
     precision: str = "fp32"
     guardian: bool = True
+    device: str = "auto"  # auto: the GPU torch sees (under Ray: the actor's own), else the CPU
 
     @property
     def default_weights(self) -> bool:
@@ -59,12 +62,11 @@ class ModelSpec:
         return self.checkpoint is None and self.preset is None and DEMO_CHECKPOINT.exists()
 
     def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # never from Ray's GPU ids
         checkpoint = str(DEMO_CHECKPOINT) if self.default_weights else self.checkpoint
         preset = self.preset or ("paper" if checkpoint else "tiny")
         return create_model(
             preset, checkpoint=checkpoint, inter_checkpoint=self.inter_checkpoint,
-            precision=self.precision, device=device, guardian=self.guardian, storage_options=storage_options,
+            precision=self.precision, device=self.device, guardian=self.guardian, storage_options=storage_options,
         )
 
     def versions(self, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -89,7 +91,9 @@ class RunOptions:
     storage_options: dict[str, Any] = field(default_factory=dict)
     actors: int | None = None  # None: one per GPU, else one per 2 CPUs
     batch_size: int = 8  # videos per shard
-    gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    gpus_per_actor: float | None = None  # None: 1 / actors_per_gpu where the cluster has GPUs, else 0
+    actors_per_gpu: int | str | None = None  # actors sharing a GPU (None: 1; "auto": `auto_actors_per_gpu`)
+    forward_videos: int = 1  # videos whose clips go through one forward pass (GPUs: the batch size)
     cpus_per_actor: float = 1.0  # logical CPUs Ray reserves per actor
     threads: int | None = None  # torch threads per actor (None: cpus_per_actor)
     clips: int | None = None  # None: the preset's test clips
@@ -126,6 +130,20 @@ def open_video(uri: str, storage_options: Mapping[str, Any]) -> Iterator[VideoRe
         yield video
 
 
+def worker_label(device: torch.device) -> str:
+    """Where a row was computed: Ray node, the GPUs Ray gave the actor, and the torch device in use
+    (a GPU id from Ray with device cpu means torch sees no GPU on that node: a broken image)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            return f"node={ctx.get_node_id()[:12]} gpus={','.join(map(str, ray.get_gpu_ids())) or '-'} device={device}"
+    except Exception:  # outside an actor (tests, local calls): no Ray context
+        pass
+    return f"local device={device}"
+
+
 def _error_message(exc: BaseException) -> str:
     if isinstance(exc, VideoDecodeError):
         return str(exc)
@@ -160,13 +178,33 @@ def _pending(rows: pd.DataFrame, store: ShardStore, retry_errors: bool) -> tuple
     return todo, len(rows) - len(todo)
 
 
-def _compute(opts: RunOptions) -> tuple[Any, dict[str, Any]]:
-    """Actor pool size and resources: one GPU per actor where the cluster has GPUs."""
-    import ray
+@dataclass(frozen=True)
+class ActorPlan:
+    """The actor pool of a stage and what Ray reserves for each actor."""
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_gpu = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    size: int
+    num_gpus: float
+    num_cpus: float
+
+
+def plan_actors(opts: RunOptions, cluster: Mapping[str, float]) -> ActorPlan:
+    """Pool size and per-actor resources from the run options and the cluster's resources.
+
+    Where the cluster has GPUs: `actors_per_gpu` actors share each GPU (num_gpus = 1/k) so one actor's
+    decoding overlaps another's forward pass; the pool fills every GPU unless `actors` says otherwise.
+    Without GPUs: one actor per `max(cpus_per_actor, 2)` CPUs, keeping CPUs free for Ray Data's tasks.
+    """
+    if opts.gpus_per_actor is not None and opts.actors_per_gpu is not None:
+        raise ValueError("give --gpus-per-actor or --actors-per-gpu, not both")
+    if opts.actors_per_gpu is not None and opts.actors_per_gpu < 1:
+        raise ValueError(f"--actors-per-gpu must be >= 1, got {opts.actors_per_gpu}")
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 1)
+    if opts.gpus_per_actor is not None:
+        per_gpu = opts.gpus_per_actor
+    elif opts.actors_per_gpu is not None or gpus:
+        per_gpu = 1.0 / (opts.actors_per_gpu or 1)
+    else:
+        per_gpu = 0.0
     if opts.actors is not None:
         size = opts.actors
         if not per_gpu and size * opts.cpus_per_actor >= cpus:
@@ -176,18 +214,70 @@ def _compute(opts: RunOptions) -> tuple[Any, dict[str, Any]]:
                 f"{size} actor(s) x {opts.cpus_per_actor} CPUs leave none of the cluster's {cpus:g} CPUs for "
                 "Ray Data's tasks: lower --actors or --cpus-per-actor (use --threads for more torch threads)")
     elif per_gpu:
-        size = max(1, int(gpus / per_gpu))
+        size = max(1, int(gpus / per_gpu + 1e-9))
     else:
         size = max(1, int(cpus // max(opts.cpus_per_actor, 2)))
-    return ray.data.ActorPoolStrategy(size=size), {"num_gpus": per_gpu, "num_cpus": opts.cpus_per_actor}
+    return ActorPlan(size=size, num_gpus=per_gpu, num_cpus=opts.cpus_per_actor)
 
 
-def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary) -> None:
+def actors_per_gpu(decode_s: float, model_s: float, *, cpus_per_gpu: float, cpus_per_actor: float = 1.0,
+                   max_per_gpu: int = 4) -> int:
+    """How many actors should share one GPU, from a run's median per-video decode and model seconds.
+
+    An actor alternates decoding (CPU) and its forward pass (GPU), so alone it keeps the GPU busy
+    model / (decode + model) of the time; k actors overlap k decodes with the forwards, and the GPU
+    saturates at k = ceil((decode + model) / model). Capped by the CPUs a GPU node has per GPU (each
+    actor decodes on its own CPUs) and by `max_per_gpu` (each actor holds a model copy in GPU memory).
+    When decoding dominates beyond the CPU cap, the stage is decode-bound: more CPUs per GPU, not
+    more actors, is the fix (docs/capacity.md).
+    """
+    if model_s <= 0:
+        return 1
+    want = math.ceil((decode_s + model_s) / model_s - 1e-9)
+    cpu_cap = max(1, int(cpus_per_gpu // cpus_per_actor))
+    return max(1, min(want, cpu_cap, max_per_gpu))
+
+
+def auto_actors_per_gpu(store: ShardStore, cluster: Mapping[str, float], cpus_per_actor: float,
+                        min_rows: int = 8) -> tuple[int, str]:
+    """`actors_per_gpu` from the medians of the stage's own earlier rows (last night's run: decode_s and
+    model_s are recorded per video) and the cluster's CPUs per GPU; 2 when there is no history yet."""
+    gpus = cluster.get("GPU", 0)
+    if not gpus:
+        return 1, "no GPUs in the cluster"
+    cpus_per_gpu = cluster.get("CPU", 0) / gpus
+    try:
+        t = store.read_table(columns=["status", "decode_s", "model_s"]).to_pandas() if store.committed_keys() else None
+    except (KeyError, ValueError, pa.ArrowInvalid):  # a store without timings (the attack job's)
+        t = None
+    ok = t[t["status"] == "ok"] if t is not None else None
+    if ok is None or len(ok) < min_rows:
+        k = actors_per_gpu(1.0, 1.0, cpus_per_gpu=cpus_per_gpu, cpus_per_actor=cpus_per_actor)
+        return k, f"no timings yet ({0 if ok is None else len(ok)} rows): assumed decode = model time"
+    d, m = float(ok["decode_s"].median()), float(ok["model_s"].median())
+    k = actors_per_gpu(d, m, cpus_per_gpu=cpus_per_gpu, cpus_per_actor=cpus_per_actor)
+    return k, f"median decode {d:.3f} s, model {m:.3f} s per video over {len(ok)} earlier rows, {cpus_per_gpu:g} CPUs/GPU"
+
+
+def _compute(opts: RunOptions, store: ShardStore, stage: str) -> tuple[Any, dict[str, Any]]:
+    import ray
+
+    cluster = ray.cluster_resources()
+    if opts.actors_per_gpu == "auto":
+        k, why = auto_actors_per_gpu(store, cluster, opts.cpus_per_actor)
+        print(f"{stage}: {k} actor(s) per GPU ({why})", flush=True)
+        opts = replace(opts, actors_per_gpu=k if cluster.get("GPU", 0) else None)
+    plan = plan_actors(opts, cluster)
+    return ray.data.ActorPoolStrategy(size=plan.size), {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
+
+
+def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary,
+         store: ShardStore) -> None:
     import ray
 
     if todo.empty:
         return
-    compute, resources = _compute(opts)
+    compute, resources = _compute(opts, store, summary.stage)
     ds = ray.data.from_pandas(todo.reset_index(drop=True))
     # Keep blocks the size of a shard so actors start early and commit often.
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
@@ -210,6 +300,59 @@ def _common_fields(r: Any) -> dict[str, Any]:
     return {"key": r.key, "video_id": str(r.video_id), "uri": str(r.uri), "content_key": str(r.content_key)}
 
 
+@dataclass
+class _Prepared:
+    """One decoded video waiting for its forward pass: its output row, model input, cached inter
+    embedding (stage 2) and its own generator (guardian maps follow the sampling draws)."""
+
+    row: dict[str, Any]
+    inputs: torch.Tensor
+    extra: torch.Tensor | None
+    generator: torch.Generator
+
+
+def _prepare_all(prepare: Callable[[Any], tuple[dict[str, Any], _Prepared | None]],
+                 batch: pd.DataFrame) -> tuple[list[dict[str, Any]], list[_Prepared]]:
+    rows, prepared = [], []
+    for r in batch.itertuples(index=False):
+        row, p = prepare(r)
+        rows.append(row)
+        if p is not None:
+            prepared.append(p)
+    return rows, prepared
+
+
+def forward_grouped(prepared: list[_Prepared], videos: int, forward: Callable[[list[_Prepared]], list[torch.Tensor]]
+                    ) -> list[tuple[torch.Tensor | Exception, float]]:
+    """(output or error, model seconds) per video, forwarding `videos` videos' clips at a time.
+
+    A group that fails (e.g. out of GPU memory) is re-run one video at a time from the generator
+    states it started with: the error lands on its own video, and seeded scores do not change.
+    """
+    out: list[tuple[torch.Tensor | Exception, float]] = []
+    for i in range(0, len(prepared), max(1, videos)):
+        chunk = prepared[i:i + max(1, videos)]
+        states = [p.generator.get_state() for p in chunk]
+        t0 = time.perf_counter()
+        try:
+            results = forward(chunk)
+            share = (time.perf_counter() - t0) / len(chunk)
+            out.extend((r, share) for r in results)
+            continue
+        except Exception as exc:
+            if len(chunk) == 1:
+                out.append((exc, time.perf_counter() - t0))
+                continue
+        for p, state in zip(chunk, states):
+            p.generator.set_state(state)
+            t0 = time.perf_counter()
+            try:
+                out.append((forward([p])[0], time.perf_counter() - t0))
+            except Exception as exc:
+                out.append((exc, time.perf_counter() - t0))
+    return out
+
+
 # ----------------------------------------------------------------------------- stage 1
 
 INTER_SCHEMA = pa.schema([
@@ -217,7 +360,7 @@ INTER_SCHEMA = pa.schema([
     ("inter_version", pa.string()), ("embedding", pa.list_(pa.float32())), ("segments", pa.int32()),
     ("status", pa.string()), ("error", pa.string()), ("num_frames", pa.int64()), ("width", pa.int32()),
     ("height", pa.int32()), ("fps", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
-    ("created_at", pa.float64()),
+    ("created_at", pa.float64()), ("worker", pa.string()),
 ])
 
 
@@ -227,30 +370,40 @@ class InterExtractor:
     def __init__(self, spec: ModelSpec, cache_uri: str, opts: RunOptions, inter_version: str) -> None:
         torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
         _, self.inter = spec.build(opts.storage_options)
+        self.device = next(self.inter.parameters()).device
+        self.worker = worker_label(self.device)
         self.store = ShardStore(cache_uri, opts.storage_options)
         self.opts, self.version = opts, inter_version
 
-    def embed(self, r: Any) -> dict[str, Any]:
+    def prepare(self, r: Any) -> tuple[dict[str, Any], _Prepared | None]:
         row = {**_common_fields(r), "inter_version": self.version, "embedding": None, "segments": None,
                "status": "ok", "error": None, "num_frames": None, "width": None, "height": None, "fps": None,
-               "decode_s": 0.0, "model_s": 0.0, "created_at": time.time()}
+               "decode_s": 0.0, "model_s": 0.0, "created_at": time.time(), "worker": self.worker}
         t0 = time.perf_counter()
         try:
             with open_video(r.uri, self.opts.storage_options) as video:
                 info = video.info
                 row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
                 segments = inter_segments(video, self.inter)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                emb = self.inter(segments[None], generator=make_generator(derive_seed(self.opts.seed, r.key)))[0]
-            row.update(embedding=emb.flatten().numpy().astype(np.float32), segments=emb.shape[0],
-                       decode_s=t1 - t0, model_s=time.perf_counter() - t1)
         except Exception as exc:  # one bad video never costs another its row
             row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
-        return row
+            return row, None
+        row["decode_s"] = time.perf_counter() - t0
+        return row, _Prepared(row, segments, None, make_generator(derive_seed(self.opts.seed, r.key)))
+
+    def forward(self, chunk: list[_Prepared]) -> list[torch.Tensor]:
+        segments = to_device(torch.stack([p.inputs for p in chunk]), self.device)
+        with torch.inference_mode():
+            return list(self.inter(segments, generator=[p.generator for p in chunk]).float().cpu())
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = [self.embed(r) for r in batch.itertuples(index=False)]
+        rows, prepared = _prepare_all(self.prepare, batch)
+        for p, (emb, seconds) in zip(prepared, forward_grouped(prepared, self.opts.forward_videos, self.forward)):
+            if isinstance(emb, Exception):
+                p.row.update(status="error", error=_error_message(emb), model_s=seconds)
+            else:
+                p.row.update(embedding=emb.flatten().numpy().astype(np.float32), segments=emb.shape[0],
+                             model_s=seconds)
         self.store.commit(None, _shard_table(rows, INTER_SCHEMA), [r["key"] for r in rows])
         return _summary_frame(rows)
 
@@ -265,7 +418,7 @@ def extract_inter(manifest: pd.DataFrame, cache_uri: str, spec: ModelSpec, opts:
     todo, skipped = _pending(rows, store, opts.retry_errors)
     summary = StageSummary("extract-inter", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
     _run(todo, InterExtractor,
-         {"spec": spec, "cache_uri": cache_uri, "opts": opts, "inter_version": versions["inter"]}, opts, summary)
+         {"spec": spec, "cache_uri": cache_uri, "opts": opts, "inter_version": versions["inter"]}, opts, summary, store)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -306,7 +459,7 @@ SCORE_SCHEMA = pa.schema([
     ("status", pa.string()), ("error", pa.string()), ("model_version", pa.string()), ("inter_key", pa.string()),
     ("clips", pa.int32()), ("seeded", pa.bool_()), ("num_frames", pa.int64()), ("width", pa.int32()),
     ("height", pa.int32()), ("fps", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
-    ("created_at", pa.float64()),
+    ("created_at", pa.float64()), ("worker", pa.string()),
 ])
 
 
@@ -316,19 +469,21 @@ class Scorer:
     def __init__(self, spec: ModelSpec, cache_uri: str, output_uri: str, opts: RunOptions, score_version: str) -> None:
         torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
         self.vqa, _ = spec.build(opts.storage_options)
+        self.device = next(self.vqa.parameters()).device
+        self.worker = worker_label(self.device)
         self.cache = InterCache(cache_uri, opts.storage_options)
         self.store = ShardStore(output_uri, opts.storage_options)
         self.opts, self.version = opts, score_version
         self.clips = opts.clips or self.vqa.cfg.sampling.test_clips
 
-    def score(self, r: Any, cached: dict[str, Any] | None) -> dict[str, Any]:
+    def prepare(self, r: Any, cached: dict[str, Any] | None) -> tuple[dict[str, Any], _Prepared | None]:
         mos = float(r.mos) if getattr(r, "mos", None) is not None and not pd.isna(r.mos) else None
         dataset = getattr(r, "dataset", None)
         row = {**_common_fields(r), "mos": mos, "dataset": None if pd.isna(dataset) else str(dataset),
                "score": None, "clip_scores": None, "status": "ok", "error": None, "model_version": self.version,
                "inter_key": r.inter_key, "clips": self.clips, "seeded": self.opts.seed is not None,
                "num_frames": None, "width": None, "height": None, "fps": None, "decode_s": 0.0, "model_s": 0.0,
-               "created_at": time.time()}
+               "created_at": time.time(), "worker": self.worker}
         t0 = time.perf_counter()
         try:
             if cached is None:
@@ -341,18 +496,26 @@ class Scorer:
                 info = video.info
                 row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
                 clips = intra_clips(video, self.vqa.cfg.sampling, self.clips, g)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                per_clip = self.vqa(clips[None], emb[None], generator=g)[0]
-            row.update(score=float(per_clip.mean()), clip_scores=[float(c) for c in per_clip],
-                       decode_s=t1 - t0, model_s=time.perf_counter() - t1)
         except Exception as exc:
             row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
-        return row
+            return row, None
+        row["decode_s"] = time.perf_counter() - t0
+        return row, _Prepared(row, clips, emb, g)
+
+    def forward(self, chunk: list[_Prepared]) -> list[torch.Tensor]:
+        clips = to_device(torch.stack([p.inputs for p in chunk]), self.device)  # uint8 over the bus
+        inter = to_device(torch.stack([p.extra for p in chunk]), self.device)  # type: ignore[misc]
+        with torch.inference_mode():
+            return list(self.vqa(clips, inter, generator=[p.generator for p in chunk]).float().cpu())
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         cached = self.cache.lookup(batch["inter_key"])
-        rows = [self.score(r, cached.get(r.inter_key)) for r in batch.itertuples(index=False)]
+        rows, prepared = _prepare_all(lambda r: self.prepare(r, cached.get(r.inter_key)), batch)
+        for p, (per_clip, seconds) in zip(prepared, forward_grouped(prepared, self.opts.forward_videos, self.forward)):
+            if isinstance(per_clip, Exception):
+                p.row.update(status="error", error=_error_message(per_clip), model_s=seconds)
+            else:
+                p.row.update(score=float(per_clip.mean()), clip_scores=[float(c) for c in per_clip], model_s=seconds)
         self.store.commit(None, _shard_table(rows, SCORE_SCHEMA), [r["key"] for r in rows])
         return _summary_frame(rows)
 
@@ -376,7 +539,7 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     todo, skipped = _pending(rows, store, opts.retry_errors)
     summary = StageSummary("score", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
     _run(todo, Scorer, {"spec": spec, "cache_uri": cache_uri, "output_uri": output_uri, "opts": opts,
-                        "score_version": versions["score"]}, opts, summary)
+                        "score_version": versions["score"]}, opts, summary, store)
     summary.seconds = time.perf_counter() - t0
     return summary, inter_summary
 
@@ -387,6 +550,7 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
 
 
 __all__ = [
-    "INTER_SCHEMA", "SCORE_SCHEMA", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
-    "StageSummary", "extract_inter", "keyed_manifest", "load_table", "open_video", "score",
+    "INTER_SCHEMA", "SCORE_SCHEMA", "ActorPlan", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
+    "StageSummary", "actors_per_gpu", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
+    "plan_actors", "score",
 ]
