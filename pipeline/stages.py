@@ -226,15 +226,16 @@ def actors_per_gpu(decode_s: float, model_s: float, *, cpus_per_gpu: float, cpus
 
     An actor alternates decoding (CPU) and its forward pass (GPU), so alone it keeps the GPU busy
     model / (decode + model) of the time; k actors overlap k decodes with the forwards, and the GPU
-    saturates at k = ceil((decode + model) / model). Capped by the CPUs a GPU node has per GPU (each
-    actor decodes on its own CPUs) and by `max_per_gpu` (each actor holds a model copy in GPU memory).
+    saturates at k = ceil((decode + model) / model). Capped by the CPUs a GPU node has per GPU, less
+    one for Ray Data's own tasks (each actor decodes on its own CPUs), and by `max_per_gpu` (each
+    actor holds a model copy in GPU memory).
     When decoding dominates beyond the CPU cap, the stage is decode-bound: more CPUs per GPU, not
     more actors, is the fix (docs/capacity.md).
     """
     if model_s <= 0:
         return 1
     want = math.ceil((decode_s + model_s) / model_s - 1e-9)
-    cpu_cap = max(1, int(cpus_per_gpu // cpus_per_actor))
+    cpu_cap = max(1, int((cpus_per_gpu - 1) // cpus_per_actor))
     return max(1, min(want, cpu_cap, max_per_gpu))
 
 
@@ -244,7 +245,8 @@ def auto_actors_per_gpu(store: ShardStore, cluster: Mapping[str, float], cpus_pe
     model_s are recorded per video) and the cluster's CPUs per GPU; 2 when there is no history yet."""
     gpus = cluster.get("GPU", 0)
     if not gpus:
-        return 1, "no GPUs in the cluster"
+        raise ValueError("--actors-per-gpu auto needs the cluster's GPUs at start and it has none (a GPU group "
+                         "scaled to zero?): give a number, e.g. --actors-per-gpu 2, so the pool asks for GPUs")
     cpus_per_gpu = cluster.get("CPU", 0) / gpus
     try:
         t = store.read_table(columns=["status", "decode_s", "model_s"]).to_pandas() if store.committed_keys() else None
@@ -266,7 +268,7 @@ def _compute(opts: RunOptions, store: ShardStore, stage: str) -> tuple[Any, dict
     if opts.actors_per_gpu == "auto":
         k, why = auto_actors_per_gpu(store, cluster, opts.cpus_per_actor)
         print(f"{stage}: {k} actor(s) per GPU ({why})", flush=True)
-        opts = replace(opts, actors_per_gpu=k if cluster.get("GPU", 0) else None)
+        opts = replace(opts, actors_per_gpu=k)
     plan = plan_actors(opts, cluster)
     return ray.data.ActorPoolStrategy(size=plan.size), {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
 

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Every Ray the tests start (here and in subprocesses) binds to 127.0.0.1, never the host's address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Two cores: keep intra-op threads predictable and tests quiet.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -282,7 +282,8 @@ def test_plan_actors_refuses_contradictions():
     (1.0, 1.0, 8, 1, 2),  # half the time decoding: two actors alternate
     (3.0, 1.0, 8, 1, 4),
     (2.5, 1.0, 8, 1, 4),  # ceil
-    (3.0, 1.0, 4, 2, 2),  # only 4 CPUs per GPU at 2 per actor: decode-bound at 2
+    (3.0, 1.0, 5, 2, 2),  # 5 CPUs per GPU, one kept for Ray Data, 2 per actor: decode-bound at 2
+    (3.0, 1.0, 4, 2, 1),
     (30.0, 1.0, 64, 1, 4),  # capped by GPU memory (max_per_gpu)
     (1.0, 0.0, 8, 1, 1),
 ])
@@ -302,8 +303,9 @@ def test_auto_actors_per_gpu_reads_last_runs_timings(tmp_path):
     store.commit(None, t, t["key"].to_pylist())
     k, why = auto_actors_per_gpu(store, {"CPU": 16, "GPU": 2}, 1.0)
     assert k == 4 and "9 earlier rows" in why  # (0.9 + 0.3) / 0.3 = 4; the failed row is ignored
-    assert auto_actors_per_gpu(store, {"CPU": 4, "GPU": 2}, 1.0)[0] == 2  # 2 CPUs per GPU
-    assert auto_actors_per_gpu(store, {"CPU": 16}, 1.0) == (1, "no GPUs in the cluster")
+    assert auto_actors_per_gpu(store, {"CPU": 6, "GPU": 2}, 1.0)[0] == 2  # 3 CPUs per GPU, one for Ray Data
+    with pytest.raises(ValueError, match="give a number"):
+        auto_actors_per_gpu(store, {"CPU": 16}, 1.0)  # a GPU group scaled to zero: no silent CPU plan
 
 
 def test_cli_passes_gpu_options_through():
