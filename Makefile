@@ -35,6 +35,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_model --ablations
 	$(BIN)/python -m bench.bench_pipeline
+	$(BIN)/python -m bench.bench_decode
+	$(BIN)/python -m bench.bench_scale
+	$(BIN)/python -m bench.capacity
 
 clean:
 	rm -rf $(VENV) demo_output demo_model_output bench_output
