@@ -61,8 +61,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--actors-per-gpu", type=_actors_per_gpu, metavar="N|auto",
                    help="actors sharing each GPU, so decoding overlaps forward passes (default 1); auto: from the "
                    "decode and model times of the output's earlier rows and the cluster's CPUs per GPU")
-    r.add_argument("--forward-videos", type=int, default=1,
-                   help="videos whose clips go through one forward pass (GPUs: e.g. the batch size)")
+    r.add_argument("--forward-videos", type=int,
+                   help="videos whose clips go through one forward pass (default: the whole batch on a GPU, 1 on CPU)")
     r.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs Ray reserves per actor")
     r.add_argument("--threads", type=int, help="torch threads per actor (default: --cpus-per-actor)")
     r.add_argument("--clips", type=int, help="intra clips per video (default: the preset's 4)")

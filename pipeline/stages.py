@@ -93,7 +93,7 @@ class RunOptions:
     batch_size: int = 8  # videos per shard
     gpus_per_actor: float | None = None  # None: 1 / actors_per_gpu where the cluster has GPUs, else 0
     actors_per_gpu: int | str | None = None  # actors sharing a GPU (None: 1; "auto": `auto_actors_per_gpu`)
-    forward_videos: int = 1  # videos whose clips go through one forward pass (GPUs: the batch size)
+    forward_videos: int | None = None  # videos per forward pass (None: the whole batch on a GPU, 1 on CPU)
     cpus_per_actor: float = 1.0  # logical CPUs Ray reserves per actor
     threads: int | None = None  # torch threads per actor (None: cpus_per_actor)
     clips: int | None = None  # None: the preset's test clips
@@ -128,6 +128,16 @@ def open_video(uri: str, storage_options: Mapping[str, Any]) -> Iterator[VideoRe
         return
     with fs.open(path, "rb", block_size=8 * 2**20) as f, VideoReader(f, threads=1) as video:
         yield video
+
+
+def videos_per_forward(opts: RunOptions, device: torch.device) -> int:
+    """Videos whose clips share one forward pass: a GPU wants large batches (the whole actor batch by
+    default); on CPU one clip at a time is fastest anyway (`model.securevqa.micro_batches`)."""
+    if opts.forward_videos is not None:
+        if opts.forward_videos < 1:
+            raise ValueError(f"--forward-videos must be >= 1, got {opts.forward_videos}")
+        return opts.forward_videos
+    return max(1, opts.batch_size) if device.type == "cuda" else 1
 
 
 def worker_label(device: torch.device) -> str:
@@ -374,6 +384,7 @@ class InterExtractor:
         _, self.inter = spec.build(opts.storage_options)
         self.device = next(self.inter.parameters()).device
         self.worker = worker_label(self.device)
+        self.forward_videos = videos_per_forward(opts, self.device)
         self.store = ShardStore(cache_uri, opts.storage_options)
         self.opts, self.version = opts, inter_version
 
@@ -400,7 +411,7 @@ class InterExtractor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows, prepared = _prepare_all(self.prepare, batch)
-        for p, (emb, seconds) in zip(prepared, forward_grouped(prepared, self.opts.forward_videos, self.forward)):
+        for p, (emb, seconds) in zip(prepared, forward_grouped(prepared, self.forward_videos, self.forward)):
             if isinstance(emb, Exception):
                 p.row.update(status="error", error=_error_message(emb), model_s=seconds)
             else:
@@ -473,6 +484,7 @@ class Scorer:
         self.vqa, _ = spec.build(opts.storage_options)
         self.device = next(self.vqa.parameters()).device
         self.worker = worker_label(self.device)
+        self.forward_videos = videos_per_forward(opts, self.device)
         self.cache = InterCache(cache_uri, opts.storage_options)
         self.store = ShardStore(output_uri, opts.storage_options)
         self.opts, self.version = opts, score_version
@@ -513,7 +525,7 @@ class Scorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         cached = self.cache.lookup(batch["inter_key"])
         rows, prepared = _prepare_all(lambda r: self.prepare(r, cached.get(r.inter_key)), batch)
-        for p, (per_clip, seconds) in zip(prepared, forward_grouped(prepared, self.opts.forward_videos, self.forward)):
+        for p, (per_clip, seconds) in zip(prepared, forward_grouped(prepared, self.forward_videos, self.forward)):
             if isinstance(per_clip, Exception):
                 p.row.update(status="error", error=_error_message(per_clip), model_s=seconds)
             else:
@@ -554,5 +566,5 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
 __all__ = [
     "INTER_SCHEMA", "SCORE_SCHEMA", "ActorPlan", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
     "StageSummary", "actors_per_gpu", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
-    "plan_actors", "score",
+    "plan_actors", "score", "videos_per_forward",
 ]

@@ -24,6 +24,7 @@ from pipeline.stages import (
     forward_grouped,
     keyed_manifest,
     plan_actors,
+    videos_per_forward,
 )
 from pipeline.storage import ShardStore, make_key
 
@@ -247,6 +248,16 @@ def test_stage_actors_batch_across_videos_without_changing_results(stage_inputs,
     assert set(four["worker"]) == {"local device=cpu"}
     fresh = _stage_rows(ckpt, manifest, tmp_path / "fresh", forward_videos=4, seed=None)
     assert (fresh.loc[ok, "score"] - four.loc[ok, "score"]).abs().max() > 0  # unseeded: fresh guardian maps
+
+
+def test_videos_per_forward_defaults_to_the_batch_on_gpus_only():
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert videos_per_forward(RunOptions(batch_size=16), gpu) == 16
+    assert videos_per_forward(RunOptions(batch_size=16), cpu) == 1
+    assert videos_per_forward(RunOptions(batch_size=16, forward_videos=4), gpu) == 4
+    assert videos_per_forward(RunOptions(batch_size=16, forward_videos=4), cpu) == 4
+    with pytest.raises(ValueError, match=">= 1"):
+        videos_per_forward(RunOptions(forward_videos=0), gpu)
 
 
 # ----------------------------------------------------------------------------- actors per GPU

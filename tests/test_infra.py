@@ -201,7 +201,7 @@ def entrypoint_problems(args: Any, where: str) -> list[str]:
         value = getattr(args, flag, None)
         if value is not None and not str(value).startswith("s3://"):
             problems.append(f"{where}: --{flag.replace('_', '-')} {value}: pods share no filesystem, use s3://")
-    if getattr(args, "forward_videos", 1) > (getattr(args, "batch_size", None) or 1):
+    if (getattr(args, "forward_videos", None) or 1) > (getattr(args, "batch_size", None) or 1):
         problems.append(f"{where}: --forward-videos {args.forward_videos} > --batch-size {args.batch_size}: "
                         "a forward pass never sees more videos than an actor's batch")
     return problems
