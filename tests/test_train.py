@@ -232,3 +232,23 @@ def test_small_dataset_protocol_reports_mean_and_std_over_splits(ray_local, sets
         assert all(torch.equal(trained[n], start[n]) for n in start if n.startswith("intra."))
         assert not all(torch.equal(trained[n], start[n]) for n in start if n.startswith("head."))
         assert len(hist["config"]) and hist["config"]["freeze_backbone"]
+
+
+@pytest.mark.slow
+def test_two_worker_ddp_run_on_gloo(ray_local, sets, tmp_path):
+    """Two Ray Train workers (DDP over gloo, as on a multi-GPU cluster but on CPU): each takes half of the
+    global batch, the run completes, rank 0 publishes a model that loads, and the weights moved."""
+    data = sets["train"].head(12)
+    cfg = TrainConfig(epochs=1, **{**TINY, "batch_size": 4})
+    out = tmp_path / "ddp"
+    h = train(data, str(out), cfg, TrainRun(workers=2, cpus_per_worker=0.5, threads=1, loader_workers=0,
+                                            cache_uri=sets["cache"]))
+    assert [r["epoch"] for r in h["epochs"]] == [1]
+    assert h["epochs"][0]["step"] == 12 // 4  # 2 workers x 2 videos per step: 3 steps cover the epoch once
+    assert np.isfinite(h["epochs"][0]["train_loss"])
+    state = _latest_state(out)
+    start = _build_model(cfg, seed=h["seed"]).state_dict()
+    moved = [k for k in start if k.startswith("head.") and not torch.equal(state["model"][k], start[k])]
+    assert moved, "no head weight changed: the DDP step did not apply"
+    vqa, _ = create_model(checkpoint=str(out / "last.pt"))
+    assert vqa.cfg.name == "tiny"
