@@ -90,7 +90,8 @@ def _spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any
     opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
                       gpus_per_actor=args.gpus_per_actor, actors_per_gpu=args.actors_per_gpu,
                       forward_videos=args.forward_videos, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
-                      clips=args.clips, seed=args.seed, retry_errors=args.retry_errors)
+                      clips=args.clips, seed=args.seed, retry_errors=args.retry_errors,
+                      progress_s=args.progress_seconds)
     return spec, opts
 
 

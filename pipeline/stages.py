@@ -99,6 +99,7 @@ class RunOptions:
     clips: int | None = None  # None: the preset's test clips
     seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
     retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
+    progress_s: float = 60.0  # seconds between progress lines of a running stage (0: every batch)
 
 
 @dataclass
@@ -295,9 +296,41 @@ def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, 
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
     out = ds.map_batches(udf, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, batch_format="pandas",
                          compute=compute, **resources)
+    progress = Progress(summary.stage, len(todo), opts.progress_s)
     for batch in out.iter_batches(batch_format="pandas", batch_size=None):
         summary.done += int((batch["status"] == "ok").sum())
         summary.failed += int((batch["status"] != "ok").sum())
+        line = progress.update(summary.done, summary.failed)
+        if line:
+            print(line, flush=True)
+
+
+class Progress:
+    """Progress lines for job logs (Ray Data's bars are off under `ray job submit`): at most one per
+    `interval` seconds, with the rate since the start and the time left at that rate."""
+
+    def __init__(self, stage: str, total: int, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage, self.total, self.interval, self.clock = stage, total, interval, clock
+        self.start = self.last = clock()
+
+    def update(self, done: int, failed: int) -> str | None:
+        now = self.clock()
+        finished = done + failed
+        if now - self.last < self.interval or finished >= self.total:
+            return None  # the stage's summary line reports the end
+        self.last = now
+        rate = finished / max(now - self.start, 1e-9)
+        left = (self.total - finished) / rate if rate > 0 else float("inf")
+        return (f"{self.stage}: {finished:,}/{self.total:,} videos ({100 * finished / self.total:.1f}%), "
+                f"{failed:,} failed, {rate:.2f} videos/s, about {_duration(left)} left")
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown time"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def _shard_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -566,5 +599,5 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
 __all__ = [
     "INTER_SCHEMA", "SCORE_SCHEMA", "ActorPlan", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
     "StageSummary", "actors_per_gpu", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
-    "plan_actors", "score", "videos_per_forward",
+    "plan_actors", "Progress", "score", "videos_per_forward",
 ]

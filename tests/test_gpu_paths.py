@@ -332,3 +332,21 @@ def test_cli_passes_gpu_options_through():
     assert _spec_and_options(args, {})[1].actors_per_gpu == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--actors-per-gpu", "x"])
+
+
+def test_progress_lines_for_job_logs():
+    from pipeline.stages import Progress
+
+    now = [0.0]
+    p = Progress("score", 1000, 60.0, clock=lambda: now[0])
+    now[0] = 30.0
+    assert p.update(100, 0) is None  # not yet a minute
+    now[0] = 61.0
+    assert p.update(244, 0) == "score: 244/1,000 videos (24.4%), 0 failed, 4.00 videos/s, about 3m09s left"
+    now[0] = 100.0
+    assert p.update(300, 5) is None  # a minute since the last line
+    now[0] = 7400.0
+    assert p.update(500, 10) == "score: 510/1,000 videos (51.0%), 10 failed, 0.07 videos/s, about 1h58m left"
+    now[0] = 5000.0
+    assert p.update(990, 10) is None  # finished: the stage's summary line says it
+    assert Progress("x", 10, 0.0, clock=lambda: 1.0).update(0, 0).endswith("unknown time left")
