@@ -69,6 +69,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, help="replay guardian maps and offsets (default: fresh randomness)")
     r.add_argument("--retry-errors", action="store_true", help="recompute videos that failed last time")
     r.add_argument("--limit", type=int, help="only the first N videos of the input")
+    r.add_argument("--progress-seconds", type=float, default=60.0,
+                   help="seconds between progress lines (done, failed, rate, time left) of a running stage")
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
