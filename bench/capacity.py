@@ -93,10 +93,10 @@ def from_benchmarks(a: Assumptions, resolution: str, decode_json: Path, scale_js
     if decode_json.exists():
         d = json.loads(decode_json.read_text())[resolution]
         a = replace(a, decode_ms_per_frame=(d["stage1_ms_per_frame"], d["stage2_ms_per_frame"]))
-    if scale_json.exists():
-        s = json.loads(scale_json.read_text())["summary"]
-        a = replace(a, overhead_ms_per_video=max(0.0, max(s[k]["overhead_ms_per_video"]
-                                                          for k in ("extract-inter", "score"))))
+    if scale_json.exists():  # the largest run's overhead, its start included: an upper bound
+        last = json.loads(scale_json.read_text())["runs"][-1]
+        a = replace(a, overhead_ms_per_video=max(last["extract_inter_overhead_ms_per_video"],
+                                                 last["score_overhead_ms_per_video"]))
     return a
 
 

@@ -39,8 +39,9 @@ def test_model_bound_plan_and_cached_inter():
 
 def test_measured_figures_replace_the_defaults(tmp_path):
     (tmp_path / "decode.json").write_text(json.dumps({"1080p": {"stage1_ms_per_frame": 7.5, "stage2_ms_per_frame": 6.0}}))
-    (tmp_path / "scale.json").write_text(json.dumps({"summary": {"extract-inter": {"overhead_ms_per_video": 3.0},
-                                                                 "score": {"overhead_ms_per_video": 4.0}}}))
+    runs = [{"extract_inter_overhead_ms_per_video": 9.0, "score_overhead_ms_per_video": 8.0},
+            {"extract_inter_overhead_ms_per_video": 3.0, "score_overhead_ms_per_video": 4.0}]
+    (tmp_path / "scale.json").write_text(json.dumps({"runs": runs}))  # the largest (last) run counts
     a = from_benchmarks(Assumptions(), "1080p", tmp_path / "decode.json", tmp_path / "scale.json")
     assert a.decode_ms_per_frame == (7.5, 6.0) and a.overhead_ms_per_video == 4.0
     assert from_benchmarks(Assumptions(), "1080p", tmp_path / "no.json", tmp_path / "no.json") == Assumptions()
