@@ -253,14 +253,15 @@ def actors_per_gpu(decode_s: float, model_s: float, *, cpus_per_gpu: float, cpus
 def auto_actors_per_gpu(store: ShardStore, cluster: Mapping[str, float], cpus_per_actor: float,
                         min_rows: int = 8) -> tuple[int, str]:
     """`actors_per_gpu` from the medians of the stage's own earlier rows (last night's run: decode_s and
-    model_s are recorded per video) and the cluster's CPUs per GPU; 2 when there is no history yet."""
+    model_s are recorded per video; the newest 64 shards) and the cluster's CPUs per GPU; decode = model
+    time assumed when there is no history yet."""
     gpus = cluster.get("GPU", 0)
     if not gpus:
         raise ValueError("--actors-per-gpu auto needs the cluster's GPUs at start and it has none (a GPU group "
                          "scaled to zero?): give a number, e.g. --actors-per-gpu 2, so the pool asks for GPUs")
     cpus_per_gpu = cluster.get("CPU", 0) / gpus
-    try:
-        t = store.read_table(columns=["status", "decode_s", "model_s"]).to_pandas() if store.committed_keys() else None
+    try:  # the newest shards are enough for medians, and a catalog's store holds tens of thousands
+        t = store.read_table(columns=["status", "decode_s", "model_s"], newest=64).to_pandas()
     except (KeyError, ValueError, pa.ArrowInvalid):  # a store without timings (the attack job's)
         t = None
     ok = t[t["status"] == "ok"] if t is not None else None

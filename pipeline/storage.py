@@ -543,15 +543,17 @@ class ShardStore:
         return CommitResult(existing["shard_id"], existing["file"], existing["num_rows"], False)
 
     # read -----------------------------------------------------------------------------------------
-    def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """All committed rows, one per key (newest committed shard wins), sorted by key.
+    def read_table(self, columns: Sequence[str] | None = None, *, newest: int | None = None) -> pa.Table:
+        """All committed rows, one per key (newest committed shard wins), sorted by key; with `newest`,
+        only the rows of the `newest` most recently committed shards (a sample of a large store).
 
         Only data files named by a manifest are read; orphans are ignored.
         """
         kc = self.key_column
         cols = None if columns is None else list(dict.fromkeys([*columns, kc]))
         tables = []
-        for rank, m in enumerate(self.manifests()):
+        manifests = self.manifests()
+        for rank, m in enumerate(manifests[-newest:] if newest else manifests):
             t = pq.read_table(self._p(*m["file"].split("/")), filesystem=self.fs, columns=cols)
             if t.num_rows != m["num_rows"]:
                 raise OSError(f"shard {m['shard_id']}: {t.num_rows} rows in {m['file']}, manifest says {m['num_rows']}")
