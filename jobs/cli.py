@@ -61,7 +61,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--actors-per-gpu", type=_actors_per_gpu, metavar="N|auto",
                    help="actors sharing each GPU, so decoding overlaps forward passes (default 1); auto: from the "
                    "decode and model times of the output's earlier rows and the cluster's CPUs per GPU")
-    r.add_argument("--forward-videos", type=int,
+    r.add_argument("--forward-videos", type=_positive_int,
                    help="videos whose clips go through one forward pass (default: the whole batch on a GPU, 1 on CPU)")
     r.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs Ray reserves per actor")
     r.add_argument("--threads", type=int, help="torch threads per actor (default: --cpus-per-actor)")
@@ -74,13 +74,23 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return n
+
+
 def _actors_per_gpu(value: str) -> int | str:
     if value == "auto":
         return value
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {value!r}") from None
+        return _positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {value!r}") from None
 
 
 def _spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:

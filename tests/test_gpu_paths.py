@@ -330,8 +330,9 @@ def test_cli_passes_gpu_options_through():
     assert (spec.device, spec.precision, opts.actors_per_gpu, opts.forward_videos) == ("cpu", "bf16", "auto", 8)
     args = build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--actors-per-gpu", "2"])
     assert _spec_and_options(args, {})[1].actors_per_gpu == 2
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--actors-per-gpu", "x"])
+    for bad in (["--actors-per-gpu", "x"], ["--actors-per-gpu", "0"], ["--forward-videos", "0"]):
+        with pytest.raises(SystemExit):  # refused before any Ray work, with argparse's usage line
+            build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", *bad])
 
 
 def test_progress_lines_for_job_logs():
