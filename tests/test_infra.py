@@ -27,6 +27,7 @@ import io
 import math
 import re
 import shlex
+import tempfile
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,8 @@ from unittest import mock
 
 import pytest
 import yaml
+
+from pipeline.storage import ShardStore
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -269,13 +272,6 @@ def pool_from_rayup(cfg: dict[str, Any], where: str) -> tuple[GpuPool | None, li
                    float((head.get("resources") or {}).get("CPU", 0))), []
 
 
-class _EmptyStore:
-    """A stage output with nothing committed yet (no timings for `auto`)."""
-
-    def committed_keys(self) -> set[str]:
-        return set()
-
-
 def start_problems(opts: Any, pool: GpuPool, where: str) -> list[str]:
     """What `pipeline.stages._compute` decides when the job starts on the idle cluster: the GPU group is at
     minReplicas then (the autoscaler adds pods only for actors that ask for GPUs)."""
@@ -286,7 +282,8 @@ def start_problems(opts: Any, pool: GpuPool, where: str) -> list[str]:
     cold = pool.at_start()
     with mock.patch.object(ray, "cluster_resources", return_value=cold), contextlib.redirect_stdout(io.StringIO()):
         try:
-            _, resources = stages._compute(opts, _EmptyStore(), "check")
+            with tempfile.TemporaryDirectory() as empty:  # a stage output with nothing committed yet
+                _, resources = stages._compute(opts, ShardStore(empty), "check")
         except ValueError as e:
             return [(f"{where}: at job start the cluster has {cold or 'no CPUs or GPUs'} ({pool.where} starts at "
                      f"{pool.min_nodes} nodes) and the stage refuses to plan: {e}")]
