@@ -148,6 +148,16 @@ def test_commit_and_committed_keys(store_root):
     assert m["num_rows"] == 3 and m["keys"] == keys and m["file"].startswith("data/") and "created" in m
 
 
+def test_read_table_newest_shards_only(store_root):
+    root, opts = store_root
+    st = ShardStore(root, opts)
+    for keys in (["a1", "a2"], ["b1"], ["c1", "c2"]):  # committed in this order
+        st.commit(None, _table(keys), keys)
+    assert st.read_table(newest=2).column("key").to_pylist() == ["b1", "c1", "c2"]
+    assert st.read_table(newest=1).column("key").to_pylist() == ["c1", "c2"]
+    assert st.read_table(newest=10).num_rows == st.read_table().num_rows == 5
+
+
 def test_recommit_is_idempotent_and_id_reuse_is_an_error(store_root):
     root, opts = store_root
     keys = ["a", "b"]
