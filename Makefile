@@ -25,15 +25,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo
 
-# Trains the shipped demo model (about 30 minutes on 2 CPU cores; docs/training.md) and installs it.
+# Trains the shipped demo model (hours on 2 CPU cores; docs/training.md) and installs it. Continues the
+# run a session committed in model/weights/demo_run (started without the extra content) and saves its
+# state back there; commit it.
 demo-model: $(STAMP)
-	$(BIN)/python -m jobs.demo_model --install
+	$(BIN)/python -m jobs.demo_model --no-extra-content --resume-from model/weights/demo_run --save-state model/weights/demo_run --install
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_model --ablations
+	$(BIN)/python -m bench.bench_train
 	$(BIN)/python -m bench.bench_pipeline
 	$(BIN)/python -m bench.bench_decode
 	$(BIN)/python -m bench.bench_scale

@@ -47,8 +47,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="SecureVQA checkpoint (ours or the reference layout), path or URI")
     g.add_argument("--inter-checkpoint", help="pytorchvideo SLOWFAST_8x8_R50.pyth for the fast pathway")
-    g.add_argument("--preset", choices=["paper", "tiny"],
-                   help="architecture (default: the checkpoint's own, 'paper' for reference checkpoints; with neither, "
+    g.add_argument("--preset", type=_preset,
+                   help="paper, tiny or tiny-cpu (model/config.py PRESETS): architecture (default: the checkpoint's own, 'paper' for reference checkpoints; with neither, "
                    "the shipped demo model)")
     g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast on GPUs, bf16 matmul weights on CPUs")
@@ -72,6 +72,15 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--progress-seconds", type=float, default=60.0,
                    help="seconds between progress lines (done, failed, rate, time left) of a running stage")
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
+def _preset(name: str) -> str:
+    """A preset of model/config.py (imported only when the flag is given: it loads torch)."""
+    from model.config import PRESETS
+
+    if name not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return name
 
 
 def _positive_int(value: str) -> int:
@@ -195,7 +204,7 @@ def _warn_untrained(spec: Any) -> None:
         log.warning("no --checkpoint and no installed demo model: scores come from an UNTRAINED %s model",
                     spec.preset or "tiny")
     elif spec.default_weights:
-        log.info("no --checkpoint: the shipped demo model (tiny, trained on package-shipped content; "
+        log.info("no --checkpoint: the shipped demo model (tiny-cpu, trained on package-shipped content; "
                  "docs/training.md says what it is not good for)")
 
 
@@ -215,7 +224,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--n-splits", type=int, default=10, help="--protocol splits: number of random splits")
     p.add_argument("--train-fraction", type=float, default=0.8, help="--protocol splits: training share")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=["paper", "tiny"], default="paper")
+    g.add_argument("--preset", type=_preset, default="paper",
+                   help="paper, tiny or tiny-cpu (model/config.py PRESETS)")
     g.add_argument("--init", help="start from this SecureVQA checkpoint (ours or the reference layout)")
     g.add_argument("--intra-pretrained", help="Video Swin K400 weights (mmaction .pth) for the intra backbone")
     g.add_argument("--inter-checkpoint", help="SlowFast R50 K400 weights (pytorchvideo .pyth) for the fast pathway")
@@ -228,14 +238,27 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--weight-decay", type=float, default=0.05)
     r.add_argument("--warmup-epochs", type=float, default=2.5)
     r.add_argument("--ema-decay", type=float, default=0.999)
-    r.add_argument("--loss", choices=["reference", "srcc"], default="reference",
-                   help="reference: PLCC + 0.3 rank loss (reference code); srcc: PLCC + differentiable SRCC (paper)")
+    r.add_argument("--loss", choices=["reference", "srcc", "margin"], default="reference",
+                   help="reference: PLCC + 0.3 rank loss (reference code); srcc: PLCC + differentiable SRCC (paper); "
+                   "margin: pairwise hinge on raw scores, --margin per label unit (trains a random init on a CPU)")
+    r.add_argument("--margin", type=float, default=0.1, help="--loss margin: score gap asked per unit of label")
     r.add_argument("--freeze-backbone", action="store_true", default=None)
     r.add_argument("--head-dropout", type=float, help="dropout of the head while training (default: the preset's 0.5)")
     r.add_argument("--reinit-head", action="store_true", default=None)
     r.add_argument("--group-by", help="batches of --group-size clips per value of this column (e.g. source): "
                    "the losses rank within a batch, so same-content clips isolate quality from content")
     r.add_argument("--group-size", type=int, default=4)
+    r.add_argument("--align-groups", action="store_true",
+                   help="with --group-by: a group's clips in a batch share clip offsets and fragment positions "
+                   "(versions of one source then differ in quality only)")
+    r.add_argument("--rank-zscore", action="store_true",
+                   help="rank term on z-scored predictions (scale-free; the reference ranks raw scores)")
+    r.add_argument("--batch-weight", type=float, default=0.1,
+                   help="with --group-by: weight of the whole-batch loss beside the per-group losses")
+    r.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    r.add_argument("--calibrate-inter", type=int, default=0, metavar="N",
+                   help="estimate the frozen fast pathway's BatchNorm statistics on N training videos "
+                   "(a randomly initialised pathway; never with pretrained SlowFast weights)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -244,6 +267,8 @@ def _add_train(sub: Any) -> None:
     x.add_argument("--cpus-per-worker", type=float, default=1.0)
     x.add_argument("--threads", type=int, help="torch threads per worker (default: --cpus-per-worker)")
     x.add_argument("--loader-workers", type=int, default=1, help="clip-decoding processes per worker")
+    x.add_argument("--frame-cache", help="local folder where each training video is decoded once (default: "
+                   "decode the sampled frames every step)")
     x.add_argument("--cache", help="stage-1 inter cache (default: OUTPUT/inter); share it with the score job")
     x.add_argument("--limit", type=int, help="only the first N videos of the input")
     x.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
@@ -272,13 +297,16 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
         inter_checkpoint=args.inter_checkpoint, epochs=args.epochs or (10 if splits else 30),
         batch_size=args.batch_size or (16 if splits else 12), head_lr=args.head_lr, backbone_lr=args.backbone_lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
-        loss=LossConfig(kind=args.loss), freeze_backbone=splits if args.freeze_backbone is None else True,
+        loss=LossConfig(kind=args.loss, rank_zscore=args.rank_zscore, batch_weight=args.batch_weight,
+                        margin=args.margin),
+        grad_clip=args.grad_clip, align_groups=args.align_groups, calibrate_inter=args.calibrate_inter,
+        freeze_backbone=splits if args.freeze_backbone is None else True,
         reinit_head=splits if args.reinit_head is None else True, val_clips=args.val_clips,
         group_column=args.group_by, group_size=args.group_size, head_dropout=args.head_dropout,
         guardian=not args.no_guardian, seed=args.seed)
     run = TrainRun(workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                    threads=args.threads, loader_workers=args.loader_workers, cache_uri=args.cache,
-                   storage_options=so)
+                   frame_cache=args.frame_cache, storage_options=so)
     data = _read_input(args.input, args, so)
     if args.limit:
         data = data.head(args.limit)

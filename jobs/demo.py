@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.stages import ModelSpec
 
     if ModelSpec().default_weights:
-        print("model: the installed demo model (tiny preset, trained on package-shipped content; these contents "
-              "held out of training)")
+        print("model: the installed demo model (tiny-cpu preset, trained on package-shipped content; these contents "
+              "held out of training; docs/training.md)")
     else:
         print("model: preset 'tiny' with UNTRAINED random weights (no demo model installed: `make demo-model`); "
               "the scores and correlations below mean nothing")

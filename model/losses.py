@@ -6,7 +6,9 @@ losses, so they need at least two samples; B < 2 raises ValueError instead of re
 
 `quality_loss` combines them as configured by `LossConfig`:
 - "reference": PLCC loss + 0.3 x rank loss, what the reference training code optimises;
-- "srcc": PLCC loss + differentiable SRCC loss, the combination the paper's text describes.
+- "srcc": PLCC loss + differentiable SRCC loss, the combination the paper's text describes;
+- "margin": a pairwise hinge with a margin proportional to the label difference (`margin_rank_loss`),
+  on raw scores: what trains a randomly initialised model on a CPU (docs/training.md, "The demo model").
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LossConfig", "plcc_loss", "quality_loss", "rank_loss", "soft_rank", "srcc_loss"]
+__all__ = ["LossConfig", "grouped_quality_loss", "margin_rank_loss", "plcc_loss", "quality_loss", "rank_loss",
+           "soft_rank", "srcc_loss"]
 
-LossKind = Literal["reference", "srcc"]
-_KINDS: tuple[str, ...] = ("reference", "srcc")
+LossKind = Literal["reference", "srcc", "margin"]
+_KINDS: tuple[str, ...] = ("reference", "srcc", "margin")
 
 
 def _as_vector(x: Tensor, name: str) -> Tensor:
@@ -79,6 +82,23 @@ def rank_loss(pred: Tensor, target: Tensor) -> Tensor:
     return hinge.sum() / (b * (b - 1)) / (1 + hinge.max())
 
 
+def margin_rank_loss(pred: Tensor, target: Tensor, margin: float = 0.1) -> Tensor:
+    """Pairwise hinge relu(margin * (y_i - y_j) - (p_i - p_j)) over the pairs with y_i > y_j, averaged;
+    0 when no pair differs in label (ties cost nothing).
+
+    Unlike the PLCC loss and the z-scored rank term it works on raw scores, so it has a gradient of
+    fixed size from the first step (the correlation losses z-score predictions that spread by ~0.002
+    at the start: their direction is noise), and it asks for a score gap of at least `margin` per unit
+    of label: a slope, so the scores come out on a linear scale of the labels.
+    """
+    pred, target = _pair(pred, target)
+    dy = target[:, None] - target[None, :]
+    ordered = dy > 0
+    if not ordered.any():
+        return pred.sum() * 0.0
+    return torch.relu(margin * dy - (pred[:, None] - pred[None, :]))[ordered].mean()
+
+
 def soft_rank(x: Tensor, temperature: float) -> Tensor:
     """Differentiable 1-based ranks of a 1-D tensor: rank_i = 0.5 + sum_j sigmoid((x_i - x_j) / temperature).
 
@@ -124,6 +144,12 @@ class LossConfig:
     rank_weight: float = 0.3
     srcc_weight: float = 1.0
     temperature: float = 0.1
+    # The reference hinge works on raw scores: at the start of training they spread by ~0.002, so its
+    # gradient is ~0.3% of the PLCC term's. On z-scored predictions it is scale-free (docs/training.md).
+    rank_zscore: bool = False
+    margin: float = 0.1  # kind "margin": score gap asked per unit of label
+    # grouped_quality_loss: weight of the whole-batch term beside the per-group terms.
+    batch_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -132,12 +158,40 @@ class LossConfig:
             raise ValueError(f"loss weights must be >= 0, got rank {self.rank_weight}, srcc {self.srcc_weight}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.margin <= 0:
+            raise ValueError(f"margin must be > 0, got {self.margin}")
+        if self.batch_weight < 0:
+            raise ValueError(f"batch_weight must be >= 0, got {self.batch_weight}")
 
 
 def quality_loss(pred: Tensor, target: Tensor, cfg: LossConfig = LossConfig()) -> Tensor:
     """The training loss selected by `cfg` (see `LossConfig`), a 0-dim float32 tensor."""
     if cfg.kind == "reference":
-        return plcc_loss(pred, target) + cfg.rank_weight * rank_loss(pred, target)
+        ranked = _zscore(_as_vector(pred, "pred")) if cfg.rank_zscore else pred
+        return plcc_loss(pred, target) + cfg.rank_weight * rank_loss(ranked, target)
     if cfg.kind == "srcc":
         return plcc_loss(pred, target) + cfg.srcc_weight * srcc_loss(pred, target, cfg.temperature)
+    if cfg.kind == "margin":
+        return margin_rank_loss(pred, target, cfg.margin)
     raise ValueError(f"loss kind must be one of {_KINDS}, got {cfg.kind!r}")
+
+
+def grouped_quality_loss(pred: Tensor, target: Tensor, groups: Tensor, cfg: LossConfig = LossConfig()) -> Tensor:
+    """`quality_loss` within each group (e.g. the clips of one source content), averaged over groups,
+    plus `cfg.batch_weight` x `quality_loss` over the whole batch.
+
+    Why: a correlation over a batch of two contents mostly measures the two contents' offsets (features
+    differ ~5x more between contents than within one), so the quality differences inside each content
+    must carry the gradient; the small whole-batch term keeps the scores of different contents on one
+    scale. `groups`: (B,) integer labels; every group needs >= 2 samples (ValueError otherwise).
+    """
+    pred, target = _pair(pred, target)
+    groups = groups.to(pred.device).view(-1)
+    if groups.shape != pred.shape:
+        raise ValueError(f"groups must have one label per sample, got {tuple(groups.shape)} for {pred.shape[0]}")
+    labels = torch.unique(groups)
+    per_group = [quality_loss(pred[groups == g], target[groups == g], cfg) for g in labels]
+    loss = torch.stack(per_group).mean()
+    if cfg.batch_weight and len(labels) > 1:
+        loss = loss + cfg.batch_weight * quality_loss(pred, target, cfg)
+    return loss

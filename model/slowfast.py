@@ -27,7 +27,7 @@ for these thin layers. `set_use_2d(False)` restores plain conv3d.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -235,6 +235,41 @@ class FastPathway(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """(B, C_in, T, H, W) -> (B, C) pooled res5 features."""
         return self.pool(self(x))
+
+    @torch.no_grad()
+    def calibrate_batchnorm_(self, batches: Iterable[Tensor]) -> int:
+        """Replace every BatchNorm's running statistics by those of real inputs; returns the number of
+        samples seen.
+
+        `batches`: normalised float (B, C_in, T, H, W) tensors. A randomly initialised pathway with the
+        default statistics (mean 0, variance 1) shrinks its input at every layer: the pooled embedding
+        has an RMS of about 0.007 against 0.5 for the intra features at the fusion input, so the inter
+        branch carries no signal (docs/training.md, "The demo model"). Estimating the statistics from
+        real clips (a data-dependent initialisation; weights stay frozen and untouched) makes every
+        layer's output unit-scale. Pretrained weights (SlowFast K400) carry their own statistics and
+        need none of this. One pass in train mode: each BatchNorm averages its input's batch statistics
+        over all batches (momentum None); upstream layers normalise by batch statistics meanwhile,
+        which is close to their eval-mode output for batches of several clips.
+        Raises ValueError when `batches` is empty.
+        """
+        norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm3d)]
+        saved = [(m.momentum, m.training) for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over every batch
+            m.train()
+        seen = 0
+        try:
+            for x in batches:
+                self(x)
+                seen += x.shape[0]
+        finally:
+            for m, (momentum, training) in zip(norms, saved):
+                m.momentum = momentum
+                m.train(training)
+        if not seen:
+            raise ValueError("calibrate_batchnorm_ needs at least one batch of real clips")
+        return seen
 
     def freeze_(self) -> "FastPathway":
         """Eval mode (BatchNorm uses running statistics) and no gradients: the frozen inter backbone."""

@@ -185,6 +185,10 @@ class WindowAttention3D(nn.Module):
         self._bias_key: tuple | None = None
         self._bias: Tensor | None = None
 
+    # When the bias needs a gradient (training): "baddbmm" (`_attention_with_bias_grad`) or "sdpa" (PyTorch's
+    # math fallback, the earlier path; kept so that bench/bench_train.py can time both in one run).
+    bias_grad_kernel: str = "baddbmm"
+
     def attention_bias(self, geometry: "BlockGeometry", dtype: torch.dtype, device: torch.device) -> Tensor:
         """(nW or 1, heads, N, N) additive bias: gated relative bias plus the shifted-window mask.
 
@@ -225,6 +229,8 @@ class WindowAttention3D(nn.Module):
         # One copy into (3, B, nW, heads, N, hd), in the bias's dtype (fp32 under mixed precision):
         # the fused kernels run faster on contiguous inputs, and bf16 attention is no faster on CPU.
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).to(bias.dtype, memory_format=torch.contiguous_format).unbind(0)
+        if bias.requires_grad and self.bias_grad_kernel == "baddbmm":
+            return self.proj(_attention_with_bias_grad(q, k, v, bias).transpose(2, 3).reshape(b, nw, n, c))
         # The fused CPU/GPU kernels take 4-D inputs only (5-D falls back to the slow math path), and
         # a per-window bias broadcasts over windows but not over B*nW: so one call per clip.
         if bias.shape[0] == 1:
@@ -233,6 +239,23 @@ class WindowAttention3D(nn.Module):
         else:
             out = torch.stack([F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=bias) for i in range(b)])
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
+
+
+def _attention_with_bias_grad(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for (B, nW, heads, N, d) inputs and a (nW or 1, heads, N, N) bias
+    that needs a gradient (training: the position tables learn).
+
+    PyTorch's fused kernels give no gradient for an additive mask, so SDPA falls back to its math path,
+    which adds separate passes over every N x N matrix (scale, bias add, and a -inf guard: where,
+    isneginf, all). Here one baddbmm forms the logits (scale and bias in the GEMM) and autograd of
+    baddbmm/softmax/bmm does the rest: the same arithmetic and gradients (tests/test_model.py), fewer
+    passes (docs/training.md has the timing). The bias is finite, so no -inf guard is needed.
+    """
+    b, nw, h, n, d = q.shape
+    # A view for one clip of per-window biases (the CPU micro-batch); a copy otherwise.
+    logits = torch.baddbmm(bias.expand(b, nw, h, n, n).reshape(-1, n, n), q.reshape(-1, n, d),
+                           k.reshape(-1, n, d).transpose(1, 2), alpha=d ** -0.5)
+    return torch.bmm(logits.softmax(-1), v.reshape(-1, n, d)).view(b, nw, h, n, d)
 
 
 @dataclass(frozen=True)

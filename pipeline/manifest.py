@@ -33,7 +33,7 @@ import pandas as pd
 
 from pipeline.storage import filesystem, is_local, to_uri
 
-__all__ = ["read_manifest", "VIDEO_EXTENSIONS", "MANIFEST_EXTENSIONS", "ManifestError"]
+__all__ = ["read_manifest", "resolve_uri", "VIDEO_EXTENSIONS", "MANIFEST_EXTENSIONS", "ManifestError"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"})
 MANIFEST_EXTENSIONS = frozenset({".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"})
@@ -125,11 +125,13 @@ def _read_manifest_file(fs, path: str) -> pd.DataFrame:
         raise ManifestError(f"empty manifest (no rows): {where}")
     df = df.copy()
     base_dir = posixpath.dirname(path) if not is_local(fs) else os.path.dirname(path)
-    df["uri"] = [_resolve(fs, base_dir, u, where, i) for i, u in enumerate(df["uri"])]
+    df["uri"] = [resolve_uri(fs, base_dir, u, where, i) for i, u in enumerate(df["uri"])]
     return df
 
 
-def _resolve(fs, base_dir: str, uri: Any, where: str, row: int) -> str:
+def resolve_uri(fs, base_dir: str, uri: Any, where: str, row: int) -> str:
+    """A manifest row's uri as an absolute path or URI: relative paths resolve against the manifest's
+    folder `base_dir` on `fs`; an empty uri raises ManifestError naming `where` and `row`."""
     if uri is None or (isinstance(uri, float) and pd.isna(uri)) or not str(uri).strip():
         raise ManifestError(f"manifest {where}: empty uri in row {row}")
     uri = str(uri).strip()

@@ -36,13 +36,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model import InterEmbedder, SecureVQA, create_model, load_intra_pretrained, make_generator, save_checkpoint
+from model.securevqa import guard_per_video
 from model.fusion import FusionHead
-from model.losses import LossConfig, quality_loss
+from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
 from model.rng import derive_seed
 
-from .inference import intra_clips
+from .frame_cache import FrameCache
+from .inference import inter_segments, intra_clips
 from .stages import InterCache, ModelSpec, RunOptions, extract_inter, keyed_manifest, open_video
 from .storage import ShardStore, filesystem, is_local, write_bytes
 
@@ -78,6 +80,11 @@ class TrainConfig:
     # losses rank within a batch, and same-content clips make quality, not content, the difference.
     group_column: str | None = None
     group_size: int = 4
+    align_groups: bool = False  # a group's clips in a batch share clip offsets and fragments (GroupedBatchSampler)
+    grad_clip: float | None = None  # max global gradient norm per step (None: no clipping)
+    # Videos of the training split whose clips estimate the frozen fast pathway's BatchNorm statistics
+    # before stage 1 (0: keep the weights' own; model.slowfast.FastPathway.calibrate_batchnorm_).
+    calibrate_inter: int = 0
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +109,9 @@ class TrainRun:
     cache_uri: str | None = None  # stage-1 cache (default: OUTPUT/inter); share it with the score job
     storage_options: dict[str, Any] = field(default_factory=dict)
     progress_every: int = 10  # steps between progress lines
+    # Local folder where every training video is decoded once (pipeline/frame_cache.py); None: decode
+    # the sampled frames on the fly every step.
+    frame_cache: str | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -110,14 +120,19 @@ class ClipDataset(Dataset):
     """Labelled videos -> (K fragment clips uint8, cached inter embedding, MOS), decoded on the fly.
 
     Randomness of item i in epoch e comes from `derive_seed(seed, salt, e, i)`: fresh clip offsets and
-    fragments every epoch, the same ones on a replay, whichever loader process decodes the item.
+    fragments every epoch, the same ones on a replay, whichever loader process decodes the item. An item
+    may also be `(i, draw)` (`GroupedBatchSampler(aligned=True)`): then the randomness comes from
+    `derive_seed(seed, salt, e, "draw", draw)`, so items sharing a draw (versions of one source content,
+    frame-aligned) get the same clip offsets and fragment positions.
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], embeddings: Mapping[str, torch.Tensor], sampling: Any,
-                 num_clips: int, seed: int | None, salt: str, storage_options: Mapping[str, Any]) -> None:
+                 num_clips: int, seed: int | None, salt: str, storage_options: Mapping[str, Any],
+                 frame_cache: FrameCache | None = None) -> None:
         self.rows, self.embeddings, self.sampling = list(rows), embeddings, sampling
         self.num_clips, self.seed, self.salt = num_clips, seed, salt
         self.storage_options = dict(storage_options)
+        self.frame_cache = frame_cache
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -126,12 +141,20 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+        if isinstance(item, tuple):
+            i, draw = item
+            g = make_generator(derive_seed(self.seed, self.salt, self.epoch, "draw", draw))
+        else:
+            i = item
+            g = make_generator(derive_seed(self.seed, self.salt, self.epoch, i))
         r = self.rows[i]
-        g = make_generator(derive_seed(self.seed, self.salt, self.epoch, i))
         try:
-            with open_video(r["uri"], self.storage_options) as video:
-                clips = intra_clips(video, self.sampling, self.num_clips, g)
+            if self.frame_cache is not None:
+                clips = intra_clips(self.frame_cache.open(r["uri"]), self.sampling, self.num_clips, g)
+            else:
+                with open_video(r["uri"], self.storage_options) as video:
+                    clips = intra_clips(video, self.sampling, self.num_clips, g)
         except Exception as exc:
             raise RuntimeError(f"training video {r['video_id']} ({r['uri']}): {exc}") from exc
         return clips, self.embeddings[r["inter_key"]], float(r["mos"]), i
@@ -139,12 +162,19 @@ class ClipDataset(Dataset):
 
 class GroupedBatchSampler(torch.utils.data.Sampler):
     """Batches of `per_group` items from each of `batch_size // per_group` distinct groups (e.g. source
-    contents), drawn from `generator`: every item at most once per epoch, a group at most once per batch."""
+    contents), drawn from `generator`: every item at most once per epoch, a group at most once per batch.
 
-    def __init__(self, groups: Sequence[Any], batch_size: int, per_group: int, generator: torch.Generator) -> None:
+    `aligned`: each item comes as `(index, draw)`, the items of one group in a batch sharing a draw, so
+    `ClipDataset` samples them at the same clip offsets and fragment positions. For versions of one
+    source (clean and degraded, frame-aligned) the clips then differ in quality only: the fragments
+    of different draws of one content differ ~10x more than a degradation changes them (measured on
+    the untrained model, docs/training.md), which drowns the quality signal of a step."""
+
+    def __init__(self, groups: Sequence[Any], batch_size: int, per_group: int, generator: torch.Generator,
+                 aligned: bool = False) -> None:
         if batch_size % per_group or batch_size < 2 * per_group:
             raise ValueError(f"batch size {batch_size} must be a multiple (>= 2x) of the group size {per_group}")
-        self.groups, self.k, self.per_group = list(groups), batch_size // per_group, per_group
+        self.groups, self.k, self.per_group, self.aligned = list(groups), batch_size // per_group, per_group, aligned
         members: dict[Any, list[int]] = {}
         for i, g in enumerate(self.groups):
             members.setdefault(g, []).append(i)
@@ -169,19 +199,25 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
                 open_batches.remove(b)
 
     def __iter__(self):
-        return iter(self.batches)
+        if not self.aligned:
+            return iter(self.batches)
+        p = self.per_group
+        return iter([[(i, b * self.k + j // p) for j, i in enumerate(batch)] for b, batch in enumerate(self.batches)])
 
     def __len__(self) -> int:
         return len(self.batches)
 
 
-def _loader_init(_: int) -> None:
+def loader_init(_: int) -> None:
+    """DataLoader `worker_init_fn`: one torch thread per decoding process."""
     torch.set_num_threads(1)  # decoding processes must not compete with the model's threads
 
 
 # ----------------------------------------------------------------------------- model, state
 
-def _build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
+def build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
+    """The model a run trains: preset or `init_checkpoint`, optional pretrained backbone, head re-initialised
+    and backbone frozen as `cfg` says, training head dropout; initialisation derived from `seed`."""
     vqa, _ = create_model(cfg.preset, checkpoint=cfg.init_checkpoint, guardian=cfg.guardian,
                           init_seed=derive_seed(seed, "init"))
     if cfg.intra_pretrained:
@@ -234,12 +270,18 @@ def evaluate(models: Mapping[str, SecureVQA], loader: DataLoader, seed: int) -> 
 
 def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor, mos: torch.Tensor,
                optimizer: torch.optim.Optimizer, loss_cfg: LossConfig, *,
-               generator: torch.Generator | None = None) -> float:
-    """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,)."""
+               generator: torch.Generator | None = None, groups: torch.Tensor | None = None,
+               grad_clip: float | None = None) -> float:
+    """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
+
+    `groups` (B,) integer labels: the loss is computed within each group (`grouped_quality_loss`);
+    `grad_clip`: the largest global gradient norm applied."""
     pred = model(clips, inter, generator=generator).mean(1)
-    loss = quality_loss(pred, mos, loss_cfg)
+    loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.item()
 
@@ -258,7 +300,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
 
-    vqa = _build_model(cfg, seed).to(device)
+    vqa = build_model(cfg, seed).to(device)
     # The inter weights are saved with every exported model, so scoring with it reuses this run's cache.
     inter_model = config["spec"].build(so)[1].cpu() if rank == 0 else None
     cache = InterCache(config["cache_uri"], so)
@@ -266,7 +308,17 @@ def train_loop(config: Mapping[str, Any]) -> None:
     found = cache.lookup(keys)
     emb = {k: torch.tensor(v["embedding"], dtype=torch.float32).view(v["segments"], -1) for k, v in found.items()}
     sampling = vqa.cfg.sampling
-    train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so)
+    frames = None
+    if run.frame_cache:
+        frames = FrameCache(run.frame_cache, so)
+        t_cache = time.perf_counter()
+        todo = config["train"] + (config["val"] if rank == 0 else [])
+        n = frames.warm(r["uri"] for r in todo)
+        if rank == 0:
+            print(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded "
+                  f"({time.perf_counter() - t_cache:.0f} s)", flush=True)
+    train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames)
+    group_ids = {g: i for i, g in enumerate(sorted({r["group"] for r in config["train"]}))}
     per_worker = max(2, cfg.batch_size // world)
     steps_per_epoch = len(train_ds) // (per_worker * world)
     if cfg.group_column and world == 1:
@@ -296,8 +348,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
 
     val_loader = None
     if config["val"] and rank == 0:
-        val_ds = ClipDataset(config["val"], emb, sampling, cfg.val_clips or sampling.test_clips, seed, "val", so)
-        val_loader = DataLoader(val_ds, batch_size=1, num_workers=run.loader_workers, worker_init_fn=_loader_init)
+        val_ds = ClipDataset(config["val"], emb, sampling, cfg.val_clips or sampling.test_clips, seed, "val", so,
+                             frames)
+        val_loader = DataLoader(val_ds, batch_size=1, num_workers=run.loader_workers, worker_init_fn=loader_init)
 
     def validate(record: dict[str, Any]) -> None:
         if val_loader is None:
@@ -326,26 +379,31 @@ def train_loop(config: Mapping[str, Any]) -> None:
         if cfg.group_column and world == 1:
             batching = {"batch_sampler": GroupedBatchSampler(
                 [r["group"] for r in config["train"]], per_worker, cfg.group_size,
-                make_generator(derive_seed(seed, "shuffle", epoch)))}
-        loader = DataLoader(train_ds, num_workers=run.loader_workers, worker_init_fn=_loader_init,
+                make_generator(derive_seed(seed, "shuffle", epoch)), aligned=cfg.align_groups)}
+        loader = DataLoader(train_ds, num_workers=run.loader_workers, worker_init_fn=loader_init,
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         _set_train_mode(vqa, cfg)
         losses = []
-        for i, (clips, inter, mos, _) in enumerate(loader):
+        for i, (clips, inter, mos, idx) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
             mos = mos.to(device=device, dtype=torch.float32)
             g = make_generator(derive_seed(seed, "guardian", epoch, i, rank))
-            loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g)
+            groups = (torch.tensor([group_ids[config["train"][j]["group"]] for j in idx.tolist()])
+                      if cfg.group_column and world == 1 else None)
+            loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
+                              grad_clip=cfg.grad_clip)
             scheduler.step()
             ema.update(vqa)
             step += 1
             losses.append(loss)
             if rank == 0 and ((i + 1) % run.progress_every == 0 or i + 1 == steps_per_epoch):
                 rate = (time.perf_counter() - t0) / (i + 1)
+                val_s = history[-1].get("val_s", 0.0) if history else 0.0
+                left = (total - step) * rate + (cfg.epochs - epoch) * val_s  # steps, then validations
                 print(f"train: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
                       f"loss {np.mean(losses[-run.progress_every:]):.4f} "
-                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step)", flush=True)
+                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {_duration(left)} left)", flush=True)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                                   "train_s": time.perf_counter() - t0}
         validate(record)
@@ -361,6 +419,11 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             "history": history, "best": best}, os.path.join(d, STATE_FILE))
             ray.train.report({k: v for k, v in record.items() if v is not None},
                              checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+
+
+def _duration(seconds: float) -> str:
+    m = int(seconds // 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min {int(seconds % 60):02d} s"
 
 
 def _epoch_line(r: Mapping[str, Any]) -> str:
@@ -475,6 +538,9 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
         _labelled(val, "validation")
     spec = ModelSpec(preset=cfg.preset, checkpoint=cfg.init_checkpoint, inter_checkpoint=cfg.inter_checkpoint,
                      guardian=cfg.guardian)
+    if cfg.calibrate_inter:
+        spec = dataclasses.replace(spec, inter_checkpoint=calibrate_inter(
+            manifest, spec, _join(output, "inter_calibrated.pt"), cfg.calibrate_inter, seed, so))
     cache_uri = _absolute(run.cache_uri or _join(output, "inter"))
     everything = pd.concat([manifest, val]) if val is not None else manifest
     everything = everything.drop_duplicates("uri")
@@ -503,6 +569,38 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     if result.error is not None:
         raise result.error
     return read_history(output, so)
+
+
+def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: int, seed: int,
+                    storage_options: Mapping[str, Any] | None = None) -> str:
+    """Estimate the frozen fast pathway's BatchNorm statistics on the inter segments of `videos` videos of
+    `manifest` (drawn with `seed`) and save the model there (`uri`, project checkpoint format, read back
+    with --inter-checkpoint); returns `uri`. Idempotent: an existing file is reused, so a resumed run
+    keeps the same inter weights, hence the same stage-1 cache keys.
+    """
+    so = storage_options or {}
+    fs, path = filesystem(uri, so)
+    if fs.exists(path):
+        return uri
+    vqa, inter = spec.build(so)
+    order = torch.randperm(len(manifest), generator=make_generator(derive_seed(seed, "calibrate-inter")))
+    rows = manifest.iloc[order[:videos].tolist()]
+    t0 = time.perf_counter()
+
+    def batches():
+        for i, u in enumerate(rows["uri"]):
+            with open_video(str(u), so) as video:
+                segments = inter_segments(video, inter)
+            g = make_generator(derive_seed(seed, "calibrate-inter", i))
+            yield guard_per_video(segments[None], g, inter.guardian, maps_per_sample=segments.shape[0])
+
+    seen = inter.fastpath.calibrate_batchnorm_(batches())
+    save_checkpoint(uri, vqa, inter, storage_options=so,
+                    metadata={"inter_calibration": {"videos": rows["video_id"].astype(str).tolist(), "seed": seed,
+                                                    "segments": seen}})
+    print(f"train: fast-pathway BatchNorm statistics from {len(rows)} training videos ({seen} segments, "
+          f"{time.perf_counter() - t0:.0f} s) -> {uri}", flush=True)
+    return uri
 
 
 def _read_json(uri: str, so: Mapping[str, Any] | None) -> dict[str, Any]:

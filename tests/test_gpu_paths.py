@@ -351,3 +351,13 @@ def test_progress_lines_for_job_logs():
     now[0] = 5000.0
     assert p.update(990, 10) is None  # finished: the stage's summary line says it
     assert Progress("x", 10, 0.0, clock=lambda: 1.0).update(0, 0).endswith("unknown time left")
+
+
+def test_cli_refuses_an_unknown_preset_and_accepts_every_declared_one():
+    from jobs.cli import build_parser
+    from model.config import PRESETS
+
+    for name in PRESETS:
+        assert build_parser().parse_args(["train", "--input", "x", "--output", "o", "--preset", name]).preset == name
+    with pytest.raises(SystemExit):  # argparse's usage line names the choices
+        build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--preset", "huge"])

@@ -165,3 +165,51 @@ def test_bad_inputs_raise():
         plcc_loss(t([1, 2, 3]), t([1, 2]))
     with pytest.raises(ValueError, match="1-D"):
         rank_loss(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_grouped_loss_is_the_mean_of_per_group_losses_plus_the_batch_term():
+    from model.losses import grouped_quality_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(8, generator=g), torch.rand(8, generator=g) * 4 + 1
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    cfg = LossConfig(batch_weight=0.25)
+    want = (quality_loss(pred[:4], target[:4], cfg) + quality_loss(pred[4:], target[4:], cfg)) / 2
+    want = want + 0.25 * quality_loss(pred, target, cfg)
+    assert torch.allclose(grouped_quality_loss(pred, target, groups, cfg), want)
+    # a content offset costs the per-group terms nothing: only the batch term sees it
+    shifted = pred + 10 * groups
+    per_group = grouped_quality_loss(shifted, target, groups, LossConfig(batch_weight=0.0))
+    assert torch.allclose(per_group, grouped_quality_loss(pred, target, groups, LossConfig(batch_weight=0.0)))
+    with pytest.raises(ValueError, match="one label per sample"):
+        grouped_quality_loss(pred, target, groups[:4], cfg)
+
+
+def test_z_scored_rank_term_does_not_depend_on_the_score_scale():
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.randn(8, generator=g) * 0.002, torch.rand(8, generator=g)
+    pred.requires_grad_(True)
+    cfg = LossConfig(rank_zscore=True, rank_weight=1.0)
+    raw = LossConfig(rank_weight=1.0)
+    # scaling the predictions changes nothing when ranks are taken on z-scores ...
+    assert torch.allclose(quality_loss(pred, target, cfg), quality_loss(pred * 1000, target, cfg), atol=1e-5)
+    # ... while the raw hinge is ~0 at a spread of 0.002 (its gradient 0.3% of PLCC's at the start)
+    assert (quality_loss(pred, target, raw) - plcc_loss(pred, target)).item() < 0.01
+    assert (quality_loss(pred, target, cfg) - plcc_loss(pred, target)).item() > 0.05
+
+
+def test_margin_rank_loss_asks_a_gap_per_label_unit():
+    from model.losses import margin_rank_loss
+
+    target = torch.tensor([1.0, 2.0, 4.0])
+    assert margin_rank_loss(0.2 * target, target, margin=0.1).item() == 0.0  # slope above the margin: satisfied
+    flat = torch.zeros(3, requires_grad=True)
+    loss = margin_rank_loss(flat, target, margin=0.1)
+    assert loss.item() == pytest.approx(0.1 * (1 + 3 + 2) / 3)
+    loss.backward()
+    assert flat.grad[2] < 0 < flat.grad[0]  # raise the best, lower the worst, from the first step
+    ties = torch.tensor([3.0, 3.0])
+    assert margin_rank_loss(torch.tensor([0.5, -0.5]), ties).item() == 0.0
+    assert quality_loss(flat, target, LossConfig(kind="margin", margin=0.1)).item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="margin"):
+        LossConfig(kind="margin", margin=0.0)

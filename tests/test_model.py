@@ -167,3 +167,29 @@ def test_bf16_scores_agree_with_fp32():
     assert bf16.dtype == torch.float32
     assert not torch.equal(fp32, bf16), "bf16 must actually run in bf16"
     assert rho >= 0.999
+
+
+def test_training_attention_equals_sdpa_with_its_gradients():
+    """The training path's attention (bias with a gradient) gives SDPA's outputs and gradients."""
+    from model.swin import WindowAttention3D
+
+    torch.manual_seed(0)
+    model = SecureVQA(get_config("tiny-cpu")).train()
+    x = torch.randint(0, 256, (1, 1, 3, 16, 160, 160), dtype=torch.uint8)
+    inter = torch.randn(1, 8, model.cfg.inter_dim)
+    results = []
+    for kernel in ("baddbmm", "sdpa"):
+        WindowAttention3D.bias_grad_kernel = kernel
+        try:
+            model.zero_grad()
+            torch.manual_seed(1)  # drop-path draws
+            out = model(x, inter, generator=torch.Generator().manual_seed(2))
+            out.sum().backward()
+        finally:
+            WindowAttention3D.bias_grad_kernel = "baddbmm"
+        results.append((out.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (oa, ga), (ob, gb) = results
+    torch.testing.assert_close(oa, ob, rtol=1e-5, atol=1e-6)
+    assert any("fragment_position_bias_table" in k for k in ga) and ga.keys() == gb.keys()
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)

@@ -289,3 +289,25 @@ def test_2d_path_and_conv3d_agree_forward_and_backward() -> None:
 def test_rejects_wrong_input() -> None:
     with pytest.raises(ValueError, match="expected"):
         FastPathway(SMALL)(torch.randn(1, 3, 64, 64))
+
+
+def test_batchnorm_calibration_gives_the_random_pathway_unit_scale_features() -> None:
+    """A random fast pathway with default BatchNorm statistics shrinks its input to nothing; statistics
+    estimated on real-like clips restore unit scale, change no weight, and leave eval mode on."""
+    torch.manual_seed(0)
+    fp = FastPathway(get_config("tiny-cpu").fastpath).freeze_()
+    weights = {k: v.clone() for k, v in fp.state_dict().items() if "running" not in k and "num_batches" not in k}
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(1, 3, 1, 28, 28, generator=g)
+    clips = [torch.nn.functional.interpolate(base + 0.3 * torch.randn(4, 3, 1, 28, 28, generator=g),
+                                             size=(8, 112, 112)) * 2 for _ in range(3)]
+    with torch.no_grad():
+        before = fp.embed(clips[0]).pow(2).mean().sqrt().item()
+    assert fp.calibrate_batchnorm_(iter(clips)) == 12
+    with torch.no_grad():
+        after = fp.embed(clips[0]).pow(2).mean().sqrt().item()
+    assert before < 0.05 and after > 0.3, (before, after)
+    assert not fp.training and all(not m.training for m in fp.modules())
+    assert all(torch.equal(fp.state_dict()[k], v) for k, v in weights.items())
+    with pytest.raises(ValueError, match="at least one batch"):
+        fp.calibrate_batchnorm_([])

