@@ -5,7 +5,7 @@ Training draws fresh clip offsets and fragments every step, so it needs every fr
 epoch; re-decoding costs a CPU core beside the model on a laptop (docs/training.md has the step-time
 table). `FrameCache(root).open(uri)` returns a frame source with the decoder's interface (`info.num_frames`,
 `read(indices)` -> (N, H, W, 3) uint8), backed by an uncompressed `.npy` file that the OS page cache keeps
-in memory and every DataLoader process shares. The frames are exactly the decoder's (`tests/test_train.py`).
+in memory and every DataLoader process shares. The frames are exactly the decoder's (`tests/test_frame_cache.py`).
 
 Meant for training sets of short clips: a 64-frame 288x512 clip takes 28 MB; a 10-minute 1080p video
 would take 90 GB. Entries are keyed by the file's content identity (`storage.content_key`: size and
@@ -64,20 +64,19 @@ class FrameCache:
         return self.root / (hashlib.sha256(f"{uri}\n{key}".encode()).hexdigest()[:24] + ".npy")
 
     def open(self, uri: str) -> CachedFrames:
-        path = self.path(uri)
-        if not path.exists():
-            self._decode(uri, path)
-        return CachedFrames(path)
+        return CachedFrames(self._ensure(uri)[0])
 
     def warm(self, uris: Iterable[str]) -> int:
         """Decode every video not cached yet; returns how many were decoded."""
-        n = 0
-        for uri in uris:
-            path = self.path(uri)
-            if not path.exists():
-                self._decode(uri, path)
-                n += 1
-        return n
+        return sum(self._ensure(uri)[1] for uri in uris)
+
+    def _ensure(self, uri: str) -> tuple[Path, bool]:
+        """The entry's path, and whether it had to be decoded now."""
+        path = self.path(uri)
+        if path.exists():
+            return path, False
+        self._decode(uri, path)
+        return path, True
 
     def _decode(self, uri: str, path: Path) -> None:
         from .stages import open_video  # the pipeline's one way to open a local or remote video
