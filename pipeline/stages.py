@@ -323,10 +323,11 @@ class Progress:
         rate = finished / max(now - self.start, 1e-9)
         left = (self.total - finished) / rate if rate > 0 else float("inf")
         return (f"{self.stage}: {finished:,}/{self.total:,} videos ({100 * finished / self.total:.1f}%), "
-                f"{failed:,} failed, {rate:.2f} videos/s, about {_duration(left)} left")
+                f"{failed:,} failed, {rate:.2f} videos/s, about {duration(left)} left")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A time left for progress lines: "12m05s", "1h07m", or "unknown time"."""
     if seconds == float("inf"):
         return "unknown time"
     m, s = divmod(int(round(seconds)), 60)

@@ -45,7 +45,7 @@ from model.rng import derive_seed
 
 from .frame_cache import FrameCache
 from .inference import inter_segments, intra_clips
-from .stages import InterCache, ModelSpec, RunOptions, extract_inter, keyed_manifest, open_video
+from .stages import InterCache, ModelSpec, RunOptions, duration, extract_inter, keyed_manifest, open_video
 from .storage import ShardStore, filesystem, is_local, write_bytes
 
 log = logging.getLogger("securevqa.train")
@@ -403,7 +403,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
                 left = (total - step) * rate + (cfg.epochs - epoch) * val_s  # steps, then validations
                 print(f"train: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
                       f"loss {np.mean(losses[-run.progress_every:]):.4f} "
-                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {_duration(left)} left)", flush=True)
+                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {duration(left)} left)", flush=True)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                                   "train_s": time.perf_counter() - t0}
         validate(record)
@@ -419,11 +419,6 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             "history": history, "best": best}, os.path.join(d, STATE_FILE))
             ray.train.report({k: v for k, v in record.items() if v is not None},
                              checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
-
-
-def _duration(seconds: float) -> str:
-    m = int(seconds // 60)
-    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min {int(seconds % 60):02d} s"
 
 
 def _epoch_line(r: Mapping[str, Any]) -> str:
