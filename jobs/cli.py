@@ -69,6 +69,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, help="replay guardian maps and offsets (default: fresh randomness)")
     r.add_argument("--retry-errors", action="store_true", help="recompute videos that failed last time")
     r.add_argument("--limit", type=int, help="only the first N videos of the input")
+    r.add_argument("--stream", type=_stream_index, metavar="K",
+                   help="read video stream K of every file, numbered as ffprobe numbers streams (default: the "
+                   "default moving video stream, never cover art; the row's `stream` column says which was read)")
     r.add_argument("--progress-seconds", type=float, default=60.0,
                    help="seconds between progress lines (done, failed, rate, time left) of a running stage")
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
@@ -93,6 +96,16 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _stream_index(value: str) -> int:
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"expected a stream index >= 0, got {value!r}")
+    return k
+
+
 def _actors_per_gpu(value: str) -> int | str:
     if value == "auto":
         return value
@@ -112,7 +125,7 @@ def _spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any
                       gpus_per_actor=args.gpus_per_actor, actors_per_gpu=args.actors_per_gpu,
                       forward_videos=args.forward_videos, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
                       clips=args.clips, seed=args.seed, retry_errors=args.retry_errors,
-                      progress_s=args.progress_seconds)
+                      progress_s=args.progress_seconds, stream=args.stream)
     return spec, opts
 
 

@@ -29,7 +29,7 @@ from jobs.cli import main as cli
 
 # docs/training.md ("The demo model") says why each value.
 RECIPE = [
-    "--preset", "tiny-cpu", "--epochs", "100", "--batch-size", "8", "--group-by", "source", "--group-size", "2",
+    "--preset", "tiny-cpu", "--epochs", "24", "--batch-size", "8", "--group-by", "source", "--group-size", "2",
     "--align-groups", "--loss", "margin", "--margin", "0.1", "--batch-weight", "0.1", "--grad-clip", "1.0",
     "--head-lr", "1e-3", "--backbone-lr", "5e-4", "--warmup-epochs", "2", "--ema-decay", "0.995",
     "--val-clips", "2", "--head-dropout", "0.1", "--calibrate-inter", "32",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--install", action="store_true", help="copy the result to model/weights/ (the demo default) "
                    "when the held-out test SRCC and PLCC reach --bar")
     p.add_argument("--bar", type=float, default=0.85, help="test SRCC and PLCC needed to install (issue 12's bar)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="training threads, and contents built at once")
     p.add_argument("--resume-from", help="committed run state to continue (e.g. model/weights/demo_run), "
                    "used when OUT/run holds no checkpoint yet")
     p.add_argument("--save-state", help="after training, copy the run state here (e.g. model/weights/demo_run)")
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = dict(DEFAULT_SPLITS) if extra_dir is None else {**DEFAULT_SPLITS,
                                                              "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
     trainset = Path(args.trainset or out / "trainset")
-    data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, verbose=True)
+    data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
+                              verbose=True)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
           f"({time.perf_counter() - t0:.0f} s)")

@@ -85,9 +85,11 @@ RESULT_SCHEMA = pa.schema([
 ])
 
 
-def read_frames01(uri: str, storage_options: Mapping[str, Any], max_frames: int | None) -> torch.Tensor:
-    """The first `max_frames` frames (all by default) as float32 (T, 3, H, W) in [0, 1]."""
-    with open_video(uri, storage_options) as video:
+def read_frames01(uri: str, storage_options: Mapping[str, Any], max_frames: int | None,
+                  stream: int | None = None) -> torch.Tensor:
+    """The first `max_frames` frames (all by default) of `stream` (None: the default video stream) as
+    float32 (T, 3, H, W) in [0, 1]."""
+    with open_video(uri, storage_options, stream) as video:
         info = video.info
         n = info.num_frames if max_frames is None else min(max_frames, info.num_frames)
         need = n * 3 * info.height * info.width * 4
@@ -112,7 +114,7 @@ class _Evaluator:
         self.device = next(self.vqa.parameters()).device  # where ModelSpec put it (a GPU when there is one)
 
     def frames(self, uri: str) -> torch.Tensor:
-        return read_frames01(uri, self.opts.storage_options, self.max_frames).to(self.device)
+        return read_frames01(uri, self.opts.storage_options, self.max_frames, self.opts.stream).to(self.device)
 
     def scorer(self, defenses: str, clips: int | None = None) -> DefendedVQA:
         return DefendedVQA(self.vqa, self.inter, Defenses.parse(defenses), num_clips=clips or self.opts.clips)
@@ -236,7 +238,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     t0 = time.perf_counter()
     stat = keyed_manifest(videos, version, so).drop(columns="key")
     rows = _pairs(stat, "defenses", [d.name for d in plan.defenses])
-    rows["key"] = [make_key(u, c, version, "clean", d, plan.max_frames, clips)
+    rows["key"] = [make_key(u, c, version, "clean", d, plan.max_frames, clips, *opts.key_extra())
                    for u, c, d in zip(rows["uri"], rows["content_key"], rows["defenses"])]
     store = ShardStore(f"{base}/clean", so)
     todo, skipped = _pending(rows, store, opts.retry_errors)
@@ -267,7 +269,8 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
 
     # 3. attacks
     arows = _pairs(targets, "attack", [a.name for a in plan.attacks])
-    arows["key"] = [make_key(u, c, version, "attack", d, a, plan.max_frames, clips, f"{t:.9g}")
+    arows["key"] = [make_key(u, c, version, "attack", d, a, plan.max_frames, clips, f"{t:.9g}",
+                             *opts.key_extra())
                     for u, c, d, a, t in zip(arows["uri"], arows["content_key"], arows["defenses"], arows["attack"],
                                              arows["target"])]
     rstore = ShardStore(f"{base}/results", so)

@@ -124,11 +124,13 @@ import importlib.util
 import io
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -1052,6 +1054,16 @@ def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
     return film_still(photo, path, size), STILL_FPS
 
 
+def _build_training_source(job: tuple) -> tuple[list[dict], tuple[int, int, int], float]:
+    """One content of the training set: its clips' rows, the filmed frames' (T, H, W), seconds taken."""
+    src, clip_frames, size, seed, out_dir, dist = job
+    t0 = time.perf_counter()
+    with _one_torch_thread():
+        frames, fps = _training_frames(src, clip_frames, size, seed)
+        clips = _source_clips(src.name, frames, fps, out_dir, dist, seed)
+    return clips, tuple(frames.shape[:3]), time.perf_counter() - t0
+
+
 def build_training_set(
     out_dir: str | os.PathLike,
     *,
@@ -1064,6 +1076,7 @@ def build_training_set(
     label: str = "condition",
     verbose: bool = False,
     extra_content: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -1076,6 +1089,8 @@ def build_training_set(
     extra_content: a cache folder for ``pipeline.extra_content``: its photographs and videos are
         fetched there if missing (``fetch_extra_content``) and come after the shipped contents;
         ``sources`` may name them. They are "train" unless ``splits`` lists them (``EXTRA_VAL_SPLIT``).
+    workers: contents built at once, each in its own process on one torch thread (the result is the
+        same for any value: every content draws from its own seed); raises ValueError below 1.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
     """
     t_start = time.perf_counter()
@@ -1083,6 +1098,8 @@ def build_training_set(
     size = _check_size(size)
     if clip_frames < 2:
         raise ValueError("clip_frames must be >= 2 (a camera move needs two frames)")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     dist = _check_distortions(distortions or TRAINING_DISTORTIONS)
     _check_label(label, dist)
     srcs = _select(sources, _extra(extra_content, verbose))
@@ -1101,17 +1118,20 @@ def build_training_set(
     if done is not None:
         return done
 
+    jobs = [(src, clip_frames, size, seed, out_dir, dist) for src in srcs]
     rows: list[dict] = []
-    for i, src in enumerate(srcs, start=1):
-        t0 = time.perf_counter()
-        with _one_torch_thread():
-            frames, fps = _training_frames(src, clip_frames, size, seed)
-            clips = _source_clips(src.name, frames, fps, out_dir, dist, seed)
-        rows += [{**r, "kind": src.kind, "split": split_of[src.name]} for r in clips]
-        if verbose:
-            h, w = frames.shape[1:3]
-            print(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {frames.shape[0]} frames "
-                  f"{w}x{h}, {len(clips)} clips in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    # Each content is built from its own seeded draws, so the clips do not depend on `workers`.
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            results = pool.map(_build_training_source, jobs)
+        else:
+            results = map(_build_training_source, jobs)
+        for i, (src, (clips, shape, seconds)) in enumerate(zip(srcs, results), start=1):
+            rows += [{**r, "kind": src.kind, "split": split_of[src.name]} for r in clips]
+            if verbose:
+                print(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
+                      f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s", file=sys.stderr)
     df = _finish(out_dir, apply_label_rule(rows, label), TRAINING_COLUMNS, params)
     if verbose:
         print(f"training set: {len(df)} clips in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
@@ -1152,6 +1172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--training-set", action="store_true",
                     help="build the training set (videos and filmed photographs, train/val/test splits)")
     ap.add_argument("--size", type=_parse_size, default=(288, 512), help="training set: HEIGHTxWIDTH of filmed photos")
+    ap.add_argument("--workers", type=int, default=1, help="training set: contents built at once (processes)")
     ap.add_argument("--extra-content", metavar="DIR",
                     help="training set: add the extra photographs and videos (pipeline.extra_content), fetched "
                          "into DIR if missing; EXTRA_VAL_SPLIT joins the val split")
@@ -1163,7 +1184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.extra_content is not None:
                 splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
             df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
-                                    splits=splits, extra_content=args.extra_content, verbose=True)
+                                    splits=splits, extra_content=args.extra_content, workers=args.workers,
+                                    verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
                                 max_height=args.max_height, verbose=True)

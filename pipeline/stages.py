@@ -100,6 +100,11 @@ class RunOptions:
     seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
     retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
     progress_s: float = 60.0  # seconds between progress lines of a running stage (0: every batch)
+    stream: int | None = None  # video stream to read in every file (None: the default moving one; video.py)
+
+    def key_extra(self) -> tuple[str, ...]:
+        """What besides the file and model versions tells rows apart: a chosen stream is other input."""
+        return () if self.stream is None else (f"stream={self.stream}",)
 
 
 @dataclass
@@ -120,15 +125,26 @@ class StageSummary:
 # ----------------------------------------------------------------------------- shared helpers
 
 @contextmanager
-def open_video(uri: str, storage_options: Mapping[str, Any]) -> Iterator[VideoReader]:
-    """A VideoReader on a local path or any fsspec URI (remote files are read through a buffered handle)."""
+def open_video(uri: str, storage_options: Mapping[str, Any], stream: int | None = None) -> Iterator[VideoReader]:
+    """A VideoReader on a local path or any fsspec URI (remote files are read through a buffered handle).
+
+    stream: the stream to read (None: the default moving video stream; pipeline/video.py "Which stream").
+    """
     fs, path = filesystem(uri, storage_options)
     if is_local(fs):
-        with VideoReader(path, threads=1) as video:
+        with VideoReader(path, threads=1, stream=stream) as video:
             yield video
         return
-    with fs.open(path, "rb", block_size=8 * 2**20) as f, VideoReader(f, threads=1) as video:
+    with fs.open(path, "rb", block_size=8 * 2**20) as f, VideoReader(f, threads=1, stream=stream) as video:
         yield video
+
+
+def video_facts(video: VideoReader) -> dict[str, Any]:
+    """The row columns that describe the video read (INTER_SCHEMA, SCORE_SCHEMA): its facts, which
+    stream, and how it had to be read when not the normal way (VideoReader.notes)."""
+    info = video.info
+    return {"num_frames": info.num_frames, "width": info.width, "height": info.height, "fps": info.fps,
+            "stream": info.stream_index, "read_notes": "; ".join(video.notes) or None}
 
 
 def videos_per_forward(opts: RunOptions, device: torch.device) -> int:
@@ -406,8 +422,8 @@ INTER_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
     ("inter_version", pa.string()), ("embedding", pa.list_(pa.float32())), ("segments", pa.int32()),
     ("status", pa.string()), ("error", pa.string()), ("num_frames", pa.int64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("fps", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
-    ("created_at", pa.float64()), ("worker", pa.string()),
+    ("height", pa.int32()), ("fps", pa.float64()), ("stream", pa.int32()), ("read_notes", pa.string()),
+    ("decode_s", pa.float64()), ("model_s", pa.float64()), ("created_at", pa.float64()), ("worker", pa.string()),
 ])
 
 
@@ -425,14 +441,13 @@ class InterExtractor:
 
     def prepare(self, r: Any) -> tuple[dict[str, Any], _Prepared | None]:
         row = {**_common_fields(r), "inter_version": self.version, "embedding": None, "segments": None,
-               "status": "ok", "error": None, "num_frames": None, "width": None, "height": None, "fps": None,
+               "status": "ok", "error": None, "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None,
                "decode_s": 0.0, "model_s": 0.0, "created_at": time.time(), "worker": self.worker}
         t0 = time.perf_counter()
         try:
-            with open_video(r.uri, self.opts.storage_options) as video:
-                info = video.info
-                row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
+            with open_video(r.uri, self.opts.storage_options, self.opts.stream) as video:
                 segments = inter_segments(video, self.inter)
+                row.update(video_facts(video))
         except Exception as exc:  # one bad video never costs another its row
             row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
             return row, None
@@ -461,7 +476,7 @@ def extract_inter(manifest: pd.DataFrame, cache_uri: str, spec: ModelSpec, opts:
     """Stage 1: make sure every video of `manifest` has a committed inter embedding in the cache."""
     t0 = time.perf_counter()
     versions = versions or spec.versions(opts.storage_options)
-    rows = keyed_manifest(manifest, versions["inter"], opts.storage_options)
+    rows = keyed_manifest(manifest, versions["inter"], opts.storage_options, extra=opts.key_extra())
     store = ShardStore(cache_uri, opts.storage_options)
     todo, skipped = _pending(rows, store, opts.retry_errors)
     summary = StageSummary("extract-inter", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
@@ -506,8 +521,8 @@ SCORE_SCHEMA = pa.schema([
     ("mos", pa.float64()), ("dataset", pa.string()), ("score", pa.float64()), ("clip_scores", pa.list_(pa.float64())),
     ("status", pa.string()), ("error", pa.string()), ("model_version", pa.string()), ("inter_key", pa.string()),
     ("clips", pa.int32()), ("seeded", pa.bool_()), ("num_frames", pa.int64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("fps", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
-    ("created_at", pa.float64()), ("worker", pa.string()),
+    ("height", pa.int32()), ("fps", pa.float64()), ("stream", pa.int32()), ("read_notes", pa.string()),
+    ("decode_s", pa.float64()), ("model_s", pa.float64()), ("created_at", pa.float64()), ("worker", pa.string()),
 ])
 
 
@@ -531,7 +546,7 @@ class Scorer:
         row = {**_common_fields(r), "mos": mos, "dataset": None if pd.isna(dataset) else str(dataset),
                "score": None, "clip_scores": None, "status": "ok", "error": None, "model_version": self.version,
                "inter_key": r.inter_key, "clips": self.clips, "seeded": self.opts.seed is not None,
-               "num_frames": None, "width": None, "height": None, "fps": None, "decode_s": 0.0, "model_s": 0.0,
+               "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None, "decode_s": 0.0, "model_s": 0.0,
                "created_at": time.time(), "worker": self.worker}
         t0 = time.perf_counter()
         try:
@@ -541,10 +556,9 @@ class Scorer:
                 raise VideoDecodeError(cached["error"] or "inter embedding failed")
             emb = torch.tensor(cached["embedding"], dtype=torch.float32).view(cached["segments"], -1)
             g = make_generator(derive_seed(self.opts.seed, r.key))
-            with open_video(r.uri, self.opts.storage_options) as video:
-                info = video.info
-                row.update(num_frames=info.num_frames, width=info.width, height=info.height, fps=info.fps)
+            with open_video(r.uri, self.opts.storage_options, self.opts.stream) as video:
                 clips = intra_clips(video, self.vqa.cfg.sampling, self.clips, g)
+                row.update(video_facts(video))
         except Exception as exc:
             row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
             return row, None
@@ -577,13 +591,15 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     versions = spec.versions(opts.storage_options)
     inter_summary = None
     if "content_key" not in manifest:
-        manifest = keyed_manifest(manifest, versions["inter"], opts.storage_options).drop(columns="key")
+        manifest = keyed_manifest(manifest, versions["inter"], opts.storage_options,
+                                  extra=opts.key_extra()).drop(columns="key")
     if compute_missing_inter:
         inter_summary = extract_inter(manifest, cache_uri, spec, opts, versions)
         t0 = time.perf_counter()  # the score line reports stage 2 alone
     clips = opts.clips or versions["test_clips"]
-    rows = keyed_manifest(manifest, versions["score"], opts.storage_options, extra=(clips,))
-    rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
+    rows = keyed_manifest(manifest, versions["score"], opts.storage_options, extra=(clips, *opts.key_extra()))
+    rows["inter_key"] = [make_key(u, c, versions["inter"], *opts.key_extra())
+                         for u, c in zip(rows["uri"], rows["content_key"])]
     store = ShardStore(output_uri, opts.storage_options)
     todo, skipped = _pending(rows, store, opts.retry_errors)
     summary = StageSummary("score", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
@@ -600,6 +616,6 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
 
 __all__ = [
     "INTER_SCHEMA", "SCORE_SCHEMA", "ActorPlan", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
-    "StageSummary", "actors_per_gpu", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
+    "StageSummary", "actors_per_gpu", "video_facts", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
     "plan_actors", "Progress", "score", "videos_per_forward",
 ]

@@ -12,10 +12,19 @@ Public API
 ``source`` is a local path (str / PathLike) or a binary file-like object opened for reading
 (e.g. ``fsspec.open("s3://...", "rb")``); the file object is not closed here.
 
+Which stream
+------------
+``stream=None`` reads the video stream a player would show: attached pictures (cover art,
+disposition ``attached_pic``) are never chosen, and among the other video streams the one flagged
+``default`` wins, else the first. ``stream=K`` reads stream K (ffprobe's numbering; the CLI's
+``--stream``). ``VideoInfo.stream_index`` says which stream was read. A file whose only video is
+cover art (music with an album picture) is "not a video file".
+
 Frame numbering
 ---------------
-Index i is the i-th frame in presentation order of the first video stream, the same numbering as
-decoding the whole stream from the start and counting the frames the decoder outputs.
+Index i is the i-th frame in presentation order of that stream: the frames a player presents, i.e.
+decoding from the start with edit lists applied (a clip trimmed without re-encoding hides its
+leading frames; they are not counted and cannot be read).
 
 Decoder arrangement (decision)
 ------------------------------
@@ -49,14 +58,32 @@ How frames are found (frame-exact, decode only what is needed)
 * Every frame needed is decoded once, converted to RGB once, then gathered into the output
   (repeats and any order are fine).
 
-Frame count and truncation
---------------------------
-``probe`` trusts the container's frame count (MP4/MOV sample tables are exact for intact files);
-when the header has none (some MKV/WebM/AVI) or ``verify=True`` it counts the stream's packets by
-demuxing the whole file (no decoding) and decodes the last one (a damaged tail is not counted). The count is verified lazily: a read that asks for a frame
-the file cannot deliver raises ``VideoDecodeError("truncated or corrupt video: could only decode
-K of N frames ...")``; an index >= the count raises ``VideoDecodeError("frame index ... out of
-range ...")``. Garbage is never returned.
+Frame count and rate
+--------------------
+``probe`` demuxes the stream once (reads the file, decodes nothing) and counts the packets a player
+presents: packets an edit list discards are left out, and a header's frame count is never trusted (a
+trimmed MP4 counts 90 samples for 78 presented frames; a truncated one counts frames whose data is
+gone). Streams without usable timestamps (raw ``.h264``/``.hevc`` elementary streams, MPEG program
+streams) are counted by decoding from the start. ``fps`` is the average rate from the timestamps,
+(frames - 1) over the time from the first to the last frame; ``nominal_fps`` is the header's rate,
+a guess in some containers (live-muxed WebM says 30 for a 24.85 fps video), used only when there
+are no timestamps. ``duration_s`` is frames / fps.
+
+The last frame is decoded only with ``verify=True``; otherwise a read that asks for a frame the
+file cannot deliver raises ``VideoDecodeError("truncated or corrupt video: could only decode K of
+N frames ...")``; an index >= the count raises ``VideoDecodeError("frame index ... out of range
+...")``. Garbage is never returned.
+
+Reading from the start, and when seeking is not trusted
+-------------------------------------------------------
+"The start" always means opening the file again: a seek to the start can land on the second
+keyframe (MPEG program streams) or fail (raw streams), and every stream object of a closed
+container is looked up again (a stale one gave nonsense facts and crashed FFmpeg). Decoding from
+the start numbers frames by their timestamps where the stream has them, so a frame the decoder
+drops cannot shift later indices. When a seek is refused, lands where the timestamps say it should
+not, or yields nothing (MPEG-TS), the read decodes from the start instead and the reader records it
+in ``VideoReader.notes`` (the pipeline puts these in each row's ``read_notes``). A file that decodes
+from the start is never rejected.
 
 Pixel formats and rotation
 --------------------------
@@ -98,19 +125,17 @@ class VideoDecodeError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    num_frames: (
-        int  # frames read_frames can be asked for (see module doc: verified lazily)
-    )
-    fps: float  # average frame rate (frames / duration)
+    num_frames: int  # presented frames read_frames can be asked for (module doc: verified lazily)
+    fps: float  # average frame rate from timestamps (module doc, "Frame count and rate")
     width: int  # displayed width (after rotation)
     height: int  # displayed height (after rotation)
     rotation: int  # clockwise degrees applied for display: 0, 90, 180 or 270
     pix_fmt: str  # decoder output pixel format, e.g. "yuv420p", "yuv420p10le"
     codec: str  # e.g. "h264", "hevc", "mpeg4"
     duration_s: float
-    variable_frame_rate: (
-        bool  # exact from timestamps when counted, else header heuristic
-    )
+    variable_frame_rate: bool  # frame intervals differ by more than 2% (from timestamps)
+    stream_index: int = 0  # the stream read, numbered as ffprobe numbers a file's streams
+    nominal_fps: float | None = None  # the header's rate (a guess for some containers), if any
 
 
 # ----------------------------------------------------------------------------- opening
@@ -232,7 +257,55 @@ class _Truncated(Exception):
 
 
 class _LandedLate(Exception):
-    """Internal: after a seek the first usable frame was already past the target."""
+    """Internal: after a seek the decoded frames were not the ones asked for (past the target, or
+    timestamps the packet table does not know)."""
+
+
+class _SeekFailed(Exception):
+    """Internal: the demuxer refused a seek."""
+
+
+def _is_cover_art(stream: av.video.stream.VideoStream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def _choose_stream(container: av.container.InputContainer, stream: int | None, source: Any) -> int:
+    """Index of the video stream to read: ``stream`` if given, else the one users mean (module doc)."""
+    if stream is not None:
+        all_streams = list(container.streams)
+        if not 0 <= stream < len(all_streams):
+            raise VideoDecodeError(
+                f"no stream {stream}: the file has streams 0..{len(all_streams) - 1}: {_describe(source)}"
+            )
+        if all_streams[stream].type != "video":
+            raise VideoDecodeError(
+                f"stream {stream} is {all_streams[stream].type}, not video: {_describe(source)}"
+            )
+        return stream
+    vstreams = list(container.streams.video)
+    moving = [s for s in vstreams if not _is_cover_art(s)]
+    if not moving:
+        if vstreams:
+            raise VideoDecodeError(
+                f"not a video file (no video stream): only an attached picture (cover art): {_describe(source)}"
+            )
+        kinds = sorted({s.type for s in container.streams})
+        if "audio" in kinds:
+            codecs = ", ".join(s.codec_context.name for s in container.streams.audio)
+            what = f"audio-only ({codecs})"
+        else:
+            what = "no streams" if not kinds else "only " + ", ".join(kinds) + " streams"
+        raise VideoDecodeError(f"not a video file (no video stream): {what}: {_describe(source)}")
+    default = [s for s in moving if s.disposition & av.stream.Disposition.default]
+    return (default or moving)[0].index
+
+
+@dataclass(frozen=True)
+class _PacketTable:
+    """Presentation timestamps of the frames a player shows, from demuxing (no decoding)."""
+
+    pts: list[int]  # sorted; frame i has pts[i]
+    keys: list[int]  # sorted pts of keyframes among them
 
 
 # ----------------------------------------------------------------------------- reader
@@ -241,37 +314,24 @@ class _LandedLate(Exception):
 class VideoReader:
     """One open video. Not thread-safe; use one per thread/actor.
 
+    stream: index of the stream to read (as ffprobe numbers them); None chooses the default moving
+    video stream (module doc, "Which stream"). Raises VideoDecodeError for anything the file cannot give.
+
     >>> with VideoReader("clip.mp4") as v:
     ...     frames = v.read([0, 10, 10, 5])
     """
 
-    def __init__(self, source: Source, *, threads: int = 0):
+    def __init__(self, source: Source, *, threads: int = 0, stream: int | None = None):
         self._source = source
         self._threads = threads
+        self.notes: list[str] = []  # how this file had to be read, when not the normal way (module doc)
         self._container = _open_container(source)
         try:
-            vstreams = self._container.streams.video
-            if not vstreams:
-                kinds = sorted({s.type for s in self._container.streams})
-                if "audio" in kinds:
-                    codecs = ", ".join(
-                        s.codec_context.name for s in self._container.streams.audio
-                    )
-                    what = f"audio-only ({codecs})"
-                else:
-                    what = (
-                        "no streams"
-                        if not kinds
-                        else "only " + ", ".join(kinds) + " streams"
-                    )
-                raise VideoDecodeError(
-                    f"not a video file (no video stream): {what}: {_describe(source)}"
-                )
-            self._vs = vstreams[0]
-            self._table: tuple[list[int], list[int]] | None = (
-                None  # (sorted pts, keyframe pts)
-            )
-            self._table_failed = False
+            self._stream_index = _choose_stream(self._container, stream, source)
+            self._vs = self._container.streams[self._stream_index]
+            self._table: _PacketTable | None = None
+            self._table_built = False
+            self._seek_unreliable = False
             self._info = self._read_info(verify=False)
         except BaseException:
             self._container.close()
@@ -291,6 +351,10 @@ class VideoReader:
     def info(self) -> VideoInfo:
         return self._info
 
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     # -- decoding primitives
     def _configure(self) -> None:
         """Decoder threading; must happen before the codec is opened (first decode)."""
@@ -299,22 +363,23 @@ class VideoReader:
             cc.thread_type = "AUTO"
             cc.thread_count = self._threads
 
-    def _seek(self, pts: int | None) -> None:
-        """Position the demuxer at the keyframe at or before ``pts`` (None: the very start)."""
-        vs = self._vs
-        if pts is None:
-            target = vs.start_time if vs.start_time is not None else 0
-        else:
-            target = pts
+    def _rewind(self) -> None:
+        """Back to the very start by opening the file again.
+
+        A seek to the start is not trusted: in MPEG program streams it can land on the second
+        keyframe, and raw elementary streams cannot seek at all. Every stream object of the old
+        container dies with it, so the stream is looked up again (a stale one crashed FFmpeg).
+        """
+        self._container.close()
+        self._container = _open_container(self._source)
+        self._vs = self._container.streams[self._stream_index]
+
+    def _seek(self, pts: int) -> None:
+        """Position the demuxer at the keyframe at or before ``pts``; raises _SeekFailed."""
         try:
-            self._container.seek(target, stream=vs, backward=True, any_frame=False)
-        except av.error.FFmpegError:
-            if pts is not None:
-                raise
-            # unseekable input at the start: reopen from scratch
-            self._container.close()
-            self._container = _open_container(self._source)
-            self._vs = self._container.streams.video[0]
+            self._container.seek(pts, stream=self._vs, backward=True, any_frame=False)
+        except av.error.FFmpegError as e:
+            raise _SeekFailed(str(e)) from None
         self._vs.codec_context.flush_buffers()  # drop frames buffered before the seek
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
@@ -327,89 +392,75 @@ class VideoReader:
             return  # damaged data: the stream ends here for us
 
     def _first_frame(self) -> av.VideoFrame | None:
-        self._seek(None)
+        self._rewind()
         for frame in self._decoded():
             return frame
         return None
 
     # -- probing
     def _read_info(self, verify: bool) -> VideoInfo:
-        vs = self._vs
-        cc = vs.codec_context
         first = self._first_frame()
+        cc = self._vs.codec_context
         if first is None:
             if cc.codec is None:
-                raise VideoDecodeError(
-                    f"unsupported video codec: {_describe(self._source)}"
-                )
+                raise VideoDecodeError(f"unsupported video codec: {_describe(self._source)}")
             raise VideoDecodeError(
-                f"truncated or corrupt video: could not decode a single frame "
-                f"({cc.name}): {_describe(self._source)}"
+                f"truncated or corrupt video: could not decode a single frame ({cc.name}): {_describe(self._source)}"
             )
         cw_rotation = (-90 * _ccw_quarters(first)) % 360
         w, h = first.width, first.height
         if cw_rotation in (90, 270):
             w, h = h, w
-
-        duration_s = 0.0
-        if vs.duration is not None and vs.time_base is not None:
-            duration_s = float(vs.duration * vs.time_base)
-        elif self._container.duration is not None:
-            duration_s = self._container.duration / 1_000_000
-
-        num_frames = int(vs.frames or 0)
-        vfr: bool | None = None
-        if verify or num_frames <= 0:
-            pts, _ = self._packet_table()
-            if pts:
-                num_frames = self._decodable_count(len(pts))
-                if len(pts) > 2:
-                    d = np.diff(np.asarray(pts, dtype=np.int64))
-                    vfr = bool(d.max() - d.min() > max(1, 0.02 * np.median(d)))
-                if duration_s <= 0 and len(pts) > 1 and vs.time_base is not None:
-                    duration_s = (
-                        float((pts[-1] - pts[0]) * vs.time_base)
-                        * len(pts)
-                        / (len(pts) - 1)
-                    )
-            elif num_frames <= 0:
-                num_frames = self._count_by_decoding()
+        codec, pix_fmt = cc.name, first.format.name
+        table = self._packet_table()
+        # Every rewind opens the file again: read stream facts only from the current stream object
+        # (one of a closed container gave nonsense, and crashed FFmpeg's frame-rate guess).
+        vs = self._vs
+        nominal = _positive(vs.average_rate) or _positive(vs.guessed_rate) or _positive(vs.base_rate)
+        time_base = vs.time_base
+        if table is not None:
+            num_frames = len(table.pts)
+            if verify:
+                num_frames = self._decodable_count(num_frames)
+        else:
+            self._note("no usable timestamps: frames counted by decoding from the start")
+            num_frames = self._count_by_decoding()
         if num_frames <= 0:
-            raise VideoDecodeError(
-                f"truncated or corrupt video: no frames: {_describe(self._source)}"
-            )
+            raise VideoDecodeError(f"truncated or corrupt video: no frames: {_describe(self._source)}")
 
-        avg = vs.average_rate
-        fps = float(avg) if avg else 0.0
-        if fps <= 0 and duration_s > 0:
-            fps = num_frames / duration_s
-        if fps <= 0 and vs.guessed_rate:
-            fps = float(vs.guessed_rate)
-        if duration_s <= 0 and fps > 0:
-            duration_s = num_frames / fps
-        if vfr is None:
-            base = float(vs.base_rate) if vs.base_rate else 0.0
-            vfr = bool(fps > 0 and base > 0 and abs(base - fps) / fps > 0.05)
-
+        # The average rate comes from the timestamps (frame intervals over the span they cover);
+        # header rates are guesses (live-muxed WebM says 30 for a 24.85 fps video).
+        fps, vfr = 0.0, False
+        if table is not None and num_frames > 1 and time_base is not None:
+            span = float((table.pts[num_frames - 1] - table.pts[0]) * time_base)
+            if span > 0:
+                fps = (num_frames - 1) / span
+            d = np.diff(np.asarray(table.pts[:num_frames], dtype=np.int64))
+            vfr = bool(d.size > 1 and d.max() - d.min() > max(1, 0.02 * np.median(d)))
+        if fps <= 0:
+            fps = nominal or 0.0
+        duration_s = num_frames / fps if fps > 0 else 0.0
         return VideoInfo(
             num_frames=num_frames,
             fps=fps,
             width=w,
             height=h,
             rotation=cw_rotation,
-            pix_fmt=first.format.name,
-            codec=cc.name,
+            pix_fmt=pix_fmt,
+            codec=codec,
             duration_s=duration_s,
             variable_frame_rate=vfr,
+            stream_index=self._stream_index,
+            nominal_fps=nominal,
         )
 
     def verify(self) -> VideoInfo:
-        """Re-probe counting packets (reads the whole file, decodes nothing)."""
+        """Re-probe, also decoding the last frame (a damaged tail is not counted)."""
         self._info = self._read_info(verify=True)
         return self._info
 
     def _decodable_count(self, num_packets: int) -> int:
-        """Packets that exist, minus a damaged tail: decodes the last one to be sure."""
+        """Frames that exist, minus a damaged tail: decodes the last one to be sure."""
         try:
             self._decode_wanted(np.array([num_packets - 1]))
             return num_packets
@@ -417,23 +468,24 @@ class VideoReader:
             return t.reached + 1
 
     def _count_by_decoding(self) -> int:
-        self._seek(None)
+        self._rewind()
         return sum(1 for _ in self._decoded())
 
-    def _packet_table(self) -> tuple[list[int], list[int]]:
-        """(sorted pts of all frames, sorted pts of keyframes); empty lists if pts are missing."""
-        if self._table is not None:
+    def _packet_table(self) -> _PacketTable | None:
+        """The presented frames' timestamps (packets an edit list discards are left out), or None
+        when the stream has no usable timestamps (missing or repeated: raw elementary streams)."""
+        if self._table_built:
             return self._table
         pts: list[int] = []
         keys: list[int] = []
         ok = True
-        self._seek(None)
+        self._rewind()
         try:
             for packet in self._container.demux(self._vs):
                 if packet.size == 0 and packet.pts is None:
                     continue  # flush packet
-                if getattr(packet, "is_discard", False):
-                    continue  # dropped by an edit list: the decoder never outputs it
+                if packet.is_discard:
+                    continue  # hidden by an edit list: the decoder never outputs it
                 if packet.pts is None:
                     ok = False
                     break
@@ -442,18 +494,17 @@ class VideoReader:
                     keys.append(packet.pts)
         except av.error.FFmpegError:
             pass  # truncated: the table holds what exists
-        if not ok or len(set(pts)) != len(pts) or not keys:
-            self._table_failed = True
-            self._table = ([], [])
-        else:
-            pts.sort()
-            keys.sort()
-            self._table = (pts, keys)
+        self._table_built = True
+        if ok and pts and keys and len(set(pts)) == len(pts):
+            self._table = _PacketTable(sorted(pts), sorted(keys))
         return self._table
 
     # -- reading
     def read(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (len(indices), H, W, 3) RGB frames, upright, in the order given."""
+        """uint8 (len(indices), H, W, 3) RGB frames, upright, in the order given.
+
+        Raises VideoDecodeError for an index >= ``info.num_frames`` or a frame the file cannot deliver.
+        """
         idx = _as_index_array(indices)
         info = self._info
         if idx.size == 0:
@@ -486,34 +537,46 @@ class VideoReader:
 
     def _decode_wanted(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
         last = int(wanted[-1])
-        if last + 1 <= wanted.size + _SEQUENTIAL_SLACK:
+        table = self._packet_table()
+        if last + 1 <= wanted.size + _SEQUENTIAL_SLACK or table is None or self._seek_unreliable:
             return self._decode_sequential(wanted)
-        pts, keys = self._packet_table()
-        if not pts:
-            return self._decode_sequential(wanted)
-        if last >= len(pts):
-            raise _Truncated(len(pts) - 1)
+        if last >= len(table.pts):
+            raise _Truncated(len(table.pts) - 1)
         try:
-            return self._decode_seeking(wanted, pts, keys)
-        except _LandedLate:
+            return self._decode_seeking(wanted, table)
+        except (_LandedLate, _SeekFailed, _Truncated):
+            # Never reject a file that decodes from the start: that is the authority.
+            self._note("seeking unreliable: frames decoded from the start")
+            self._seek_unreliable = True  # for every later read of this file too
             return self._decode_sequential(wanted)
 
     def _decode_sequential(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+        """Decode from the start. Frames are numbered by their timestamps where the packet table has
+        them, so a frame the decoder drops mid-stream cannot shift every later index by one."""
         want = {int(i) for i in wanted}
         last = int(wanted[-1])
+        table = self._packet_table()
+        index_of = {p: k for k, p in enumerate(table.pts)} if table is not None else {}
         out: dict[int, np.ndarray] = {}
-        self._seek(None)
-        i = -1
-        for i, frame in enumerate(self._decoded()):
-            if i in want:
-                out[i] = _to_rgb(frame)
-            if i >= last:
+        self._rewind()
+        j = -1
+        for count, frame in enumerate(self._decoded()):
+            j = index_of.get(frame.pts, count) if index_of else count
+            if j in want:
+                out[j] = _to_rgb(frame)
+            if j >= last:
+                lost = sorted(want - out.keys())
+                if lost:
+                    raise VideoDecodeError(
+                        f"damaged video: frame {lost[0]} could not be decoded: {_describe(self._source)}"
+                    )
                 return out
-        raise _Truncated(i)
+        raise _Truncated(j)
 
-    def _decode_seeking(
-        self, wanted: np.ndarray, pts: list[int], keys: list[int]
-    ) -> dict[int, np.ndarray]:
+    def _decode_seeking(self, wanted: np.ndarray, table: _PacketTable) -> dict[int, np.ndarray]:
+        """Seek to the keyframe before each run of wanted frames and match decoded frames to indices
+        by their timestamps; a seek that lands past its target steps back one keyframe."""
+        pts, keys = table.pts, table.keys
         index_of = {p: i for i, p in enumerate(pts)}
         want = {int(i) for i in wanted}
         out: dict[int, np.ndarray] = {}
@@ -555,14 +618,21 @@ class VideoReader:
                 if got:
                     break
                 if not late:
-                    raise _Truncated(
-                        reached_max
-                    )  # the decoder ran dry before the target
+                    raise _Truncated(reached_max)  # the decoder ran dry before the target
                 if k_pos == 0:
                     raise _LandedLate()
                 k_pos -= 1  # step back one keyframe and try again
                 fresh = True
         return out
+
+
+def _positive(rate: Any) -> float | None:
+    """A header rate as a float, None when missing, zero or absurd (raw streams report 1.2e6)."""
+    try:
+        value = float(rate) if rate else 0.0
+    except (TypeError, ZeroDivisionError):
+        return None
+    return value if 0 < value <= 1000 else None
 
 
 def _resize_like(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -576,12 +646,12 @@ def _resize_like(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- one-shot API
 
 
-def probe(source: Source, *, verify: bool = False) -> VideoInfo:
-    """Stream facts of ``source``; decodes one frame (rotation, real pixel format).
-
-    verify=True counts the frames by demuxing the whole file instead of trusting the header.
+def probe(source: Source, *, verify: bool = False, stream: int | None = None) -> VideoInfo:
+    """Stream facts of ``source``: demuxes the stream once and decodes its first frame (rotation, real
+    pixel format). verify=True also decodes the last frame (a damaged tail is not counted).
+    stream: as ``VideoReader``. Raises VideoDecodeError.
     """
-    with VideoReader(source) as v:
+    with VideoReader(source, stream=stream) as v:
         return v.verify() if verify else v.info
 
 
@@ -591,16 +661,21 @@ def read_frames(
     *,
     backend: str = "pyav",
     threads: int = 0,
+    stream: int | None = None,
 ) -> torch.Tensor:
     """uint8 (len(indices), H, W, 3) RGB frames of ``source``, upright, in the order given.
 
-    backend: "pyav" (default, see module doc) or "decord" (benchmarks / cross-checks).
+    backend: "pyav" (default, see module doc) or "decord" (benchmarks / cross-checks; first video
+    stream only, no edit lists).
     threads: decoder threads (0 = FFmpeg's choice).
+    stream: as ``VideoReader``.
     """
     if backend == "pyav":
-        with VideoReader(source, threads=threads) as v:
+        with VideoReader(source, threads=threads, stream=stream) as v:
             return v.read(indices)
     if backend == "decord":
+        if stream is not None:
+            raise ValueError("backend='decord' reads the first video stream only")
         return _read_frames_decord(source, indices, threads=threads)
     raise ValueError(f"unknown backend {backend!r} (expected 'pyav' or 'decord')")
 

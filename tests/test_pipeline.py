@@ -26,6 +26,13 @@ GOOD = {  # name -> writer; each must come out with status ok
     "ten_bit": V.ten_bit_clip,
     "yuv444": V.yuv444_clip,
     "vfr": V.vfr_clip,
+    # files from the field (issue 13; tests/test_field_cases.py checks their frames)
+    "cover_art": V.cover_art_clip,
+    "picture_then_video": V.picture_then_video,
+    "edit_list": V.edit_list_clip,
+    "mpegts": V.mpegts_clip,
+    "raw_h264": V.raw_stream_clip,
+    "webm_live": V.live_webm_clip,
 }
 BAD = {  # name -> (writer, words the error message must contain)
     "missing": (V.missing_path, "not found"),
@@ -33,6 +40,7 @@ BAD = {  # name -> (writer, words the error message must contain)
     "truncated": (V.truncated_clip, "truncated"),
     "not_video": (V.text_file, "not a video"),
     "audio_only": (V.audio_only, "no video stream"),
+    "song_with_cover_art": (V.cover_art_only, "only an attached picture"),
 }
 
 
@@ -74,6 +82,12 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tm
         assert words in row["error"], (name, row["error"])
     assert table.loc["portrait", "height"] > table.loc["portrait", "width"]
     assert table.loc["tiny_64x48", "width"] == 64
+    # which stream was read, and how the file had to be read, are facts of the row
+    assert (table.loc["picture_then_video", "stream"], table.loc["normal", "stream"]) == (1, 0)
+    assert (table.loc["cover_art", "width"], table.loc["edit_list", "num_frames"]) == (160, 33)
+    assert "no usable timestamps" in table.loc["raw_h264", "read_notes"]
+    assert pd.isna(table.loc["normal", "read_notes"])
+    assert table.loc["webm_live", "fps"] == pytest.approx(24.85, rel=0.01)
 
     # Re-running either stage recomputes nothing and duplicates no row.
     shards = (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests()))

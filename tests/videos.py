@@ -262,3 +262,152 @@ def random_bytes(d: Path, n: int = 4096) -> Path:
 
 def missing_path(d: Path) -> Path:
     return Path(d) / "does_not_exist.mp4"
+
+
+# ----------------------------------------------------------------------------- field kinds (issue 13)
+# Each writes one kind of file that real users' catalogs hold and that readers get wrong; parameters
+# vary codec, container, cut point and length so a test covers the kind, not one file.
+
+
+def _encode_into(out, st, num_frames: int, width: int, height: int, pts=None, time_base=None) -> None:
+    for i in range(num_frames):
+        frame = av.VideoFrame.from_ndarray(frame_picture(i, width, height), format="rgb24").reformat(
+            format=st.pix_fmt)
+        if pts is not None:
+            frame.pts, frame.time_base = pts[i], time_base
+        for p in st.encode(frame):
+            out.mux(p)
+    for p in st.encode():
+        out.mux(p)
+
+
+def _video_stream(out, codec: str, width: int, height: int, fps: int = 25, gop: int = 12):
+    st = out.add_stream(codec, rate=fps)
+    st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+    if codec == "libx264":
+        st.options = {"preset": "ultrafast", "g": str(gop), "bf": "2"}
+    elif codec == "libx265":
+        st.options = {"preset": "ultrafast", "x265-params": f"log-level=none:keyint={gop}"}
+    elif codec in ("mpeg2video", "mpeg4"):
+        st.options = {"g": str(gop), "bf": "2"}
+    return st
+
+
+def _picture_stream(out, default: bool = False):
+    """A one-frame MJPEG picture stream (cover art when flagged attached_pic)."""
+    pic = out.add_stream("mjpeg", rate=1)
+    pic.width, pic.height, pic.pix_fmt = 64, 64, "yuvj420p"
+    grey = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24").reformat(format="yuvj420p")
+    return pic, grey
+
+
+def cover_art_clip(d: Path, num_frames: int = 30, *, ext: str = "mp4", codec: str = "libx264") -> Path:
+    """A video with an attached picture (album/poster art, disposition attached_pic) beside it."""
+    path = Path(d) / f"cover_{codec}_{num_frames}.{ext}"
+    with av.open(str(path), "w") as out:
+        pic, grey = _picture_stream(out)
+        pic.disposition = av.stream.Disposition.attached_pic
+        st = _video_stream(out, codec, 160, 96)
+        for p in [*pic.encode(grey), *pic.encode()]:
+            out.mux(p)
+        _encode_into(out, st, num_frames, 160, 96)
+    return path
+
+
+def cover_art_only(d: Path) -> Path:
+    """Music with an album picture: audio and cover art, no moving video."""
+    path = Path(d) / "song.m4a"
+    with av.open(str(path), "w", format="mp4") as out:
+        pic, grey = _picture_stream(out)
+        pic.disposition = av.stream.Disposition.attached_pic
+        st = out.add_stream("aac", rate=16000)
+        st.layout = "mono"
+        for p in [*pic.encode(grey), *pic.encode()]:
+            out.mux(p)
+        for k in range(10):
+            t = (np.arange(1024) + 1024 * k) / 16000
+            frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                                               format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for p in st.encode(frame):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    return path
+
+
+def picture_then_video(d: Path, num_frames: int = 30) -> Path:
+    """Matroska whose first video stream is a one-frame picture track and whose second, flagged
+    default, is the video."""
+    path = Path(d) / "picture_then_video.mkv"
+    with av.open(str(path), "w") as out:
+        pic, grey = _picture_stream(out)
+        st = _video_stream(out, "libx264", 160, 96)
+        st.disposition = av.stream.Disposition.default
+        for p in [*pic.encode(grey), *pic.encode()]:
+            out.mux(p)
+        _encode_into(out, st, num_frames, 160, 96)
+    return path
+
+
+def edit_list_clip(d: Path, num_frames: int = 40, hidden: int = 7, *, ext: str = "mp4",
+                   codec: str = "libx264") -> Path:
+    """A clip cut without re-encoding: the first ``hidden`` frames stay in the file (the decoder needs
+    them) but an edit list hides them; a player presents frames ``hidden``..``num_frames - 1``."""
+    src = Path(d) / f"uncut_{codec}_{num_frames}.mp4"
+    with av.open(str(src), "w") as out:
+        _encode_into(out, _video_stream(out, codec, 160, 96, gop=20), num_frames, 160, 96)
+    path = Path(d) / f"cut_{codec}_{num_frames}_{hidden}.{ext}"
+    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
+        ist = inp.streams.video[0]
+        ost = out.add_stream_from_template(ist)
+        step = int(round(1 / (ist.average_rate * ist.time_base)))
+        for p in inp.demux(ist):
+            if p.dts is None:
+                continue
+            p.pts -= hidden * step  # negative timestamps: the muxer writes an edit list that hides them
+            p.dts -= hidden * step
+            p.stream = ost
+            out.mux(p)
+    return path
+
+
+def mpegts_clip(d: Path, num_frames: int = 300, *, codec: str = "mpeg2video") -> Path:
+    """MPEG transport stream (broadcast capture): no frame count in any header."""
+    path = Path(d) / f"capture_{codec}_{num_frames}.ts"
+    with av.open(str(path), "w", format="mpegts") as out:
+        _encode_into(out, _video_stream(out, codec, 160, 96), num_frames, 160, 96)
+    return path
+
+
+def program_stream_clip(d: Path, num_frames: int = 300) -> Path:
+    """MPEG-2 program stream (DVD .vob / .mpg): timestamps on some packets only."""
+    path = Path(d) / f"dvd_{num_frames}.mpg"
+    with av.open(str(path), "w", format="vob") as out:
+        _encode_into(out, _video_stream(out, "mpeg2video", 160, 96), num_frames, 160, 96)
+    return path
+
+
+def raw_stream_clip(d: Path, num_frames: int = 60, *, codec: str = "libx264") -> Path:
+    """A raw Annex B elementary stream (.h264 / .hevc): no container, no timestamps, cannot seek."""
+    fmt = {"libx264": "h264", "libx265": "hevc"}[codec]
+    path = Path(d) / f"raw_{num_frames}.{fmt}"
+    with av.open(str(path), "w", format=fmt) as out:
+        _encode_into(out, _video_stream(out, codec, 160, 96), num_frames, 160, 96)
+    return path
+
+
+def live_webm_clip(d: Path, num_frames: int = 90, *, mean_fps: float = 24.85, codec: str = "libvpx") -> Path:
+    """Live-muxed WebM (no duration, no cues) with uneven timestamps averaging ``mean_fps``; its
+    header says 30 fps."""
+    path = Path(d) / f"live_{codec}_{num_frames}.webm"
+    rng = np.random.default_rng(num_frames)
+    step = 1000 / mean_fps
+    pts = [int(round(i * step + (rng.uniform(-0.3, 0.3) * step if 0 < i < num_frames - 1 else 0)))
+           for i in range(num_frames)]
+    with av.open(str(path), "w", format="webm", options={"live": "1"}) as out:
+        st = out.add_stream(codec, rate=30)
+        st.width, st.height, st.pix_fmt = 160, 96, "yuv420p"
+        st.time_base = st.codec_context.time_base = Fraction(1, 1000)
+        _encode_into(out, st, num_frames, 160, 96, pts=pts, time_base=Fraction(1, 1000))
+    return path
