@@ -124,6 +124,8 @@ class _Evaluator:
 
 
 class CleanScorer(_Evaluator):
+    schema = CLEAN_SCHEMA
+
     def score(self, r: Any) -> dict[str, Any]:
         row = {**_common_fields(r), "defenses": r.defenses, "mos": float(r.mos), "score": None, "frames": None,
                "width": None, "height": None, "status": "ok", "error": None, "model_version": self.version,
@@ -146,6 +148,8 @@ class CleanScorer(_Evaluator):
 
 
 class Attacker(_Evaluator):
+    schema = RESULT_SCHEMA
+
     def attack(self, r: Any) -> dict[str, Any]:
         spec = AttackSpec.parse(r.attack)
         row = {**_common_fields(r), "defenses": r.defenses, "attack": r.attack, "adaptive": spec.adaptive,

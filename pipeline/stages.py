@@ -116,9 +116,11 @@ class StageSummary:
     skipped: int = 0
     seconds: float = 0.0
     keys: list[str] = field(default_factory=list, repr=False)  # the row key of every input video
+    crashed: int = 0  # of `failed`: videos whose worker process died (a native crash in the decoder)
 
     def line(self) -> str:
-        return (f"{self.stage}: {self.videos} videos: {self.done} done, {self.failed} failed, "
+        crashed = f" ({self.crashed} crashed their worker)" if self.crashed else ""
+        return (f"{self.stage}: {self.videos} videos: {self.done} done, {self.failed} failed{crashed}, "
                 f"{self.skipped} skipped (already done) in {self.seconds:.1f} s")
 
 
@@ -301,8 +303,31 @@ def _compute(opts: RunOptions, store: ShardStore, stage: str) -> tuple[Any, dict
     return ray.data.ActorPoolStrategy(size=plan.size), {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
 
 
+# A worker process that dies (a segmentation fault in FFmpeg, the OOM killer) is restarted and its batch
+# retried this many times; after that the batch's videos are retried one at a time (`_isolate`).
+CRASH_RETRIES = 2
+CRASHED = "decoder crashed: the worker process died while reading this video (a native crash)"
+
+
+def _is_crash(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) says a worker process or actor died, not that the code raised."""
+    import ray.exceptions as rex
+
+    kinds = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds) or "ActorDiedError" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary,
          store: ShardStore) -> None:
+    """Run `udf` (an actor class with a `schema` and `__call__(batch) -> summary frame` that commits its
+    rows) over `todo` with Ray Data. If worker processes keep dying, the videos not committed yet are
+    retried one per call, so only the video that kills its worker gets an error row (CRASHED)."""
     import ray
 
     if todo.empty:
@@ -312,14 +337,70 @@ def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, 
     # Keep blocks the size of a shard so actors start early and commit often.
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
     out = ds.map_batches(udf, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, batch_format="pandas",
-                         compute=compute, **resources)
+                         compute=compute, max_restarts=CRASH_RETRIES, max_task_retries=CRASH_RETRIES, **resources)
     progress = Progress(summary.stage, len(todo), opts.progress_s)
-    for batch in out.iter_batches(batch_format="pandas", batch_size=None):
-        summary.done += int((batch["status"] == "ok").sum())
-        summary.failed += int((batch["status"] != "ok").sum())
-        line = progress.update(summary.done, summary.failed)
+    try:
+        for batch in out.iter_batches(batch_format="pandas", batch_size=None):
+            summary.done += int((batch["status"] == "ok").sum())
+            summary.failed += int((batch["status"] != "ok").sum())
+            line = progress.update(summary.done, summary.failed)
+            if line:
+                print(line, flush=True)
+    except Exception as exc:
+        if not _is_crash(exc):
+            raise
+        left = todo[~todo["key"].isin(store.committed_keys())]
+        print(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times on one batch; retrying the {len(left)} "
+              "videos not committed yet one at a time", flush=True)
+        summary.done = summary.failed = 0  # recounted from the store below: batches may have committed unseen
+        _isolate(left, udf, ctor, resources, summary, store, opts.progress_s)
+        table = store.read_table(columns=[store.key_column, "status"]).to_pandas()
+        table = table[table[store.key_column].isin(set(todo["key"]))]
+        summary.done = int((table["status"] == "ok").sum())
+        summary.failed = int((table["status"] != "ok").sum())
+
+
+def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dict[str, Any],
+             summary: StageSummary, store: ShardStore, progress_s: float) -> None:
+    """One video per actor call: a call whose actor dies marks that video CRASHED (a row of `udf.schema`
+    from what the manifest row knows) and a fresh actor takes the next one."""
+    import ray
+
+    actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(udf)
+    progress = Progress(f"{summary.stage} (one video at a time)", len(left), progress_s)
+    actor = None
+    for i in range(len(left)):
+        one = left.iloc[[i]].reset_index(drop=True)
+        if actor is None:
+            actor = actor_cls.remote(**ctor)
+        try:
+            ray.get(actor.__call__.remote(one))
+        except Exception as exc:
+            if not _is_crash(exc):
+                raise
+            actor = None
+            summary.crashed += 1
+            store.commit(None, _crash_rows(one, udf.schema), one["key"].tolist())
+        line = progress.update(i + 1, summary.crashed)
         if line:
             print(line, flush=True)
+
+
+def _crash_rows(rows: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Error rows of `schema` for videos that crashed their worker: the manifest's values where it has the
+    column, status error, CRASHED."""
+    out = []
+    for r in rows.to_dict("records"):
+        row = {name: (None if name not in r or _missing(r[name]) else r[name]) for name in schema.names}
+        row.update(status="error", error=CRASHED)
+        if "created_at" in schema.names:
+            row["created_at"] = time.time()
+        out.append(row)
+    return pa.Table.from_pylist(out, schema=schema)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 class Progress:
@@ -430,6 +511,8 @@ INTER_SCHEMA = pa.schema([
 class InterExtractor:
     """Ray actor for stage 1: decode the 16 inter segments, embed them, commit a shard per batch."""
 
+    schema = INTER_SCHEMA
+
     def __init__(self, spec: ModelSpec, cache_uri: str, opts: RunOptions, inter_version: str) -> None:
         torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
         _, self.inter = spec.build(opts.storage_options)
@@ -528,6 +611,8 @@ SCORE_SCHEMA = pa.schema([
 
 class Scorer:
     """Ray actor for stage 2: decode intra clips, fragments; Swin + fusion + head with cached inter embeddings."""
+
+    schema = SCORE_SCHEMA
 
     def __init__(self, spec: ModelSpec, cache_uri: str, output_uri: str, opts: RunOptions, score_version: str) -> None:
         torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))

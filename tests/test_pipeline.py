@@ -98,6 +98,30 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tm
     assert len(load_table(out)) == len(zoo)
 
 
+def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ray_local, tmp_path, monkeypatch):
+    from ray import cloudpickle
+
+    import crash_udf
+    from pipeline import stages
+
+    cloudpickle.register_pickle_by_value(crash_udf)  # Ray's workers need not import tests/
+    monkeypatch.setattr(stages, "InterExtractor", crash_udf.CrashingExtractor)
+    paths = {}
+    for name in ("a", "b", "crash", "c", "d"):
+        (tmp_path / name).mkdir()
+        paths[name] = V.write_video(tmp_path / name / f"{name}.mp4", 20, 64, 48)
+    manifest = _manifest(paths)
+    cache = str(tmp_path / "cache")
+    summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
+    assert (summary.done, summary.failed, summary.crashed) == (4, 1, 1)
+    assert "1 failed (1 crashed their worker)" in summary.line()
+    table = load_table(cache).set_index("video_id")
+    assert sorted(table.index) == sorted(paths) and table["key"].is_unique
+    assert table.loc["crash", "status"] == "error" and table.loc["crash", "error"] == stages.CRASHED
+    assert table.loc["crash", "uri"] == str(paths["crash"])
+    assert (table.drop(index="crash")["status"] == "ok").all()
+
+
 def test_seed_replays_scores_and_no_seed_draws_fresh(ray_local, zoo, tmp_path):
     ok = zoo[zoo["video_id"].isin(["normal", "short_wraps"])]
     runs = {}

@@ -1,0 +1,18 @@
+"""A stage-1 actor that dies like a native decoder crash (SIGSEGV) on files named crash*: the stage's
+crash handling is tested with it (tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from pipeline.stages import InterExtractor
+
+
+class CrashingExtractor(InterExtractor):
+    def prepare(self, r: Any):
+        if Path(str(r.uri)).name.startswith("crash"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return super().prepare(r)
