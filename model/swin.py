@@ -52,10 +52,16 @@ def adaptive_window(cfg: SwinConfig, input_size: Triple) -> Triple:
     return win  # type: ignore[return-value]
 
 
-def stage_window(token_size: Triple, window: Triple) -> tuple[Triple, Triple]:
-    """Swin's clamp: along an axis where the token map fits in one window, use the map, no shift."""
+def stage_window(token_size: Triple, window: Triple, base_window: Triple) -> tuple[Triple, Triple]:
+    """(window, shift) of a stage's blocks for a (D, H, W) token map and the (adaptive) window.
+
+    Swin's clamp: along an axis where the token map fits in the window, the window is the map and the
+    shift is 0. Along every other axis the shifted blocks shift by half the BASE window (4, 3, 3 for
+    (8, 7, 7)), even when the adaptive window is smaller: the reference takes the shift from the
+    configured window, never from the adapted one (DESIGN 2.1, "Adaptive window").
+    """
     win = tuple(min(t, w) for t, w in zip(token_size, window))
-    shift = tuple(0 if t <= w else w // 2 for t, w in zip(token_size, window))
+    shift = tuple(0 if t <= w else b // 2 for t, w, b in zip(token_size, window, base_window))
     return win, shift  # type: ignore[return-value]
 
 
@@ -269,8 +275,8 @@ class BlockGeometry:
     gate: Tensor | None
 
     @staticmethod
-    def build(token_size: Triple, window: Triple, shifted: bool, gated: bool) -> "BlockGeometry":
-        win, shift = stage_window(token_size, window)
+    def build(token_size: Triple, window: Triple, base_window: Triple, shifted: bool, gated: bool) -> "BlockGeometry":
+        win, shift = stage_window(token_size, window, base_window)
         if not shifted:
             shift = (0, 0, 0)
         padded = tuple(-(-t // w) * w for t, w in zip(token_size, win))
@@ -339,6 +345,7 @@ class SwinStage(nn.Module):
     ) -> None:
         super().__init__()
         self.frag_bias = frag_bias
+        self.base_window = base_window
         self.blocks = nn.ModuleList(
             SwinBlock3D(dim, num_heads, base_window, i % 2 == 1, mlp_ratio, drop_paths[i], frag_bias)
             for i in range(depth)
@@ -348,7 +355,8 @@ class SwinStage(nn.Module):
     def forward(self, x: Tensor, window: Triple) -> Tensor:
         """x: (B, D, H, W, C) channels-last tokens."""
         size = tuple(x.shape[1:4])
-        geometries = [BlockGeometry.build(size, window, shifted, self.frag_bias) for shifted in (False, True)]
+        geometries = [BlockGeometry.build(size, window, self.base_window, shifted, self.frag_bias)
+                      for shifted in (False, True)]
         for blk in self.blocks:
             x = blk(x, geometries[int(blk.shifted)])
         return self.downsample(x) if self.downsample is not None else x

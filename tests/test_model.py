@@ -193,3 +193,83 @@ def test_training_attention_equals_sdpa_with_its_gradients():
     assert any("fragment_position_bias_table" in k for k in ga) and ga.keys() == gb.keys()
     for k in ga:
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- shifted windows (DESIGN 2.1)
+
+def _reference_shifted_block(blk, x, window, shift):
+    """One shifted Swin block written out the way Video Swin does it (pad after norm1, roll, window
+    partition, slice-labelled shift mask, relative bias of the base table cut to the window), with
+    none of model/swin.py's helpers: the rule under test is only which `window` and `shift` apply."""
+    import torch.nn.functional as F
+
+    b, d, h, w, c = x.shape
+    wd, wh, ww = window
+    y = blk.norm1(x)
+    dp, hp, wp = (-(-d // wd) * wd, -(-h // wh) * wh, -(-w // ww) * ww)
+    y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h, 0, dp - d))
+    y = torch.roll(y, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    label = torch.zeros(dp, hp, wp)
+    cnt = 0
+    for sd in (slice(-wd), slice(-wd, -shift[0] or None), slice(-shift[0] or None, None)) if shift[0] else (slice(None),):
+        for sh in (slice(-wh), slice(-wh, -shift[1] or None), slice(-shift[1] or None, None)) if shift[1] else (slice(None),):
+            for sw in (slice(-ww), slice(-ww, -shift[2] or None), slice(-shift[2] or None, None)) if shift[2] else (slice(None),):
+                label[sd, sh, sw] = cnt
+                cnt += 1
+
+    def part(t):  # (..., Dp, Hp, Wp, C) -> (nW, N, C)
+        t = t.reshape(-1, dp // wd, wd, hp // wh, wh, wp // ww, ww, t.shape[-1])
+        return t.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, wd * wh * ww, t.shape[-1])
+
+    lab = part(label[None, ..., None])[..., 0]
+    mask = torch.where(lab[:, :, None] == lab[:, None, :], 0.0, -100.0)
+    bd, bh, bw = blk.attn.base_window
+    coords = torch.stack(torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]
+    index = (rel[0] + bd - 1) * (2 * bh - 1) * (2 * bw - 1) + (rel[1] + bh - 1) * (2 * bw - 1) + (rel[2] + bw - 1)
+    n, heads = wd * wh * ww, blk.attn.num_heads
+    bias = blk.attn.relative_position_bias_table[index.reshape(-1)].view(n, n, heads).permute(2, 0, 1)
+    win = part(y)  # (B*nW, N, C)
+    qkv = blk.attn.qkv(win).view(win.shape[0], n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    nw = mask.shape[0]
+    logits = (q @ k.transpose(-1, -2)) * (c // heads) ** -0.5
+    logits = logits.view(b, nw, heads, n, n) + bias[None, None] + mask[None, :, None]
+    out = (logits.softmax(-1).view(-1, heads, n, n) @ v).transpose(1, 2).reshape(-1, n, c)
+    out = blk.attn.proj(out)
+    out = out.view(b, dp // wd, hp // wh, wp // ww, wd, wh, ww, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    out = out.reshape(b, dp, hp, wp, c)
+    out = torch.roll(out, shifts=shift, dims=(1, 2, 3))[:, :d, :h, :w]
+    x = x + out
+    return x + blk.mlp(blk.norm2(x))
+
+
+# (input T, H, W) -> stage-1 tokens (T/2, H/4, W/4); base window (8, 7, 7), base half-shift (4, 3, 3)
+SHIFT_CASES = {
+    "16x224 (window 4,7,7)": ((8, 56, 56), (4, 7, 7), (4, 3, 3)),
+    "16x200 padded (window 4,6,6)": ((8, 50, 50), (4, 6, 6), (4, 3, 3)),
+    "tiny-cpu 16x160 (window 4,5,5)": ((8, 40, 40), (4, 5, 5), (4, 3, 3)),
+    "time fits the window": ((4, 14, 14), (4, 7, 7), (0, 3, 3)),
+    "8x96x224: height fits": ((4, 3, 56), (1, 3, 7), (4, 0, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHIFT_CASES))
+def test_shifted_blocks_shift_by_the_base_half_window(case):
+    """DESIGN 2.1: along an axis where the tokens exceed the adaptive window the shift is half
+    the BASE window, else 0 (and the window is the map's size)."""
+    from model.swin import BlockGeometry, SwinBlock3D, SwinStage, stage_window
+
+    tokens, window, shift = SHIFT_CASES[case]
+    clamped = tuple(min(t, w) for t, w in zip(tokens, window))
+    assert stage_window(tokens, window, (8, 7, 7)) == (clamped, shift)
+    torch.manual_seed(0)
+    stage = SwinStage(16, 2, 2, (8, 7, 7), 2.0, [0.0, 0.0], frag_bias=False, downsample=False).eval()
+    blk = stage.blocks[1]
+    assert isinstance(blk, SwinBlock3D) and blk.shifted
+    x = torch.randn(1, *tokens, 16)
+    with torch.no_grad():
+        ours = stage(x, window)
+        first = stage.blocks[0](x, BlockGeometry.build(tokens, window, (8, 7, 7), False, False))
+        ref = _reference_shifted_block(blk, first, clamped, shift)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
