@@ -353,6 +353,18 @@ def _init_ray(address: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `securevqa` command. A mistake in what the user gave (a manifest, a path) prints one line
+    saying what is wrong and exits 2, as argparse does for a bad flag; no traceback."""
+    from pipeline.manifest import ManifestError
+
+    try:
+        return _main(argv)
+    except (ManifestError, FileNotFoundError) as e:
+        print(f"securevqa: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     so = _storage_options(args)

@@ -5,8 +5,10 @@
 * a manifest file, chosen by extension: ``.csv``, ``.parquet``/``.pq``, ``.jsonl``/``.ndjson``
   (JSON lines; ``.json`` is read as a JSON array of records or as JSON lines). It must have a
   ``uri`` column; ``video_id``, ``mos`` and ``dataset`` are optional, other columns are kept after
-  the standard four. Relative uris are resolved against the manifest's directory (on the same
-  filesystem: a relative uri in ``s3://b/m/list.csv`` becomes ``s3://b/m/...``).
+  the standard four. Column names match case-insensitively, with the usual aliases (``COLUMN_ALIASES``:
+  ``URI``, ``url``, ``path``, ``file``, ``filename``... for uri; ``id``, ``name`` for video_id;
+  ``MOS``, ``mean_opinion_score`` for mos). Relative uris are resolved against the manifest's
+  directory (on the same filesystem: a relative uri in ``s3://b/m/list.csv`` becomes ``s3://b/m/...``).
 * a directory: every video file below it (recursively);
 * a glob (``*``, ``?``, ``[``): the matching video files, or, if it matches only manifest files,
   those manifests concatenated.
@@ -19,11 +21,16 @@ Hidden files (``.`` prefix, e.g. macOS ``._clip.mp4`` resource forks) are skippe
 Output columns: ``video_id`` (str; the file name without its last extension when absent; must be
 unique), ``uri`` (str: absolute local path or ``proto://...``), ``mos`` (float, NaN when unknown),
 ``dataset`` (str or None). Rows keep the manifest's order; discovered files are sorted by uri.
+
+Duplicate rows: a file listed more than once under the same video_id (or none) is one video; the
+first row is kept and a warning names the repeats (``logging``). Two different files under one
+video_id raise ManifestError, as does one video_id for rows that disagree on mos or dataset.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import posixpath
 from collections.abc import Mapping
@@ -38,6 +45,14 @@ __all__ = ["read_manifest", "resolve_uri", "VIDEO_EXTENSIONS", "MANIFEST_EXTENSI
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"})
 MANIFEST_EXTENSIONS = frozenset({".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"})
 COLUMNS = ["video_id", "uri", "mos", "dataset"]
+# Other names users give the standard columns (compared lower-case, "-" and " " read as "_").
+COLUMN_ALIASES = {
+    "uri": ("url", "path", "file", "filename", "file_name", "filepath", "file_path", "video_path", "location"),
+    "video_id": ("id", "videoid", "video_name", "name"),
+    "mos": ("mean_opinion_score",),
+    "dataset": (),
+}
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -119,14 +134,35 @@ def _read_manifest_file(fs, path: str) -> pd.DataFrame:
         if isinstance(e, pd.errors.EmptyDataError):
             raise ManifestError(f"empty manifest: {where}") from e
         raise ManifestError(f"cannot parse manifest {where}: {e}") from e
+    df = _standard_columns(df, where)
     if "uri" not in df.columns:
-        raise ManifestError(f"manifest {where} has no 'uri' column; columns found: {list(map(str, df.columns))}")
+        names = ", ".join(("uri", *COLUMN_ALIASES["uri"]))
+        raise ManifestError(f"manifest {where} has no uri column (any of {names}, any case); "
+                            f"columns found: {', '.join(map(str, df.columns))}")
     if len(df) == 0:
         raise ManifestError(f"empty manifest (no rows): {where}")
     df = df.copy()
     base_dir = posixpath.dirname(path) if not is_local(fs) else os.path.dirname(path)
     df["uri"] = [resolve_uri(fs, base_dir, u, where, i) for i, u in enumerate(df["uri"])]
     return df
+
+
+def _standard_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Rename columns that are a standard column under another case or an alias (COLUMN_ALIASES)."""
+    def norm(name: Any) -> str:
+        return str(name).strip().lower().replace("-", "_").replace(" ", "_")
+
+    rename: dict[Any, str] = {}
+    for std in COLUMNS:
+        found = [c for c in df.columns if norm(c) == std] or [c for c in df.columns if norm(c) in COLUMN_ALIASES[std]]
+        if len(found) > 1:
+            raise ManifestError(f"manifest {where}: columns {', '.join(map(repr, map(str, found)))} could all be "
+                                f"'{std}'; rename all but one")
+        if found and found[0] != std:
+            if std in df.columns:
+                continue  # the exact name wins over an alias
+            rename[found[0]] = std
+    return df.rename(columns=rename)
 
 
 def resolve_uri(fs, base_dir: str, uri: Any, where: str, row: int) -> str:
@@ -181,6 +217,18 @@ def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
     for c in extra:
         out[c] = df[c].to_numpy()
 
+    repeats = out.duplicated(subset=["video_id", "uri"], keep="first")
+    if repeats.any():
+        same = out[out["video_id"].isin(set(out.loc[repeats, "video_id"]))]
+        clash = same.groupby("video_id").agg(mos=("mos", lambda m: m.dropna().nunique() > 1),
+                                             dataset=("dataset", lambda d: d.dropna().nunique() > 1))
+        clash = clash[clash["mos"] | clash["dataset"]]
+        if len(clash):
+            raise ManifestError(f"manifest {source}: {len(clash)} video(s) listed more than once with different mos "
+                                f"or dataset, e.g. {clash.index[0]!r}; keep one row per video")
+        log.warning("manifest %s lists %d video(s) more than once (e.g. %s); each is scored once (the first row kept)",
+                    source, int(repeats.sum()), out.loc[repeats, "uri"].iloc[0])
+        out = out[~repeats].reset_index(drop=True)
     dup = out["video_id"][out["video_id"].duplicated(keep=False)]
     if len(dup):
         groups = out[out["video_id"].isin(set(dup))].groupby("video_id", sort=True)["uri"].apply(list)

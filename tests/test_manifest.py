@@ -122,8 +122,8 @@ def test_errors(where):
     base, opts, fs, path = where
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_manifest(f"{base}/nope.csv", opts)
-    _put(fs, f"{path}/cols.csv", b"path,score\na.mp4,1\n")
-    with pytest.raises(ManifestError, match=r"no 'uri' column; columns found: \['path', 'score'\]"):
+    _put(fs, f"{path}/cols.csv", b"link,score\na.mp4,1\n")
+    with pytest.raises(ManifestError, match=r"no uri column \(any of uri, url, path.*columns found: link, score"):
         read_manifest(f"{base}/cols.csv", opts)
     _put(fs, f"{path}/empty.csv", b"")
     with pytest.raises(ManifestError, match="empty manifest"):
@@ -140,3 +140,42 @@ def test_errors(where):
     _put(fs, f"{path}/nouri.jsonl", b'{"uri": "a.mp4"}\n{"uri": ""}\n')
     with pytest.raises(ManifestError, match="empty uri in row 1"):
         read_manifest(f"{base}/nouri.jsonl", opts)
+
+
+def test_column_names_match_case_insensitively_with_aliases(tmp_path):
+    for header in ("URI,MOS", "Url,Mos", "path,mos", "File Name,Mean-Opinion-Score", "filepath,MOS"):
+        (tmp_path / "m.csv").write_text(f"{header}\na.mp4,3.5\nb.mp4,2\n")
+        df = read_manifest(str(tmp_path / "m.csv"))
+        assert df.columns[:4].tolist() == ["video_id", "uri", "mos", "dataset"], header
+        assert df["uri"].tolist() == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")] and df["mos"].tolist() == [3.5, 2.0]
+    (tmp_path / "ids.csv").write_text("ID,URI,Dataset\nv1,a.mp4,k\n")
+    assert read_manifest(str(tmp_path / "ids.csv"))[["video_id", "dataset"]].values.tolist() == [["v1", "k"]]
+    (tmp_path / "both.csv").write_text("url,path\na.mp4,b.mp4\n")
+    with pytest.raises(ManifestError, match="columns 'url', 'path' could all be 'uri'"):
+        read_manifest(str(tmp_path / "both.csv"))
+    (tmp_path / "exact.csv").write_text("uri,path\na.mp4,elsewhere/b.mp4\n")  # the exact name wins
+    df = read_manifest(str(tmp_path / "exact.csv"))
+    assert df["uri"].tolist() == [str(tmp_path / "a.mp4")] and df["path"].tolist() == ["elsewhere/b.mp4"]
+
+
+def test_a_file_listed_twice_is_one_video(tmp_path, caplog):
+    (tmp_path / "m.csv").write_text("uri,mos\na.mp4,3\nb.mp4,4\na.mp4,3\n./a.mp4,\n")
+    with caplog.at_level("WARNING", logger="pipeline.manifest"):
+        df = read_manifest(str(tmp_path / "m.csv"))
+    assert df["video_id"].tolist() == ["a", "b"] and df["mos"].tolist() == [3.0, 4.0]
+    assert "lists 2 video(s) more than once" in caplog.text
+    (tmp_path / "n.csv").write_text("uri,mos\na.mp4,3\na.mp4,5\n")
+    with pytest.raises(ManifestError, match="listed more than once with different mos or dataset, e.g. 'a'"):
+        read_manifest(str(tmp_path / "n.csv"))
+
+
+def test_cli_says_what_is_wrong_in_one_line_and_exits_2(tmp_path, capsys):
+    from jobs.cli import main
+
+    (tmp_path / "m.csv").write_text("link,score\na.mp4,1\n")
+    for manifest in (tmp_path / "m.csv", tmp_path / "missing.csv"):
+        code = main(["score", "--input", str(manifest), "--cache", str(tmp_path / "c"), "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("securevqa: error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "o").exists()
