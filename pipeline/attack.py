@@ -38,8 +38,8 @@ from model.metrics import security_metrics
 from model.rng import derive_seed
 
 from .stages import (
-    ModelSpec, RunOptions, StageSummary, _common_fields, _error_message, _pending, _run, _shard_table,
-    _summary_frame, keyed_manifest, open_video,
+    ModelSpec, RunOptions, StageSummary, _common_fields, _pending, _run, _shard_table,
+    _summary_frame, failure, keyed_manifest, open_video,
 )
 from .storage import ShardStore, make_key, write_bytes
 
@@ -71,7 +71,7 @@ class AttackPlan:
 CLEAN_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
     ("defenses", pa.string()), ("mos", pa.float64()), ("score", pa.float64()), ("frames", pa.int64()),
-    ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()),
     ("model_version", pa.string()), ("seeded", pa.bool_()), ("seconds", pa.float64()), ("created_at", pa.float64()),
 ])
 
@@ -80,7 +80,7 @@ RESULT_SCHEMA = pa.schema([
     ("defenses", pa.string()), ("attack", pa.string()), ("adaptive", pa.bool_()), ("mos", pa.float64()),
     ("q_mos", pa.float64()), ("clean_score", pa.float64()), ("target", pa.float64()),
     ("adv_score", pa.float64()), ("linf", pa.float64()), ("rms", pa.float64()), ("queries", pa.int64()),
-    ("frames", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("model_version", pa.string()),
+    ("frames", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()), ("model_version", pa.string()),
     ("seeded", pa.bool_()), ("seconds", pa.float64()), ("created_at", pa.float64()),
 ])
 
@@ -128,7 +128,7 @@ class CleanScorer(_Evaluator):
 
     def score(self, r: Any) -> dict[str, Any]:
         row = {**_common_fields(r), "defenses": r.defenses, "mos": float(r.mos), "score": None, "frames": None,
-               "width": None, "height": None, "status": "ok", "error": None, "model_version": self.version,
+               "width": None, "height": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
                "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
         t0 = time.perf_counter()
         try:
@@ -137,7 +137,7 @@ class CleanScorer(_Evaluator):
             with torch.no_grad():
                 row["score"] = float(self.scorer(r.defenses)(frames[None], generator=self.generator(r.key, "score"))[0])
         except Exception as exc:  # one bad video never costs another its row
-            row.update(status="error", error=_error_message(exc))
+            row.update(failure(exc))
         row["seconds"] = time.perf_counter() - t0
         return row
 
@@ -155,7 +155,7 @@ class Attacker(_Evaluator):
         row = {**_common_fields(r), "defenses": r.defenses, "attack": r.attack, "adaptive": spec.adaptive,
                "mos": float(r.mos), "q_mos": float(r.q_mos), "clean_score": float(r.clean_score),
                "target": float(r.target), "adv_score": None, "linf": None, "rms": None, "queries": None,
-               "frames": None, "status": "ok", "error": None, "model_version": self.version,
+               "frames": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
                "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
         t0 = time.perf_counter()
         try:
@@ -176,7 +176,7 @@ class Attacker(_Evaluator):
             row.update(adv_score=adv, **perturbation_norms(frames, res.adversarial), queries=int(res.queries.sum()),
                        frames=frames.shape[0])
         except Exception as exc:
-            row.update(status="error", error=_error_message(exc))
+            row.update(failure(exc))
         row["seconds"] = time.perf_counter() - t0
         moved = "failed" if row["adv_score"] is None else f"{row['clean_score']:.4f} -> {row['adv_score']:.4f}"
         print(f"attack: {row['video_id']} [{r.defenses} | {r.attack}]: {moved} (target {row['target']:.4f}), "

@@ -9,9 +9,12 @@
 * ``report.json``      machine-readable summary, written **last** (its presence means the report is complete).
 
 Input columns: ``video_id``, ``uri``, ``score`` (NaN/None when failed), ``status`` ('ok'|'error'),
-``error``, ``model_version``; optional ``mos`` (NaN when unlabelled), ``dataset``, ``clip_scores``.
-A row counts as *ok* when ``status == 'ok'`` and its score is finite; every other row is a failure
-(an 'ok' row without a finite score is reported with the reason "status ok but score missing").
+``error``, ``model_version``; optional ``error_code``, ``mos`` (NaN when unlabelled), ``dataset``,
+``clip_scores``. A row counts as *ok* when ``status == 'ok'`` and its score is finite; every other
+row is a failure. Failures are grouped by kind, the row's ``error_code`` (``pipeline.stages.ERROR_CODES``),
+with example videos and messages per kind: on a catalog each message names its own file, so
+messages are examples, never groups. Rows without a code are "unclassified"; an 'ok' row without a
+finite score is "no_score".
 
 Metrics (SRCC, PLCC, KRCC, RMSE; PLCC/RMSE after the linear rescale of DESIGN 2.4) come from
 :mod:`model.metrics`, on the ok rows with a finite MOS, overall and per dataset. Note that pooling
@@ -42,8 +45,7 @@ from pipeline.storage import ShardStore, filesystem, is_local
 __all__ = ["build_report", "load_scores", "plot_score_hist", "plot_score_vs_mos", "render_markdown", "summarize"]
 
 NO_DATASET = "(none)"
-TOP_FAILURES = 20
-N_EXAMPLES = 3
+N_EXAMPLES = 3  # example videos (id and message) per kind of failure
 FIGSIZE = (6.0, 4.5)
 DPI = 120
 _QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
@@ -155,10 +157,20 @@ def _clip_stats(cells: pd.Series) -> dict[str, Any] | None:
 
 
 def _failure_message(row_error: Any, status: str) -> str:
-    if row_error is None or (isinstance(row_error, float) and math.isnan(row_error)) or not str(row_error).strip():
+    if _blank(row_error):
         return "status ok but score missing" if status == "ok" else f"{status} (no error message)"
     first = str(row_error).strip().splitlines()[0].strip()
     return first if len(first) <= 200 else first[:197] + "..."
+
+
+def _failure_kind(code: Any, status: str) -> str:
+    if status == "ok":
+        return "no_score"
+    return "unclassified" if _blank(code) else str(code)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
 def _group(df: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
@@ -198,14 +210,14 @@ def summarize(scores: pd.DataFrame, *, n_boot: int = 0, seed: int = 0) -> dict[s
     rep["model_versions"] = {str(k): int(v) for k, v in mv.value_counts().sort_index().items()}
 
     failed = df[~df["ok"]]
-    msgs = [_failure_message(e, s) for e, s in zip(failed["error"], failed["status"])]
-    by_msg: dict[str, list[str]] = {}
-    for msg, vid in zip(msgs, failed["video_id"].astype(str)):
-        by_msg.setdefault(msg, []).append(vid)
-    ranked = sorted(by_msg.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    rep["n_failure_reasons"] = len(ranked)
-    rep["failure_reasons"] = {msg: len(ids) for msg, ids in ranked[:TOP_FAILURES]}
-    rep["failure_examples"] = {msg: ids[:N_EXAMPLES] for msg, ids in ranked[:TOP_FAILURES]}
+    codes = failed["error_code"] if "error_code" in failed else [None] * len(failed)
+    by_kind: dict[str, list[dict[str, str]]] = {}
+    for code, msg, status, vid in zip(codes, failed["error"], failed["status"], failed["video_id"].astype(str)):
+        by_kind.setdefault(_failure_kind(code, status), []).append(
+            {"video_id": vid, "error": _failure_message(msg, status)})
+    ranked = sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    rep["failure_kinds"] = {kind: len(rows) for kind, rows in ranked}
+    rep["failure_examples"] = {kind: rows[:N_EXAMPLES] for kind, rows in ranked}
 
     clips = _clip_stats(df.loc[df["ok"], "clip_scores"]) if "clip_scores" in df else None
     if clips is not None:
@@ -384,12 +396,15 @@ def render_markdown(rep: Mapping[str, Any], files: Mapping[str, str]) -> str:
     if n_failed == 0:
         L.append("No failures." if n else "No videos.")
     else:
-        L += [f"{n_failed} of {n} videos failed, {rep['n_failure_reasons']} distinct reason(s)"
-              + (f" (top {TOP_FAILURES} shown)" if rep["n_failure_reasons"] > TOP_FAILURES else "") + ".", "",
-              "| error | videos | example video ids |", "|---|---:|---|"]
-        for msg, count in rep["failure_reasons"].items():
-            ex = ", ".join(f"`{_md(v)}`" for v in rep["failure_examples"][msg])
-            L.append(f"| {_md(msg)} | {count} | {ex} |")
+        from pipeline.stages import ERROR_CODES
+
+        meaning = {**ERROR_CODES, "unclassified": "a row without an error_code (an older table)",
+                   "no_score": "status ok but no finite score"}
+        L += [f"{n_failed} of {n} videos failed, {len(rep['failure_kinds'])} kind(s) of failure.", "",
+              "| kind | videos | what it means | examples (video: message) |", "|---|---:|---|---|"]
+        for kind, count in rep["failure_kinds"].items():
+            ex = "<br>".join(f"`{_md(e['video_id'])}`: {_md(e['error'])}" for e in rep["failure_examples"][kind])
+            L.append(f"| `{kind}` | {count} | {_md(meaning.get(kind, ''))} | {ex} |")
 
     L += ["", "## Plots", ""]
     if "score_hist" in files:

@@ -37,6 +37,7 @@ from model.rng import derive_seed
 
 from .inference import inter_segments, intra_clips
 from .storage import ShardStore, filesystem, is_local, make_key, stat_many
+from .video import ERROR_CODES as VIDEO_ERROR_CODES
 from .video import VideoDecodeError, VideoReader
 
 
@@ -173,14 +174,40 @@ def worker_label(device: torch.device) -> str:
     return f"local device={device}"
 
 
-def _error_message(exc: BaseException) -> str:
-    if isinstance(exc, VideoDecodeError):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return f"file not found: {exc}"
-    if isinstance(exc, MemoryError):
-        return "out of memory while processing this video"
-    return f"{type(exc).__name__}: {exc}"
+# Every kind of failure a row can record (`error_code`): the video's own (pipeline/video.py) and the
+# pipeline's. The report groups failures by these.
+ERROR_CODES = {
+    **VIDEO_ERROR_CODES,
+    "decoder_crashed": "the worker process died while reading the video (a native crash)",
+    "no_inter_embedding": "stage 2 found no usable inter embedding for this video in the cache",
+    "out_of_memory": "the process ran out of memory on this video",
+    "io_error": "reading the file failed (permissions, network, object store)",
+    "error": "anything else: the message names the exception",
+}
+
+
+class NoInterEmbedding(Exception):
+    """Stage 2 has no usable inter embedding for a video; `code` is the stage-1 row's code if it failed."""
+
+    def __init__(self, message: str, code: str = "no_inter_embedding") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def failure(exc: BaseException) -> dict[str, str]:
+    """The row fields of a video that failed with `exc`: status "error", `error` (a sentence a person
+    understands) and `error_code` (a key of ERROR_CODES)."""
+    if isinstance(exc, (VideoDecodeError, NoInterEmbedding)):
+        message, code = str(exc), exc.code
+    elif isinstance(exc, FileNotFoundError):
+        message, code = f"file not found: {exc}", "not_found"
+    elif isinstance(exc, MemoryError):
+        message, code = "out of memory while processing this video", "out_of_memory"
+    elif isinstance(exc, OSError):
+        message, code = f"{type(exc).__name__}: {exc}", "io_error"
+    else:
+        message, code = f"{type(exc).__name__}: {exc}", "error"
+    return {"status": "error", "error": message, "error_code": code}
 
 
 def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mapping[str, Any],
@@ -392,7 +419,7 @@ def _crash_rows(rows: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     out = []
     for r in rows.to_dict("records"):
         row = {name: (None if name not in r or _missing(r[name]) else r[name]) for name in schema.names}
-        row.update(status="error", error=CRASHED)
+        row.update(status="error", error=CRASHED, error_code="decoder_crashed")
         if "created_at" in schema.names:
             row["created_at"] = time.time()
         out.append(row)
@@ -502,7 +529,7 @@ def forward_grouped(prepared: list[_Prepared], videos: int, forward: Callable[[l
 INTER_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
     ("inter_version", pa.string()), ("embedding", pa.list_(pa.float32())), ("segments", pa.int32()),
-    ("status", pa.string()), ("error", pa.string()), ("num_frames", pa.int64()), ("width", pa.int32()),
+    ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()), ("num_frames", pa.int64()), ("width", pa.int32()),
     ("height", pa.int32()), ("fps", pa.float64()), ("stream", pa.int32()), ("read_notes", pa.string()),
     ("decode_s", pa.float64()), ("model_s", pa.float64()), ("created_at", pa.float64()), ("worker", pa.string()),
 ])
@@ -524,7 +551,7 @@ class InterExtractor:
 
     def prepare(self, r: Any) -> tuple[dict[str, Any], _Prepared | None]:
         row = {**_common_fields(r), "inter_version": self.version, "embedding": None, "segments": None,
-               "status": "ok", "error": None, "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None,
+               "status": "ok", "error": None, "error_code": None, "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None,
                "decode_s": 0.0, "model_s": 0.0, "created_at": time.time(), "worker": self.worker}
         t0 = time.perf_counter()
         try:
@@ -532,7 +559,7 @@ class InterExtractor:
                 segments = inter_segments(video, self.inter)
                 row.update(video_facts(video))
         except Exception as exc:  # one bad video never costs another its row
-            row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
+            row.update(**failure(exc), decode_s=time.perf_counter() - t0)
             return row, None
         row["decode_s"] = time.perf_counter() - t0
         return row, _Prepared(row, segments, None, make_generator(derive_seed(self.opts.seed, r.key)))
@@ -546,7 +573,7 @@ class InterExtractor:
         rows, prepared = _prepare_all(self.prepare, batch)
         for p, (emb, seconds) in zip(prepared, forward_grouped(prepared, self.forward_videos, self.forward)):
             if isinstance(emb, Exception):
-                p.row.update(status="error", error=_error_message(emb), model_s=seconds)
+                p.row.update(**failure(emb), model_s=seconds)
             else:
                 p.row.update(embedding=emb.flatten().numpy().astype(np.float32), segments=emb.shape[0],
                              model_s=seconds)
@@ -590,7 +617,9 @@ class InterCache:
         out: dict[str, dict[str, Any]] = {}
         for file, ks in wanted.items():
             path = self.store._p(*file.split("/"))
-            t = pq.read_table(path, filesystem=self.store.fs, columns=["key", "embedding", "segments", "status", "error"])
+            t = pq.read_table(path, filesystem=self.store.fs)  # shards of older versions lack error_code
+            t = t.select([c for c in ("key", "embedding", "segments", "status", "error", "error_code")
+                          if c in t.column_names])
             t = t.filter(pc.is_in(t["key"], pa.array(ks)))
             for row in t.to_pylist():
                 out[row["key"]] = row
@@ -602,7 +631,7 @@ class InterCache:
 SCORE_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
     ("mos", pa.float64()), ("dataset", pa.string()), ("score", pa.float64()), ("clip_scores", pa.list_(pa.float64())),
-    ("status", pa.string()), ("error", pa.string()), ("model_version", pa.string()), ("inter_key", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()), ("model_version", pa.string()), ("inter_key", pa.string()),
     ("clips", pa.int32()), ("seeded", pa.bool_()), ("num_frames", pa.int64()), ("width", pa.int32()),
     ("height", pa.int32()), ("fps", pa.float64()), ("stream", pa.int32()), ("read_notes", pa.string()),
     ("decode_s", pa.float64()), ("model_s", pa.float64()), ("created_at", pa.float64()), ("worker", pa.string()),
@@ -629,23 +658,24 @@ class Scorer:
         mos = float(r.mos) if getattr(r, "mos", None) is not None and not pd.isna(r.mos) else None
         dataset = getattr(r, "dataset", None)
         row = {**_common_fields(r), "mos": mos, "dataset": None if pd.isna(dataset) else str(dataset),
-               "score": None, "clip_scores": None, "status": "ok", "error": None, "model_version": self.version,
+               "score": None, "clip_scores": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
                "inter_key": r.inter_key, "clips": self.clips, "seeded": self.opts.seed is not None,
                "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None, "decode_s": 0.0, "model_s": 0.0,
                "created_at": time.time(), "worker": self.worker}
         t0 = time.perf_counter()
         try:
             if cached is None:
-                raise RuntimeError("no inter embedding in the cache for this video version (run extract-inter)")
+                raise NoInterEmbedding("no inter embedding in the cache for this video version (run extract-inter)")
             if cached["status"] != "ok":
-                raise VideoDecodeError(cached["error"] or "inter embedding failed")
+                raise NoInterEmbedding(cached["error"] or "inter embedding failed",
+                                       cached.get("error_code") or "no_inter_embedding")
             emb = torch.tensor(cached["embedding"], dtype=torch.float32).view(cached["segments"], -1)
             g = make_generator(derive_seed(self.opts.seed, r.key))
             with open_video(r.uri, self.opts.storage_options, self.opts.stream) as video:
                 clips = intra_clips(video, self.vqa.cfg.sampling, self.clips, g)
                 row.update(video_facts(video))
         except Exception as exc:
-            row.update(status="error", error=_error_message(exc), decode_s=time.perf_counter() - t0)
+            row.update(**failure(exc), decode_s=time.perf_counter() - t0)
             return row, None
         row["decode_s"] = time.perf_counter() - t0
         return row, _Prepared(row, clips, emb, g)
@@ -661,7 +691,7 @@ class Scorer:
         rows, prepared = _prepare_all(lambda r: self.prepare(r, cached.get(r.inter_key)), batch)
         for p, (per_clip, seconds) in zip(prepared, forward_grouped(prepared, self.forward_videos, self.forward)):
             if isinstance(per_clip, Exception):
-                p.row.update(status="error", error=_error_message(per_clip), model_s=seconds)
+                p.row.update(**failure(per_clip), model_s=seconds)
             else:
                 p.row.update(score=float(per_clip.mean()), clip_scores=[float(c) for c in per_clip], model_s=seconds)
         self.store.commit(None, _shard_table(rows, SCORE_SCHEMA), [r["key"] for r in rows])
@@ -701,6 +731,6 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd
 
 __all__ = [
     "INTER_SCHEMA", "SCORE_SCHEMA", "ActorPlan", "InterCache", "InterExtractor", "ModelSpec", "RunOptions", "Scorer",
-    "StageSummary", "actors_per_gpu", "video_facts", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
+    "StageSummary", "actors_per_gpu", "video_facts", "ERROR_CODES", "NoInterEmbedding", "failure", "extract_inter", "forward_grouped", "keyed_manifest", "load_table", "open_video",
     "plan_actors", "Progress", "score", "videos_per_forward",
 ]

@@ -110,7 +110,7 @@ import torch
 
 Source = str | os.PathLike | BinaryIO
 
-__all__ = ["VideoDecodeError", "VideoInfo", "VideoReader", "probe", "read_frames"]
+__all__ = ["ERROR_CODES", "VideoDecodeError", "VideoInfo", "VideoReader", "probe", "read_frames"]
 
 # Sequential decoding from frame 0 is chosen when it costs at most this many frames more than the
 # number of frames asked for (decoding a few hundred small frames beats demuxing + seeking).
@@ -119,8 +119,31 @@ _SEQUENTIAL_SLACK = 250
 _MIN_SEEK_GAIN = 32
 
 
+# The kinds of failure a video can have: a stable code per kind (rows' `error_code`; the report groups
+# failures by it), and what it means.
+ERROR_CODES = {
+    "not_found": "the file does not exist",
+    "empty": "the file has 0 bytes",
+    "not_a_video": "the data is not a container FFmpeg recognises (text, random bytes, a folder)",
+    "no_video_stream": "no moving video: audio only, or only an attached picture (cover art)",
+    "no_such_stream": "the stream asked for (--stream) is missing or not video",
+    "unsupported_codec": "no decoder for the video codec",
+    "truncated": "the file ends (or its index is damaged) before the frames it needs",
+    "damaged": "a frame in the middle cannot be decoded",
+    "out_of_range": "a frame index past the last frame was asked for",
+    "too_large": "the frame size exceeds a documented limit",
+}
+
+
 class VideoDecodeError(Exception):
-    """A video that cannot be (fully) decoded; the message says why in plain words."""
+    """A video that cannot be (fully) decoded; the message says why in plain words and ``code`` says
+    which kind of failure it is (a key of ERROR_CODES)."""
+
+    def __init__(self, message: str, code: str = "truncated") -> None:
+        super().__init__(message)
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -168,14 +191,14 @@ def _check_source(source: Any) -> None:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise VideoDecodeError(f"file not found: {path}")
+            raise VideoDecodeError(f"file not found: {path}", "not_found")
         if path.is_dir():
-            raise VideoDecodeError(f"not a video file (is a directory): {path}")
+            raise VideoDecodeError(f"not a video file (is a directory): {path}", "not_a_video")
         if path.stat().st_size == 0:
-            raise VideoDecodeError(f"file is empty (0 bytes): {path}")
+            raise VideoDecodeError(f"file is empty (0 bytes): {path}", "empty")
     elif hasattr(source, "read"):
         if not _head_bytes(source, 1):
-            raise VideoDecodeError(f"file is empty (0 bytes): {_describe(source)}")
+            raise VideoDecodeError(f"file is empty (0 bytes): {_describe(source)}", "empty")
     else:
         raise TypeError(
             f"source must be a path or a binary file object, got {type(source).__name__}"
@@ -207,10 +230,10 @@ def _open_container(source: Any) -> av.container.InputContainer:
         if _looks_like_mp4(head):
             raise VideoDecodeError(
                 f"truncated or corrupt video: MP4/MOV header present but the file cannot be "
-                f"opened (index missing or damaged): {_describe(source)} ({e.strerror or e})"
+                f"opened (index missing or damaged): {_describe(source)} ({e.strerror or e})", "truncated"
             ) from e
         raise VideoDecodeError(
-            f"not a video file (unrecognised data): {_describe(source)} ({e.strerror or e})"
+            f"not a video file (unrecognised data): {_describe(source)} ({e.strerror or e})", "not_a_video"
         ) from e
 
 
@@ -275,11 +298,12 @@ def _choose_stream(container: av.container.InputContainer, stream: int | None, s
         all_streams = list(container.streams)
         if not 0 <= stream < len(all_streams):
             raise VideoDecodeError(
-                f"no stream {stream}: the file has streams 0..{len(all_streams) - 1}: {_describe(source)}"
+                f"no stream {stream}: the file has streams 0..{len(all_streams) - 1}: {_describe(source)}",
+                "no_such_stream",
             )
         if all_streams[stream].type != "video":
             raise VideoDecodeError(
-                f"stream {stream} is {all_streams[stream].type}, not video: {_describe(source)}"
+                f"stream {stream} is {all_streams[stream].type}, not video: {_describe(source)}", "no_such_stream"
             )
         return stream
     vstreams = list(container.streams.video)
@@ -287,7 +311,8 @@ def _choose_stream(container: av.container.InputContainer, stream: int | None, s
     if not moving:
         if vstreams:
             raise VideoDecodeError(
-                f"not a video file (no video stream): only an attached picture (cover art): {_describe(source)}"
+                f"not a video file (no video stream): only an attached picture (cover art): {_describe(source)}",
+                "no_video_stream",
             )
         kinds = sorted({s.type for s in container.streams})
         if "audio" in kinds:
@@ -295,7 +320,7 @@ def _choose_stream(container: av.container.InputContainer, stream: int | None, s
             what = f"audio-only ({codecs})"
         else:
             what = "no streams" if not kinds else "only " + ", ".join(kinds) + " streams"
-        raise VideoDecodeError(f"not a video file (no video stream): {what}: {_describe(source)}")
+        raise VideoDecodeError(f"not a video file (no video stream): {what}: {_describe(source)}", "no_video_stream")
     default = [s for s in moving if s.disposition & av.stream.Disposition.default]
     return (default or moving)[0].index
 
@@ -403,7 +428,7 @@ class VideoReader:
         cc = self._vs.codec_context
         if first is None:
             if cc.codec is None:
-                raise VideoDecodeError(f"unsupported video codec: {_describe(self._source)}")
+                raise VideoDecodeError(f"unsupported video codec: {_describe(self._source)}", "unsupported_codec")
             raise VideoDecodeError(
                 f"truncated or corrupt video: could not decode a single frame ({cc.name}): {_describe(self._source)}"
             )
@@ -513,7 +538,7 @@ class VideoReader:
         if idx.max() >= n:
             raise VideoDecodeError(
                 f"frame index {int(idx.max())} out of range: the video has {n} frames "
-                f"(past the end): {_describe(self._source)}"
+                f"(past the end): {_describe(self._source)}", "out_of_range"
             )
         wanted = np.unique(idx)
         try:
@@ -568,7 +593,7 @@ class VideoReader:
                 lost = sorted(want - out.keys())
                 if lost:
                     raise VideoDecodeError(
-                        f"damaged video: frame {lost[0]} could not be decoded: {_describe(self._source)}"
+                        f"damaged video: frame {lost[0]} could not be decoded: {_describe(self._source)}", "damaged"
                     )
                 return out
         raise _Truncated(j)
@@ -693,11 +718,11 @@ def _read_frames_decord(source: Source, indices, *, threads: int = 0) -> torch.T
     try:
         vr = decord.VideoReader(uri, num_threads=threads)
     except Exception as e:  # decord raises bare RuntimeError/DECORDError
-        raise VideoDecodeError(f"decord could not open {_describe(source)}: {e}") from e
+        raise VideoDecodeError(f"decord could not open {_describe(source)}: {e}", "not_a_video") from e
     n = len(vr)
     if idx.size and idx.max() >= n:
         raise VideoDecodeError(
-            f"frame index {int(idx.max())} out of range: the video has {n} frames (past the end)"
+            f"frame index {int(idx.max())} out of range: the video has {n} frames (past the end)", "out_of_range"
         )
     wanted = np.unique(idx)
     if wanted.size == 0:

@@ -34,13 +34,13 @@ GOOD = {  # name -> writer; each must come out with status ok
     "raw_h264": V.raw_stream_clip,
     "webm_live": V.live_webm_clip,
 }
-BAD = {  # name -> (writer, words the error message must contain)
-    "missing": (V.missing_path, "not found"),
-    "zero_bytes": (V.empty_file, "empty"),
-    "truncated": (V.truncated_clip, "truncated"),
-    "not_video": (V.text_file, "not a video"),
-    "audio_only": (V.audio_only, "no video stream"),
-    "song_with_cover_art": (V.cover_art_only, "only an attached picture"),
+BAD = {  # name -> (writer, words the error message must contain, error_code)
+    "missing": (V.missing_path, "not found", "not_found"),
+    "zero_bytes": (V.empty_file, "empty", "empty"),
+    "truncated": (V.truncated_clip, "truncated", "truncated"),
+    "not_video": (V.text_file, "not a video", "not_a_video"),
+    "audio_only": (V.audio_only, "no video stream", "no_video_stream"),
+    "song_with_cover_art": (V.cover_art_only, "only an attached picture", "no_video_stream"),
 }
 
 
@@ -57,7 +57,7 @@ def zoo(tmp_path_factory) -> pd.DataFrame:
         sub = d / name
         sub.mkdir()
         paths[name] = write(sub)
-    for name, (write, _) in BAD.items():
+    for name, (write, *_) in BAD.items():
         sub = d / name
         sub.mkdir()
         paths[name] = write(sub)
@@ -76,10 +76,10 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tm
         row = table.loc[name]
         assert row["status"] == "ok" and pd.isna(row["error"]), (name, row["error"])
         assert len(row["clip_scores"]) == 4 and abs(row["score"] - sum(row["clip_scores"]) / 4) < 1e-6
-    for name, (_, words) in BAD.items():
+    for name, (_, words, code) in BAD.items():
         row = table.loc[name]
         assert row["status"] == "error" and pd.isna(row["score"]), name
-        assert words in row["error"], (name, row["error"])
+        assert words in row["error"] and row["error_code"] == code, (name, row["error"], row["error_code"])
     assert table.loc["portrait", "height"] > table.loc["portrait", "width"]
     assert table.loc["tiny_64x48", "width"] == 64
     # which stream was read, and how the file had to be read, are facts of the row
@@ -118,6 +118,7 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     table = load_table(cache).set_index("video_id")
     assert sorted(table.index) == sorted(paths) and table["key"].is_unique
     assert table.loc["crash", "status"] == "error" and table.loc["crash", "error"] == stages.CRASHED
+    assert table.loc["crash", "error_code"] == "decoder_crashed"
     assert table.loc["crash", "uri"] == str(paths["crash"])
     assert (table.drop(index="crash")["status"] == "ok").all()
 

@@ -91,9 +91,9 @@ def test_report_two_datasets(tmp_path):
     assert s["median"] == pytest.approx(np.median(scored))
     assert s["q05"] <= s["q25"] <= s["median"] <= s["q75"] <= s["q95"]
 
-    assert rep["failure_reasons"] == {"DecodeError: corrupt stream at frame 12": 2, "Timeout after 300 s": 2}
-    assert rep["failure_examples"] == {"DecodeError: corrupt stream at frame 12": ["v003", "v041"],
-                                       "Timeout after 300 s": ["v018", "v056"]}
+    assert rep["failure_kinds"] == {"unclassified": 4}  # this table has no error_code column
+    assert [e["video_id"] for e in rep["failure_examples"]["unclassified"]] == ["v003", "v018", "v041"]
+    assert rep["failure_examples"]["unclassified"][0]["error"] == "DecodeError: corrupt stream at frame 12"
     assert rep["model_versions"] == {"securevqa-1.0": 60}
     assert rep["clip_scores"]["clips_per_video_median"] == 3
     assert rep["clip_scores"]["within_video_std_mean"] == pytest.approx(np.std([-0.01, 0, 0.01]))
@@ -141,8 +141,8 @@ def test_all_failed(tmp_path):
     assert rep["n_ok"] == 0 and rep["n_failed"] == 6 and rep["failure_rate"] == 1.0
     assert rep["has_mos"] and rep["srcc"] is None and rep["n_metrics"] == 0  # JSON null, not NaN
     assert rep["score"]["mean"] is None
-    assert rep["failure_reasons"]["status ok but score missing"] == 1
-    assert sum(rep["failure_reasons"].values()) == 6
+    assert rep["failure_kinds"]["no_score"] == 1
+    assert sum(rep["failure_kinds"].values()) == 6
     assert not (tmp_path / "score_hist.png").exists() and not (tmp_path / "score_vs_mos.png").exists()
     md = (tmp_path / "report.md").read_text()
     assert "No video was scored" in md and "6 of 6 videos failed" in md
@@ -151,7 +151,7 @@ def test_all_failed(tmp_path):
 
 def test_empty_table(tmp_path):
     rep = build_report(pd.DataFrame({"key": pd.Series([], dtype=str)}), str(tmp_path))
-    assert rep["n_videos"] == 0 and rep["n_ok"] == 0 and rep["datasets"] == {} and rep["failure_reasons"] == {}
+    assert rep["n_videos"] == 0 and rep["n_ok"] == 0 and rep["datasets"] == {} and rep["failure_kinds"] == {}
     assert "empty" in (tmp_path / "report.md").read_text()
 
 
@@ -210,3 +210,20 @@ def test_s3(s3_endpoint):
     assert json.loads(fs.cat_file("reports/out/run1/report.json")) == rep
     assert read_png(fs.cat_file("reports/out/run1/score_vs_mos.png")).shape[:2] == (540, 720)
     assert math.isclose(rep["srcc"], summarize(df)["srcc"])
+
+
+def test_failures_are_grouped_by_kind_not_by_message(tmp_path):
+    """On a catalog every message names its own file; the kinds are few and stable."""
+    df = synthetic_scores(n=12, failures=range(9))
+    df["error_code"] = None
+    for i in range(9):
+        code, msg = (("truncated", f"truncated or corrupt video: could only decode {10 + i} of 90 frames: /d/v{i}.mp4")
+                     if i < 6 else ("not_found", f"file not found: /d/v{i}.mp4"))
+        df.loc[i, ["error_code", "error"]] = code, msg
+    rep = build_report(df, str(tmp_path))
+    assert rep["failure_kinds"] == {"truncated": 6, "not_found": 3}
+    assert [e["video_id"] for e in rep["failure_examples"]["not_found"]] == ["v006", "v007", "v008"]
+    assert rep["failure_examples"]["truncated"][0]["error"].endswith("/d/v0.mp4")
+    md = (tmp_path / "report.md").read_text()
+    assert "9 of 12 videos failed, 2 kind(s) of failure" in md and "| `truncated` | 6 |" in md
+    assert "the file does not exist" in md
