@@ -201,9 +201,12 @@ def grid_fragments(
 
     out_side = grid * patch
     _, t, h, w = v.shape
+    source_hw = None
     if min(h, w) < out_side:
+        # The grid is laid on the upsampled frame, but only the pixels the patches read are computed
+        # (`_bilinear_at`): upsampling a 1024x16 frame whole would take 14336x224 pixels per frame.
+        source_hw = (h, w)
         h, w = _upsampled_size(h, w, out_side)
-        v = _bilinear(v, (h, w))
 
     cell_h, cell_w = h // grid, w // grid
     num_blocks = -(-t // align)
@@ -232,8 +235,40 @@ def grid_fragments(
     t_idx = torch.arange(t, device=v.device).view(t, 1, 1, 1, 1)
     r_idx = row0[block].view(t, grid, 1, grid, 1) + p.view(1, 1, patch, 1, 1)
     c_idx = col0[block].view(t, grid, 1, grid, 1) + p.view(1, 1, 1, 1, patch)
-    out = v[:, t_idx, r_idx, c_idx]  # (C, T, grid, patch, grid, patch)
+    if source_hw is None:
+        out = v[:, t_idx, r_idx, c_idx]  # (C, T, grid, patch, grid, patch)
+    else:
+        out = _bilinear_at(v, (h, w), t_idx, r_idx, c_idx)
     return out.reshape(v.shape[0], t, out_side, out_side)
+
+
+def _bilinear_at(video: torch.Tensor, size: tuple[int, int], t_idx: torch.Tensor, r_idx: torch.Tensor,
+                 c_idx: torch.Tensor) -> torch.Tensor:
+    """``_bilinear(video, size)[:, t_idx, r_idx, c_idx]`` without building the resized frames.
+
+    The same arithmetic as PyTorch's bilinear kernel (align_corners=False, explicit output size):
+    source coordinate max((dst + 0.5) * in / out - 0.5, 0) in float32, the two neighbours along each
+    axis, rows blended after columns. Memory is that of the output, whatever the frame size.
+    """
+    _, _, h_in, w_in = video.shape
+    dev = video.device
+
+    def axis(idx: torch.Tensor, n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale = torch.tensor(n_in / n_out, dtype=torch.float32, device=dev)
+        src = ((idx.to(torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+        i0 = src.to(torch.long)
+        i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+        return i0, i1, src - i0
+
+    y0, y1, ly = axis(r_idx, h_in, size[0])
+    x0, x1, lx = axis(c_idx, w_in, size[1])
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:  # gather first: convert only what is read
+        return video[:, t_idx, yy, xx].to(torch.float32)
+
+    out = (1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1)) + ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1))
+    if video.dtype != torch.uint8:
+        return out.to(video.dtype)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resize_frames(

@@ -536,3 +536,32 @@ def test_normalize_errors():
         normalize(torch.zeros(4, 1, 2, 2))
     with pytest.raises(ValueError):
         normalize(torch.zeros(3, 2, 2))
+
+
+@pytest.mark.parametrize("hw", [(16, 1024), (1024, 16), (100, 150), (223, 400), (17, 33)])
+def test_small_frames_upsample_only_what_the_fragments_read(hw, monkeypatch):
+    """Fragments of a frame below 224 px equal those of the whole frame upsampled first (to float32
+    rounding: the gather blends in another order), but no full-size frame is ever built: memory per
+    clip is bounded by the output whatever the aspect ratio (a 1024x16 clip took 2.6 GB and 5.9 s)."""
+    from model import transforms as T
+
+    torch.manual_seed(0)
+    v = torch.randint(0, 256, (3, 8, *hw), dtype=torch.uint8)
+    up = T._upsampled_size(*hw, 224)
+    whole = {dt: T.grid_fragments(T._bilinear(v.to(dt), up), generator=torch.Generator().manual_seed(5))
+             for dt in (torch.uint8, torch.float32)}
+
+    def no_whole_frames(*_a, **_k):
+        raise AssertionError("a whole frame was upsampled")
+
+    monkeypatch.setattr(T, "_bilinear", no_whole_frames)
+    monkeypatch.setattr(T.F, "interpolate", no_whole_frames)
+    fast = T.grid_fragments(v, generator=torch.Generator().manual_seed(5))
+    assert fast.shape == (3, 8, 224, 224) and fast.dtype == torch.uint8
+    diff = (fast.int() - whole[torch.uint8].int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # a rounding flip at .5, rarely
+    x = v.float().requires_grad_()
+    fx = T.grid_fragments(x, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(fx, whole[torch.float32], rtol=0, atol=2e-3)  # 0-255 scale
+    fx.sum().backward()  # the attacks' differentiable path
+    assert x.grad is not None and x.grad.abs().sum() > 0
