@@ -215,12 +215,14 @@ def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mappin
     """Manifest rows with `content_key` and `key` = hash(uri, content key, version, *extra).
 
     Missing files get a content key of "missing" so they still get a row (status error) instead of
-    disappearing from the output.
+    disappearing from the output; a file whose stat or version failed gets "unidentified" and the reason
+    in `stat_error`, and the stage writes its error row from the driver (`_run`).
     """
     out = manifest.copy()
     if "content_key" not in out:  # stat once per run: score() passes its stats on to extract_inter()
-        stats = stat_many(out["uri"].tolist(), storage_options)
-        out["content_key"] = [s.content_key if s is not None else "missing" for s in (stats[u] for u in out["uri"])]
+        stats = [stat_many(out["uri"].tolist(), storage_options)[u] for u in out["uri"]] if len(out) else []
+        out["content_key"] = ["missing" if s is None else (s.content_key or "unidentified") for s in stats]
+        out["stat_error"] = [None if s is None else s.error for s in stats]
     out["key"] = [make_key(u, c, version, *extra) for u, c in zip(out["uri"], out["content_key"])]
     return out
 
@@ -357,6 +359,13 @@ def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, 
     retried one per call, so only the video that kills its worker gets an error row (CRASHED)."""
     import ray
 
+    if "stat_error" in todo:  # failed before any worker could see them: their rows come from here
+        unknown = todo[todo["stat_error"].notna()]
+        if len(unknown):
+            store.commit(None, _error_rows(unknown, udf.schema, unknown["stat_error"].tolist(), "io_error"),
+                         unknown["key"].tolist())
+            summary.failed += len(unknown)
+            todo = todo[todo["stat_error"].isna()]
     if todo.empty:
         return
     compute, resources = _compute(opts, store, summary.stage)
@@ -407,19 +416,20 @@ def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dic
                 raise
             actor = None
             summary.crashed += 1
-            store.commit(None, _crash_rows(one, udf.schema), one["key"].tolist())
+            store.commit(None, _error_rows(one, udf.schema, [CRASHED], "decoder_crashed"), one["key"].tolist())
         line = progress.update(i + 1, summary.crashed)
         if line:
             print(line, flush=True)
 
 
-def _crash_rows(rows: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    """Error rows of `schema` for videos that crashed their worker: the manifest's values where it has the
-    column, status error, CRASHED."""
+def _error_rows(rows: pd.DataFrame, schema: pa.Schema, messages: list[str], code: str) -> pa.Table:
+    """Error rows of `schema` written by the driver for videos no worker could finish (a crash, a file
+    whose version cannot be identified): the manifest's values where it has the column, status error,
+    the message (one per row, or one for all) and `code`."""
     out = []
-    for r in rows.to_dict("records"):
+    for i, r in enumerate(rows.to_dict("records")):
         row = {name: (None if name not in r or _missing(r[name]) else r[name]) for name in schema.names}
-        row.update(status="error", error=CRASHED, error_code="decoder_crashed")
+        row.update(status="error", error=messages[i if len(messages) > 1 else 0], error_code=code)
         if "created_at" in schema.names:
             row["created_at"] = time.time()
         out.append(row)

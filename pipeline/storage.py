@@ -162,6 +162,7 @@ class FileStat:
     uri: str
     size: int
     content_key: str
+    error: str | None = None  # why the file exists but no version of it could be identified (size -1, key "")
 
 
 def _local_key(path: str) -> tuple[int, str]:
@@ -171,7 +172,8 @@ def _local_key(path: str) -> tuple[int, str]:
 
 def _remote_key(info: Mapping[str, Any]) -> str:
     size = info.get("size", info.get("Size"))
-    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
+    etag = (info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
+            or info.get("Content-MD5") or info.get("Digest"))
     parts = []
     if etag:
         parts.append(f"etag={str(etag).strip(chr(34))}")
@@ -179,9 +181,11 @@ def _remote_key(info: Mapping[str, Any]) -> str:
     if version:
         parts.append(f"version={version}")
     if not etag:  # no content hash offered by this backend: fall back to modification time
-        mtime = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("last_modified")
+        mtime = (info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("last_modified")
+                 or info.get("Last-Modified"))  # HTTP(S): the header, with the size below
         if mtime is None:
-            raise ValueError(f"cannot identify a version of {info.get('name')!r}: no ETag, hash or mtime in {sorted(info)}")
+            raise ValueError(f"cannot identify a version of {info.get('name')!r}: the server sends no ETag, "
+                             f"content hash or Last-Modified (it sent {', '.join(sorted(info))})")
         parts.append(f"mtime={mtime.isoformat() if hasattr(mtime, 'isoformat') else mtime}")
     parts.append(f"size={size}")
     return "obj:" + ":".join(parts)
@@ -213,7 +217,9 @@ def stat_many(
     *,
     list_threshold: int = 16,
 ) -> dict[str, FileStat | None]:
-    """Size and :func:`content_key` of many files; ``None`` for files that do not exist.
+    """Size and :func:`content_key` of many files; ``None`` for files that do not exist, and a FileStat
+    with ``error`` set for a file whose version cannot be identified or whose stat failed (one file
+    never stops the others).
 
     Remote files are grouped by parent directory: a directory holding at least ``list_threshold``
     of the requested files is listed once (one request per 1000 objects on S3); the others get
@@ -231,6 +237,8 @@ def stat_many(
                 out[uri] = FileStat(uri, size, key)
             except (FileNotFoundError, NotADirectoryError):
                 out[uri] = None
+            except OSError as e:
+                out[uri] = FileStat(uri, -1, "", error=f"cannot read the file's size and time: {e}")
             continue
         fss[id(fs)] = fs
         by_dir[(id(fs), posixpath.dirname(path))].append((uri, path))
@@ -250,7 +258,7 @@ def stat_many(
             if e is None or e.get("type") == "directory":
                 out[uri] = None
             else:
-                out[uri] = FileStat(uri, int(e["size"]), _remote_key(e))
+                out[uri] = _stat(uri, e)
 
     for fs_id, items in heads.items():
         fs = fss[fs_id]
@@ -274,13 +282,22 @@ def stat_many(
         for (uri, _), info in zip(items, infos):
             if isinstance(info, FileNotFoundError):
                 out[uri] = None
+            elif isinstance(info, Exception):
+                out[uri] = FileStat(uri, -1, "", error=f"cannot stat the file: {type(info).__name__}: {info}")
             elif isinstance(info, BaseException):
                 raise info
             elif info.get("type") == "directory":
                 out[uri] = None
             else:
-                out[uri] = FileStat(uri, int(info["size"]), _remote_key(info))
+                out[uri] = _stat(uri, info)
     return {u: out[u] for u in uris}
+
+
+def _stat(uri: str, info: Mapping[str, Any]) -> FileStat:
+    try:
+        return FileStat(uri, int(info["size"]), _remote_key(info))
+    except (ValueError, KeyError, TypeError) as e:
+        return FileStat(uri, -1, "", error=str(e))
 
 
 async def _fresh_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:

@@ -123,6 +123,33 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     assert (table.drop(index="crash")["status"] == "ok").all()
 
 
+def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_row(ray_local, tmp_path):
+    """A CDN catalog: a plain HTTP server on loopback that sends Last-Modified but no ETag. Its videos
+    are identified by Last-Modified and size; one served with neither gets an error row, and the run
+    goes on (it used to abort before any video was scored)."""
+    from http_server import FileServer
+
+    from pipeline.storage import content_key
+
+    V.write_video(tmp_path / "a.mp4", 20, 64, 48)
+    V.write_video(tmp_path / "b.mp4", 24, 64, 48)
+    with FileServer(tmp_path) as url:
+        manifest = _manifest({"a": f"{url}/a.mp4", "b": f"{url}/b.mp4", "unversioned": f"{url}/noversion/a.mp4",
+                              "gone": f"{url}/nothing.mp4", "local": V.write_video(tmp_path / "c.mp4", 20, 64, 48)})
+        key = content_key(f"{url}/a.mp4")
+        assert key.startswith("obj:mtime=") and key.endswith(f"size={(tmp_path / 'a.mp4').stat().st_size}")
+        cache = str(tmp_path / "cache")
+        summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
+    assert (summary.videos, summary.done, summary.failed) == (5, 3, 2)
+    table = load_table(cache).set_index("video_id")
+    assert sorted(table.index) == ["a", "b", "gone", "local", "unversioned"]
+    assert (table.loc[["a", "b", "local"], "status"] == "ok").all()
+    assert table.loc["a", "num_frames"] == 20 and table.loc["b", "num_frames"] == 24
+    assert table.loc["unversioned", "error_code"] == "io_error"
+    assert "cannot identify a version" in table.loc["unversioned", "error"]
+    assert table.loc["gone", "error_code"] == "not_found"
+
+
 def test_seed_replays_scores_and_no_seed_draws_fresh(ray_local, zoo, tmp_path):
     ok = zoo[zoo["video_id"].isin(["normal", "short_wraps"])]
     runs = {}
