@@ -13,7 +13,8 @@
 * a glob (``*``, ``?``, ``[``): the matching video files, or, if it matches only manifest files,
   those manifests concatenated.
 
-Video extensions (case-insensitive): mp4, mkv, mov, webm, avi, m4v. Raw ``.yuv`` is *not*
+Video extensions (case-insensitive): ``VIDEO_EXTENSIONS`` (mp4, mkv, mov, webm, avi, ts, mpg, raw
+h264/hevc, ...). Raw ``.yuv`` is *not*
 discovered from directories: it has no header, so a decoder needs width/height/pixel format that
 a directory listing cannot give; list such files explicitly in a manifest (with extra columns).
 Hidden files (``.`` prefix, e.g. macOS ``._clip.mp4`` resource forks) are skipped.
@@ -42,7 +43,12 @@ from pipeline.storage import filesystem, is_local, to_uri
 
 __all__ = ["read_manifest", "resolve_uri", "VIDEO_EXTENSIONS", "MANIFEST_EXTENSIONS", "ManifestError"]
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"})
+# What directory and glob discovery picks up: the containers and raw streams users' catalogs hold
+# (broadcast captures .ts/.m2ts/.mts, DVD .vob/.mpg, raw .h264/.hevc, ...). A manifest may list any file.
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".vob",
+    ".flv", ".3gp", ".wmv", ".mxf", ".ogv", ".gif", ".h264", ".264", ".hevc", ".h265", ".265",
+})
 MANIFEST_EXTENSIONS = frozenset({".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"})
 COLUMNS = ["video_id", "uri", "mos", "dataset"]
 # Other names users give the standard columns (compared lower-case, "-" and " " read as "_").
