@@ -182,7 +182,7 @@ def test_cli_says_what_is_wrong_in_one_line_and_exits_2(tmp_path, capsys):
 
 
 def test_directories_find_broadcast_dvd_and_raw_stream_files(tmp_path):
-    for name in ("cap.ts", "cap.M2TS", "dvd.vob", "clip.mpg", "raw.h264", "raw.hevc", "old.flv", "notes.txt"):
+    names = {"cap.ts", "bc.M2TS", "dvd.vob", "clip.mpg", "raw.h264", "cam.hevc", "old.flv"}
+    for name in (*names, "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    found = {p.rsplit("/", 1)[1] for p in read_manifest(str(tmp_path))["uri"]}
-    assert found == {"cap.ts", "cap.M2TS", "dvd.vob", "clip.mpg", "raw.h264", "raw.hevc", "old.flv"}
+    assert {p.rsplit("/", 1)[1] for p in read_manifest(str(tmp_path))["uri"]} == names
