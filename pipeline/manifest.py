@@ -54,7 +54,7 @@ COLUMNS = ["video_id", "uri", "mos", "dataset"]
 # Other names users give the standard columns (compared lower-case, "-" and " " read as "_").
 COLUMN_ALIASES = {
     "uri": ("url", "path", "file", "filename", "file_name", "filepath", "file_path", "video_path", "location"),
-    "video_id": ("id", "videoid", "video_name", "name"),
+    "video_id": ("id", "videoid", "video_name"),  # not "name": often a content shared by several videos
     "mos": ("mean_opinion_score",),
     "dataset": (),
 }
@@ -129,7 +129,11 @@ def _read_manifest_file(fs, path: str) -> pd.DataFrame:
         raise ManifestError(f"empty manifest: {where}")
     try:
         if ext == ".csv":
-            df = pd.read_csv(io.BytesIO(raw), dtype={"video_id": str, "uri": str, "dataset": str})
+            # ids, uris and datasets stay text under any alias ("007" is not 7.0)
+            header = pd.read_csv(io.BytesIO(raw), nrows=0).columns
+            text = {c for c, std in _column_map(header, where).items() if std in ("video_id", "uri", "dataset")}
+            text |= {c for c in header if c in ("video_id", "uri", "dataset")}
+            df = pd.read_csv(io.BytesIO(raw), dtype={c: str for c in text})
         elif ext in (".parquet", ".pq"):
             df = pd.read_parquet(io.BytesIO(raw))
         elif ext == ".json" and raw.lstrip()[:1] == b"[":
@@ -153,22 +157,25 @@ def _read_manifest_file(fs, path: str) -> pd.DataFrame:
     return df
 
 
-def _standard_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Rename columns that are a standard column under another case or an alias (COLUMN_ALIASES)."""
+def _column_map(columns: Any, where: str) -> dict[Any, str]:
+    """{column: standard name} for columns that are a standard column under another case or an alias
+    (COLUMN_ALIASES); raises ManifestError when two columns could be the same one."""
     def norm(name: Any) -> str:
         return str(name).strip().lower().replace("-", "_").replace(" ", "_")
 
     rename: dict[Any, str] = {}
     for std in COLUMNS:
-        found = [c for c in df.columns if norm(c) == std] or [c for c in df.columns if norm(c) in COLUMN_ALIASES[std]]
+        found = [c for c in columns if norm(c) == std] or [c for c in columns if norm(c) in COLUMN_ALIASES[std]]
         if len(found) > 1:
             raise ManifestError(f"manifest {where}: columns {', '.join(map(repr, map(str, found)))} could all be "
                                 f"'{std}'; rename all but one")
-        if found and found[0] != std:
-            if std in df.columns:
-                continue  # the exact name wins over an alias
+        if found and found[0] != std and std not in list(columns):  # the exact name wins over an alias
             rename[found[0]] = std
-    return df.rename(columns=rename)
+    return rename
+
+
+def _standard_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    return df.rename(columns=_column_map(df.columns, where))
 
 
 def resolve_uri(fs, base_dir: str, uri: Any, where: str, row: int) -> str:
@@ -232,9 +239,10 @@ def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
         if len(clash):
             raise ManifestError(f"manifest {source}: {len(clash)} video(s) listed more than once with different mos "
                                 f"or dataset, e.g. {clash.index[0]!r}; keep one row per video")
-        log.warning("manifest %s lists %d video(s) more than once (e.g. %s); each is scored once (the first row kept)",
+        log.warning("manifest %s lists %d video(s) more than once (e.g. %s); each is scored once (the first "
+                    "row kept, with any value it lacks taken from the repeats)",
                     source, int(repeats.sum()), out.loc[repeats, "uri"].iloc[0])
-        out = out[~repeats].reset_index(drop=True)
+        out = out.groupby(["video_id", "uri"], sort=False, dropna=False).first().reset_index()[out.columns]
     dup = out["video_id"][out["video_id"].duplicated(keep=False)]
     if len(dup):
         groups = out[out["video_id"].isin(set(dup))].groupby("video_id", sort=True)["uri"].apply(list)

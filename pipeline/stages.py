@@ -36,7 +36,7 @@ from model.device import to_device
 from model.rng import derive_seed
 
 from .inference import inter_segments, intra_clips
-from .storage import ShardStore, filesystem, is_local, make_key, stat_many
+from .storage import ShardStore, filesystem, is_local, make_key, shard_id_for, stat_many
 from .video import ERROR_CODES as VIDEO_ERROR_CODES
 from .video import VideoDecodeError, VideoReader
 
@@ -118,6 +118,7 @@ class StageSummary:
     seconds: float = 0.0
     keys: list[str] = field(default_factory=list, repr=False)  # the row key of every input video
     crashed: int = 0  # of `failed`: videos whose worker process died (a native crash in the decoder)
+    failed_in_pool: int = field(default=0, repr=False)  # of `failed`: rows the actor pool returned
 
     def line(self) -> str:
         crashed = f" ({self.crashed} crashed their worker)" if self.crashed else ""
@@ -220,7 +221,8 @@ def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mappin
     """
     out = manifest.copy()
     if "content_key" not in out:  # stat once per run: score() passes its stats on to extract_inter()
-        stats = [stat_many(out["uri"].tolist(), storage_options)[u] for u in out["uri"]] if len(out) else []
+        by_uri = stat_many(out["uri"].tolist(), storage_options)  # once: one listing or HEAD per file
+        stats = [by_uri[u] for u in out["uri"]]
         out["content_key"] = ["missing" if s is None else (s.content_key or "unidentified") for s in stats]
         out["stat_error"] = [None if s is None else s.error for s in stats]
     out["key"] = [make_key(u, c, version, *extra) for u, c in zip(out["uri"], out["content_key"])]
@@ -339,14 +341,16 @@ CRASHED = "decoder crashed: the worker process died while reading this video (a 
 
 
 def _is_crash(exc: BaseException) -> bool:
-    """Whether `exc` (or what it wraps) says a worker process or actor died, not that the code raised."""
+    """Whether `exc` (or what it wraps) says a worker process died while it ran a task: a native crash
+    or the OOM killer. An actor whose constructor failed is not a crash of any video (it re-raises)."""
     import ray.exceptions as rex
 
-    kinds = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, kinds) or "ActorDiedError" in type(exc).__name__:
+        if getattr(exc, "actor_init_failed", False):
+            return False
+        if isinstance(exc, (rex.RayActorError, rex.WorkerCrashedError)) or "ActorDiedError" in type(exc).__name__:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -355,51 +359,77 @@ def _is_crash(exc: BaseException) -> bool:
 def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary,
          store: ShardStore) -> None:
     """Run `udf` (an actor class with a `schema` and `__call__(batch) -> summary frame` that commits its
-    rows) over `todo` with Ray Data. If worker processes keep dying, the videos not committed yet are
-    retried one per call, so only the video that kills its worker gets an error row (CRASHED)."""
-    import ray
+    rows) over `todo` with Ray Data.
 
+    Worker processes that die are restarted and their batches retried (CRASH_RETRIES per actor). If
+    the pool still fails, the first videos not finished yet (the ones the pool was on) are retried one
+    per call (`_isolate`), so only a video that kills its worker gets an error row (CRASHED), and a
+    fresh pool goes on with the rest; every round finishes at least one window of videos.
+    """
     if "stat_error" in todo:  # failed before any worker could see them: their rows come from here
         unknown = todo[todo["stat_error"].notna()]
         if len(unknown):
-            store.commit(None, _error_rows(unknown, udf.schema, unknown["stat_error"].tolist(), "io_error"),
-                         unknown["key"].tolist())
+            store.commit(_driver_shard(unknown["key"]), _error_rows(unknown, udf.schema, unknown["stat_error"].tolist(),
+                                                                    "io_error"), unknown["key"].tolist())
             summary.failed += len(unknown)
             todo = todo[todo["stat_error"].isna()]
     if todo.empty:
         return
     compute, resources = _compute(opts, store, summary.stage)
+    before = store.committed_keys()  # with --retry-errors, keys of earlier error rows are in here
+    seen: set[str] = set()
+    left = todo
+    crashed = False
+    progress = Progress(summary.stage, len(todo), opts.progress_s)
+    while len(left):
+        try:
+            _run_pool(left, udf, ctor, opts, compute, resources, summary, progress, seen)
+            break
+        except Exception as exc:
+            if not _is_crash(exc):
+                raise
+        crashed = True
+        done_now = seen | (store.committed_keys() - before)
+        left = left[~left["key"].isin(done_now)]
+        window = left.iloc[:2 * opts.batch_size * max(1, compute.max_size or 1)]
+        print(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times; retrying {len(window)} of the {len(left)} "
+              "videos not finished yet one at a time, then the rest as before", flush=True)
+        _isolate(window, udf, ctor, resources, summary, store, opts.progress_s)
+        seen.update(window["key"])
+        left = left.iloc[len(window):]
+    if crashed:  # batches may have committed without the driver seeing them: count from the store
+        table = store.read_table(columns=[store.key_column, "status"]).to_pandas()
+        table = table[table[store.key_column].isin(set(todo["key"]))]
+        failed_before = summary.failed - summary.failed_in_pool
+        summary.done = int((table["status"] == "ok").sum())
+        summary.failed = failed_before + int((table["status"] != "ok").sum())
+
+
+def _run_pool(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, compute: Any,
+              resources: dict[str, Any], summary: StageSummary, progress: "Progress", seen: set[str]) -> None:
+    import ray
+
     ds = ray.data.from_pandas(todo.reset_index(drop=True))
     # Keep blocks the size of a shard so actors start early and commit often.
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
     out = ds.map_batches(udf, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, batch_format="pandas",
                          compute=compute, max_restarts=CRASH_RETRIES, max_task_retries=CRASH_RETRIES, **resources)
-    progress = Progress(summary.stage, len(todo), opts.progress_s)
-    try:
-        for batch in out.iter_batches(batch_format="pandas", batch_size=None):
-            summary.done += int((batch["status"] == "ok").sum())
-            summary.failed += int((batch["status"] != "ok").sum())
-            line = progress.update(summary.done, summary.failed)
-            if line:
-                print(line, flush=True)
-    except Exception as exc:
-        if not _is_crash(exc):
-            raise
-        left = todo[~todo["key"].isin(store.committed_keys())]
-        print(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times on one batch; retrying the {len(left)} "
-              "videos not committed yet one at a time", flush=True)
-        summary.done = summary.failed = 0  # recounted from the store below: batches may have committed unseen
-        _isolate(left, udf, ctor, resources, summary, store, opts.progress_s)
-        table = store.read_table(columns=[store.key_column, "status"]).to_pandas()
-        table = table[table[store.key_column].isin(set(todo["key"]))]
-        summary.done = int((table["status"] == "ok").sum())
-        summary.failed = int((table["status"] != "ok").sum())
+    for batch in out.iter_batches(batch_format="pandas", batch_size=None):
+        seen.update(batch["key"])
+        ok = int((batch["status"] == "ok").sum())
+        summary.done += ok
+        summary.failed += len(batch) - ok
+        summary.failed_in_pool += len(batch) - ok
+        line = progress.update(summary.done, summary.failed)
+        if line:
+            print(line, flush=True)
 
 
 def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dict[str, Any],
              summary: StageSummary, store: ShardStore, progress_s: float) -> None:
     """One video per actor call: a call whose actor dies marks that video CRASHED (a row of `udf.schema`
-    from what the manifest row knows) and a fresh actor takes the next one."""
+    from what the manifest row knows) and a fresh actor takes the next one. An actor that cannot start
+    raises: that is no video's fault."""
     import ray
 
     actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(udf)
@@ -409,6 +439,7 @@ def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dic
         one = left.iloc[[i]].reset_index(drop=True)
         if actor is None:
             actor = actor_cls.remote(**ctor)
+            ray.get(actor.__ray_ready__.remote())  # a failing constructor raises here, not as a crash
         try:
             ray.get(actor.__call__.remote(one))
         except Exception as exc:
@@ -416,19 +447,33 @@ def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dic
                 raise
             actor = None
             summary.crashed += 1
-            store.commit(None, _error_rows(one, udf.schema, [CRASHED], "decoder_crashed"), one["key"].tolist())
+            store.commit(_driver_shard(one["key"]), _error_rows(one, udf.schema, [CRASHED], "decoder_crashed"),
+                         one["key"].tolist())
         line = progress.update(i + 1, summary.crashed)
         if line:
             print(line, flush=True)
 
 
+def _driver_shard(keys: Iterable[str]) -> str:
+    """Shard id of rows the driver writes: never the id a worker's later shard of the same keys gets
+    (`storage.shard_id_for`), or a retried video's good row would count as already committed."""
+    return f"driver-{shard_id_for(keys)}"
+
+
+# Row columns the driver copies from the manifest into the rows it writes (identity and labels only:
+# a user's own column may share a name with an output column and not its type).
+_IDENTITY = ("key", "video_id", "uri", "content_key", "mos", "dataset", "inter_key", "defenses", "attack",
+             "adaptive", "q_mos", "clean_score", "target")
+
+
 def _error_rows(rows: pd.DataFrame, schema: pa.Schema, messages: list[str], code: str) -> pa.Table:
     """Error rows of `schema` written by the driver for videos no worker could finish (a crash, a file
-    whose version cannot be identified): the manifest's values where it has the column, status error,
-    the message (one per row, or one for all) and `code`."""
+    whose version cannot be identified): the manifest's identity columns, status error, the message
+    (one per row, or one for all) and `code`."""
     out = []
     for i, r in enumerate(rows.to_dict("records")):
-        row = {name: (None if name not in r or _missing(r[name]) else r[name]) for name in schema.names}
+        row = {name: (r[name] if name in _IDENTITY and name in r and not _missing(r[name]) else None)
+               for name in schema.names}
         row.update(status="error", error=messages[i if len(messages) > 1 else 0], error_code=code)
         if "created_at" in schema.names:
             row["created_at"] = time.time()
@@ -566,8 +611,10 @@ class InterExtractor:
         t0 = time.perf_counter()
         try:
             with open_video(r.uri, self.opts.storage_options, self.opts.stream) as video:
-                segments = inter_segments(video, self.inter)
-                row.update(video_facts(video))
+                try:
+                    segments = inter_segments(video, self.inter)
+                finally:  # a video that fails while being read still says what it is
+                    row.update(video_facts(video))
         except Exception as exc:  # one bad video never costs another its row
             row.update(**failure(exc), decode_s=time.perf_counter() - t0)
             return row, None
@@ -682,8 +729,10 @@ class Scorer:
             emb = torch.tensor(cached["embedding"], dtype=torch.float32).view(cached["segments"], -1)
             g = make_generator(derive_seed(self.opts.seed, r.key))
             with open_video(r.uri, self.opts.storage_options, self.opts.stream) as video:
-                clips = intra_clips(video, self.vqa.cfg.sampling, self.clips, g)
-                row.update(video_facts(video))
+                try:
+                    clips = intra_clips(video, self.vqa.cfg.sampling, self.clips, g)
+                finally:  # a video that fails while being read still says what it is
+                    row.update(video_facts(video))
         except Exception as exc:
             row.update(**failure(exc), decode_s=time.perf_counter() - t0)
             return row, None

@@ -246,7 +246,8 @@ def stat_many(
     heads: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for (fs_id, parent), items in by_dir.items():
         fs = fss[fs_id]
-        if len(items) < list_threshold:
+        # HTTP has no directory listing to trust (404, 403 or an HTML page): always one HEAD per file.
+        if len(items) < list_threshold or _protocols(fs) & {"http", "https"}:
             heads[fs_id].extend(items)
             continue
         try:
@@ -291,6 +292,11 @@ def stat_many(
             else:
                 out[uri] = _stat(uri, info)
     return {u: out[u] for u in uris}
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    p = fs.protocol
+    return {p} if isinstance(p, str) else set(p)
 
 
 def _stat(uri: str, info: Mapping[str, Any]) -> FileStat:

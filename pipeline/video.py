@@ -145,6 +145,9 @@ class VideoDecodeError(Exception):
             raise ValueError(f"unknown error code {code!r}")
         self.code = code
 
+    def __reduce__(self):  # the code survives pickling (Ray sends exceptions between processes)
+        return type(self), (str(self), self.code)
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -330,7 +333,7 @@ class _PacketTable:
     """Presentation timestamps of the frames a player shows, from demuxing (no decoding)."""
 
     pts: list[int]  # sorted; frame i has pts[i]
-    keys: list[int]  # sorted pts of keyframes among them
+    keys: list[int]  # sorted pts of keyframes to seek to, hidden ones (edit lists) included
 
 
 # ----------------------------------------------------------------------------- reader
@@ -357,6 +360,7 @@ class VideoReader:
             self._table: _PacketTable | None = None
             self._table_built = False
             self._seek_unreliable = False
+            self._first_pts: int | None = None  # of the first frame a cold decoder outputs
             self._info = self._read_info(verify=False)
         except BaseException:
             self._container.close()
@@ -425,6 +429,7 @@ class VideoReader:
     # -- probing
     def _read_info(self, verify: bool) -> VideoInfo:
         first = self._first_frame()
+        self._first_pts = None if first is None else first.pts
         cc = self._vs.codec_context
         if first is None:
             if cc.codec is None:
@@ -509,19 +514,24 @@ class VideoReader:
             for packet in self._container.demux(self._vs):
                 if packet.size == 0 and packet.pts is None:
                     continue  # flush packet
+                if packet.is_keyframe and packet.pts is not None:
+                    keys.append(packet.pts)  # a seek point even when an edit list hides its frame
                 if packet.is_discard:
                     continue  # hidden by an edit list: the decoder never outputs it
                 if packet.pts is None:
                     ok = False
                     break
                 pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keys.append(packet.pts)
         except av.error.FFmpegError:
             pass  # truncated: the table holds what exists
         self._table_built = True
+        first = self._first_pts
+        if first is not None:
+            # A decoder that starts cold never outputs what comes before its first frame (P-frames
+            # before the first keyframe of a capture cut mid-stream, open-GOP leading pictures).
+            pts = [p for p in pts if p >= first]
         if ok and pts and keys and len(set(pts)) == len(pts):
-            self._table = _PacketTable(sorted(pts), sorted(keys))
+            self._table = _PacketTable(sorted(pts), sorted(set(keys)))
         return self._table
 
     # -- reading
@@ -569,7 +579,9 @@ class VideoReader:
             raise _Truncated(len(table.pts) - 1)
         try:
             return self._decode_seeking(wanted, table)
-        except (_LandedLate, _SeekFailed, _Truncated):
+        except _Truncated:
+            return self._decode_sequential(wanted)  # the authority on where the data ends
+        except (_LandedLate, _SeekFailed):
             # Never reject a file that decodes from the start: that is the authority.
             self._note("seeking unreliable: frames decoded from the start")
             self._seek_unreliable = True  # for every later read of this file too
@@ -622,7 +634,7 @@ class VideoReader:
         reached_max = -1
         for target in wanted.tolist():
             k_pos = max(bisect.bisect_right(keys, pts[target]) - 1, 0)
-            key_idx = index_of[keys[k_pos]]
+            key_idx = bisect.bisect_left(pts, keys[k_pos])  # first presented frame from that keyframe
             fresh = it is None or key_idx - cur >= _MIN_SEEK_GAIN
             while True:
                 if fresh:
@@ -648,6 +660,8 @@ class VideoReader:
                     raise _LandedLate()
                 k_pos -= 1  # step back one keyframe and try again
                 fresh = True
+        if want - out.keys():
+            raise _LandedLate()  # the decoder skipped a wanted frame: let decoding from the start decide
         return out
 
 

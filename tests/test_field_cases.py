@@ -30,6 +30,7 @@ KINDS = {
     "editlist_h264_mp4": (lambda d: tv.edit_list_clip(d, 40, 7), 33, 7, 0, 25.0, None),
     "editlist_hevc_mov": (lambda d: tv.edit_list_clip(d, 50, 3, ext="mov", codec="libx265"), 47, 3, 0, 25.0, None),
     "editlist_long_mp4": (lambda d: tv.edit_list_clip(d, 400, 12), 388, 12, 0, 25.0, None),
+    "editlist_mid_gop": (lambda d: tv.edit_list_clip(d, 400, 7), 393, 7, 0, 25.0, None),
     "ts_mpeg2_long": (lambda d: tv.mpegts_clip(d, 600), 600, 0, 0, 25.0, None),
     "ts_h264": (lambda d: tv.mpegts_clip(d, 90, codec="libx264"), 90, 0, 0, 25.0, None),
     "ps_mpeg2": (lambda d: tv.program_stream_clip(d, 300), 300, 0, 0, 25.0, NO_TIMESTAMPS),
@@ -64,6 +65,8 @@ def test_each_kind_reads_the_presented_frames(corpus, kind):
         got = [tv.decode_index(f) for f in v.read(idx)]
         assert got == [first + i for i in idx]  # exactly the frames asked for
         assert (note is None) or any(note in n for n in v.notes), v.notes
+        if kind.startswith("editlist"):  # hidden keyframes are still seek points: no fallback
+            assert not v.notes, v.notes
         with pytest.raises(VideoDecodeError, match="out of range"):
             v.read([count])
     assert probe(path) == info == probe(path)  # the same facts every time (no stale stream handle)
@@ -147,3 +150,18 @@ def test_users_files(name):
     assert len(frames) == count  # presented frames: what a player shows from the start
     for k, i in enumerate(idx):
         assert np.array_equal(got[k], frames[i]), f"frame {i}"
+
+
+def test_a_capture_cut_mid_stream_counts_what_decodes(corpus):
+    """A broadcast capture cut at an arbitrary packet: the pictures before the first keyframe cannot be
+    decoded by anyone, so they are not counted, and frame i is the i-th picture a player shows."""
+    whole = tv.mpegts_clip(corpus, 300)
+    data = whole.read_bytes()
+    cut = corpus / "cut_capture.ts"
+    cut.write_bytes(data[(len(data) // 3) // 188 * 188:])  # a TS packet boundary in the middle of a GOP
+    with VideoReader(cut) as v:
+        n = v.info.num_frames
+        frames = v.read([0, 1, n // 2, n - 1])
+    first = tv.decode_index(frames[0])
+    assert 0 < first and 150 < n < 300 and first + n == 300
+    assert [tv.decode_index(f) for f in frames] == [first, first + 1, first + n // 2, first + n - 1]

@@ -150,6 +150,11 @@ def test_column_names_match_case_insensitively_with_aliases(tmp_path):
         assert df["uri"].tolist() == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")] and df["mos"].tolist() == [3.5, 2.0]
     (tmp_path / "ids.csv").write_text("ID,URI,Dataset\nv1,a.mp4,k\n")
     assert read_manifest(str(tmp_path / "ids.csv"))[["video_id", "dataset"]].values.tolist() == [["v1", "k"]]
+    (tmp_path / "num.csv").write_text("id,path\n007,a.mp4\n,b.mp4\n12,c.mp4\n")  # ids stay text
+    assert read_manifest(str(tmp_path / "num.csv"))["video_id"].tolist() == ["007", "b", "12"]
+    (tmp_path / "content.csv").write_text("uri,name,mos\na.mp4,park,3\nb.mp4,park,4\n")  # name: a content
+    df = read_manifest(str(tmp_path / "content.csv"))
+    assert df["video_id"].tolist() == ["a", "b"] and df["name"].tolist() == ["park", "park"]
     (tmp_path / "both.csv").write_text("url,path\na.mp4,b.mp4\n")
     with pytest.raises(ManifestError, match="columns 'url', 'path' could all be 'uri'"):
         read_manifest(str(tmp_path / "both.csv"))
@@ -159,10 +164,10 @@ def test_column_names_match_case_insensitively_with_aliases(tmp_path):
 
 
 def test_a_file_listed_twice_is_one_video(tmp_path, caplog):
-    (tmp_path / "m.csv").write_text("uri,mos\na.mp4,3\nb.mp4,4\na.mp4,3\n./a.mp4,\n")
+    (tmp_path / "m.csv").write_text("uri,mos\na.mp4,\nb.mp4,4\na.mp4,3\n./a.mp4,\n")
     with caplog.at_level("WARNING", logger="pipeline.manifest"):
         df = read_manifest(str(tmp_path / "m.csv"))
-    assert df["video_id"].tolist() == ["a", "b"] and df["mos"].tolist() == [3.0, 4.0]
+    assert df["video_id"].tolist() == ["a", "b"] and df["mos"].tolist() == [3.0, 4.0]  # the label is kept
     assert "lists 2 video(s) more than once" in caplog.text
     (tmp_path / "n.csv").write_text("uri,mos\na.mp4,3\na.mp4,5\n")
     with pytest.raises(ManifestError, match="listed more than once with different mos or dataset, e.g. 'a'"):

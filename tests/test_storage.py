@@ -302,3 +302,21 @@ def test_losing_the_manifest_race_is_a_clean_no_op(store_root):
     st = ShardStore(root, opts)
     assert st.read_table().column("score").to_pylist() == [1.0, 1.0]
     assert st.orphans() == []
+
+
+def test_stat_many_over_http_never_trusts_a_folder_listing(tmp_path):
+    """A CDN folder answers 404 (or 403, or an HTML page): each of many files gets its own HEAD and a
+    version from Last-Modified and size; one the server sends no version for gets an error, not None."""
+    from http_server import FileServer
+
+    for i in range(20):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"x" * (100 + i))
+    with FileServer(tmp_path) as url:
+        uris = [f"{url}/v{i}.mp4" for i in range(20)] + [f"{url}/noversion/v0.mp4", f"{url}/gone.mp4"]
+        stats = stat_many(uris, list_threshold=16)
+    for i in range(20):
+        s = stats[f"{url}/v{i}.mp4"]
+        assert s.size == 100 + i and s.error is None and s.content_key.startswith("obj:mtime=")
+    assert stats[f"{url}/gone.mp4"] is None
+    bad = stats[f"{url}/noversion/v0.mp4"]
+    assert bad.content_key == "" and "cannot identify a version" in bad.error
