@@ -39,7 +39,7 @@ from model import InterEmbedder, SecureVQA, create_model, load_intra_pretrained,
 from model.securevqa import guard_per_video
 from model.fusion import FusionHead
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
-from model.metrics import quality_metrics
+from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
 from model.rng import derive_seed
 
@@ -253,17 +253,31 @@ def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any]) -> None:
 # ----------------------------------------------------------------------------- validation
 
 @torch.no_grad()
-def evaluate(models: Mapping[str, SecureVQA], loader: DataLoader, seed: int) -> dict[str, dict[str, Any]]:
-    """Scores every validation video with each model on the same clips and guardian maps."""
+def evaluate(models: Mapping[str, SecureVQA], loader: DataLoader, seed: int,
+             groups: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Scores every validation video with each model on the same clips and guardian maps: the
+    quality_metrics over all videos, and with `groups` (each video's content, by dataset index) also
+    `within_srcc`, the mean SRCC inside each content: one model can order the qualities of every
+    content right and still lose pooled SRCC to content offsets."""
     preds: dict[str, list[float]] = {name: [] for name in models}
     labels: list[float] = []
+    order: list[int] = []
     for clips, inter, mos, idx in loader:
         for name, m in models.items():
             m.eval()
             g = make_generator(derive_seed(seed, "val-guardian", int(idx[0])))
             preds[name].extend(m(clips, inter, generator=g).mean(1).tolist())
         labels.extend(mos.tolist())
-    return {name: quality_metrics(np.asarray(p), np.asarray(labels)) for name, p in preds.items()}
+        order.extend(int(i) for i in idx)
+    out = {name: quality_metrics(np.asarray(p), np.asarray(labels)) for name, p in preds.items()}
+    if groups:
+        g = np.asarray([groups[i] for i in order])
+        y = np.asarray(labels)
+        for name, p in preds.items():
+            p = np.asarray(p)
+            per = [srcc(p[g == k], y[g == k]) for k in np.unique(g) if (g == k).sum() > 2]
+            out[name]["within_srcc"] = float(np.nanmean(per)) if per else float("nan")
+    return out
 
 
 # ----------------------------------------------------------------------------- the per-worker loop
@@ -356,8 +370,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
         if val_loader is None:
             return
         t1 = time.perf_counter()
-        for name, m in evaluate({"raw": vqa, "ema": ema.module}, val_loader, seed).items():
-            record.update({f"val_{name}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse")})
+        groups = [r.get("group", "") for r in config["val"]]
+        for name, m in evaluate({"raw": vqa, "ema": ema.module}, val_loader, seed, groups).items():
+            record.update({f"val_{name}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse", "within_srcc")})
         record["val_s"] = time.perf_counter() - t1
 
     if start_epoch == 0 and rank == 0 and val_loader is not None:
@@ -427,6 +442,8 @@ def _epoch_line(r: Mapping[str, Any]) -> str:
     for name in ("raw", "ema"):
         if r.get(f"val_{name}_srcc") is not None:
             s += f"; val {name} SRCC {r[f'val_{name}_srcc']:.4f} PLCC {r[f'val_{name}_plcc']:.4f}"
+            if r.get(f"val_{name}_within_srcc") is not None:
+                s += f" (SRCC within contents {r[f'val_{name}_within_srcc']:.4f})"
     return s
 
 
@@ -546,7 +563,8 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     if cfg.group_column and cfg.group_column not in manifest:
         raise ValueError(f"--group-by {cfg.group_column!r}: no such column in the training manifest")
     train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column)
-    val_rows = _inter_rows(val, spec, versions, cache_uri, so) if val is not None else []
+    val_group = cfg.group_column if val is not None and cfg.group_column in val else None
+    val_rows = _inter_rows(val, spec, versions, cache_uri, so, val_group) if val is not None else []
     print(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
           f"{run.workers} worker(s); output {output}", flush=True)
     use_gpu = run.use_gpu if run.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))

@@ -274,3 +274,24 @@ def test_inter_calibration_is_saved_once_and_read_back(sets, tmp_path):
     assert torch.equal(inter.fastpath.state_dict()[next(iter(means))], next(iter(means.values())))
     calibrated = ModelSpec(preset="tiny-cpu", inter_checkpoint=uri).versions()["inter"]
     assert calibrated != spec.versions()["inter"]  # new weights, new stage-1 cache keys
+
+
+def test_validation_reports_srcc_within_each_content():
+    """A model that orders every content's qualities right but adds a content offset: pooled SRCC
+    is low, SRCC within contents is 1 (issue 12: report both)."""
+    from pipeline.train import evaluate
+
+    labels = [1.0, 2.0, 3.0, 4.0] * 3
+    groups = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    offset = {"a": 10.0, "b": 0.0, "c": -10.0}
+    preds = [y + offset[g] for y, g in zip(labels, groups)]
+
+    class Stub(torch.nn.Module):
+        def forward(self, clips, inter, generator=None):
+            return clips.view(-1, 1)  # the "clip" carries the prediction
+
+    loader = [(torch.tensor([p]), torch.zeros(1), torch.tensor([y]), torch.tensor([i]))
+              for i, (p, y) in enumerate(zip(preds, labels))]
+    out = evaluate({"m": Stub()}, loader, seed=0, groups=groups)["m"]
+    assert out["within_srcc"] == pytest.approx(1.0) and out["srcc"] < 0.5
+    assert "within_srcc" not in evaluate({"m": Stub()}, loader, seed=0)["m"]
