@@ -85,6 +85,9 @@ def main(work: Path) -> dict:
         watcher.join(timeout=1)
     table = load_table(out)
     raw_rows = sum(m["num_rows"] for m in store.manifests())
+    deadline = time.time() + 30  # the GCS marks a removed node dead after its health checks time out
+    while removed and sum(n["Alive"] for n in ray.nodes()) > 3 and time.time() < deadline:
+        time.sleep(0.5)
     result = {
         "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU")},
         "inter_line": inter_summary.line(), "score_line": s2.line(), "seconds": time.perf_counter() - t0,
