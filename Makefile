@@ -29,7 +29,7 @@ demo: $(STAMP)
 # run a session committed in model/weights/demo_run (started without the extra content) and saves its
 # state back there; commit it.
 demo-model: $(STAMP)
-	$(BIN)/python -m jobs.demo_model --no-extra-content --resume-from model/weights/demo_run --save-state model/weights/demo_run --install
+	$(BIN)/python -m jobs.demo_model --resume-from model/weights/demo_run --save-state model/weights/demo_run --install
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
