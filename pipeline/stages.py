@@ -118,7 +118,6 @@ class StageSummary:
     seconds: float = 0.0
     keys: list[str] = field(default_factory=list, repr=False)  # the row key of every input video
     crashed: int = 0  # of `failed`: videos whose worker process died (a native crash in the decoder)
-    failed_in_pool: int = field(default=0, repr=False)  # of `failed`: rows the actor pool returned
 
     def line(self) -> str:
         crashed = f" ({self.crashed} crashed their worker)" if self.crashed else ""
@@ -366,6 +365,7 @@ def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, 
     per call (`_isolate`), so only a video that kills its worker gets an error row (CRASHED), and a
     fresh pool goes on with the rest; every round finishes at least one window of videos.
     """
+    unknown = todo.iloc[:0]
     if "stat_error" in todo:  # failed before any worker could see them: their rows come from here
         unknown = todo[todo["stat_error"].notna()]
         if len(unknown):
@@ -400,9 +400,8 @@ def _run(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, 
     if crashed:  # batches may have committed without the driver seeing them: count from the store
         table = store.read_table(columns=[store.key_column, "status"]).to_pandas()
         table = table[table[store.key_column].isin(set(todo["key"]))]
-        failed_before = summary.failed - summary.failed_in_pool
         summary.done = int((table["status"] == "ok").sum())
-        summary.failed = failed_before + int((table["status"] != "ok").sum())
+        summary.failed = len(unknown) + int((table["status"] != "ok").sum())
 
 
 def _run_pool(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, compute: Any,
@@ -419,7 +418,6 @@ def _run_pool(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOpti
         ok = int((batch["status"] == "ok").sum())
         summary.done += ok
         summary.failed += len(batch) - ok
-        summary.failed_in_pool += len(batch) - ok
         line = progress.update(summary.done, summary.failed)
         if line:
             print(line, flush=True)
