@@ -272,6 +272,9 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--calibrate-inter", type=int, default=0, metavar="N",
                    help="estimate the frozen fast pathway's BatchNorm statistics on N training videos "
                    "(a randomly initialised pathway; never with pretrained SlowFast weights)")
+    r.add_argument("--texture-weight", type=float, default=0.0,
+                   help="weight of the texture-statistics target on the final intra tokens (model/pretext.py): "
+                   "teaches a randomly initialised Swin to measure local energy (docs/training.md)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -313,6 +316,7 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
         loss=LossConfig(kind=args.loss, rank_zscore=args.rank_zscore, batch_weight=args.batch_weight,
                         margin=args.margin),
         grad_clip=args.grad_clip, align_groups=args.align_groups, calibrate_inter=args.calibrate_inter,
+        texture_weight=args.texture_weight,
         freeze_backbone=splits if args.freeze_backbone is None else True,
         reinit_head=splits if args.reinit_head is None else True, val_clips=args.val_clips,
         group_column=args.group_by, group_size=args.group_size, head_dropout=args.head_dropout,

@@ -29,10 +29,10 @@ from jobs.cli import main as cli
 
 # docs/training.md ("The demo model") says why each value.
 RECIPE = [
-    "--preset", "tiny-cpu", "--epochs", "16", "--batch-size", "8", "--group-by", "source", "--group-size", "2",
+    "--preset", "tiny-cpu", "--epochs", "30", "--batch-size", "8", "--group-by", "source", "--group-size", "2",
     "--align-groups", "--loss", "margin", "--margin", "0.1", "--batch-weight", "0.1", "--grad-clip", "1.0",
     "--head-lr", "1e-3", "--backbone-lr", "5e-4", "--warmup-epochs", "2", "--ema-decay", "0.995",
-    "--val-clips", "2", "--head-dropout", "0.1", "--calibrate-inter", "32",
+    "--val-clips", "2", "--head-dropout", "0.1", "--calibrate-inter", "32", "--texture-weight", "1.0",
 ]
 
 

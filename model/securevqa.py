@@ -97,10 +97,12 @@ class SecureVQA(nn.Module):
         return self
 
     def forward(
-        self, clips: Tensor, inter: Tensor, *, generator: Generators = None, guardian: bool | None = None
-    ) -> Tensor:
+        self, clips: Tensor, inter: Tensor, *, generator: Generators = None, guardian: bool | None = None,
+        return_features: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """`generator`: one, or one per video (batches across videos, `guard_per_video`); `guardian`
-        overrides the module's switch for this call (the defense ablations)."""
+        overrides the module's switch for this call (the defense ablations). `return_features`: also
+        return the intra features (B*K, C, T', h, w) before the spatial mean (training targets on tokens)."""
         if clips.ndim == 5:
             clips = clips[:, None]
         if clips.ndim != 6 or clips.shape[2] != 3:
@@ -114,7 +116,8 @@ class SecureVQA(nn.Module):
         with autocast(self.precision, x.device.type, force=self.amp):
             feats = torch.cat([self.intra(part) for part in micro_batches(x, self.micro_batch)]).float()
             tokens = self.head(feats, inter.float().repeat_interleave(k, dim=0))  # (B*K, T')
-        return tokens.float().mean(1).view(b, k)
+        scores = tokens.float().mean(1).view(b, k)
+        return (scores, feats) if return_features else scores
 
     def score(self, clips: Tensor, inter: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """One score per video: the mean over temporal tokens and clips."""

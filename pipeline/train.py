@@ -41,6 +41,7 @@ from model.fusion import FusionHead
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
+from model.pretext import TextureHead
 from model.rng import derive_seed
 
 from .frame_cache import FrameCache
@@ -85,6 +86,9 @@ class TrainConfig:
     # Videos of the training split whose clips estimate the frozen fast pathway's BatchNorm statistics
     # before stage 1 (0: keep the weights' own; model.slowfast.FastPathway.calibrate_batchnorm_).
     calibrate_inter: int = 0
+    # Weight of the texture-statistics target on the final intra tokens (model/pretext.py; 0: none). It
+    # makes a randomly initialised Swin measure local energy, which a pooled quality loss barely teaches.
+    texture_weight: float = 0.0
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,19 +289,34 @@ def evaluate(models: Mapping[str, SecureVQA], loader: DataLoader, seed: int,
 def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor, mos: torch.Tensor,
                optimizer: torch.optim.Optimizer, loss_cfg: LossConfig, *,
                generator: torch.Generator | None = None, groups: torch.Tensor | None = None,
-               grad_clip: float | None = None) -> float:
+               grad_clip: float | None = None, texture: TextureHead | None = None, texture_weight: float = 0.0,
+               parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
     `groups` (B,) integer labels: the loss is computed within each group (`grouped_quality_loss`);
-    `grad_clip`: the largest global gradient norm applied."""
-    pred = model(clips, inter, generator=generator).mean(1)
+    `grad_clip`: the largest global gradient norm applied (over the model and `texture`). With `texture`
+    and `texture_weight` > 0 the final intra tokens also regress their cells' texture statistics
+    (model/pretext.py). Returns the total loss; `parts` receives "quality" and "texture"."""
+    with_texture = texture is not None and texture_weight > 0
+    out = model(clips, inter, generator=generator, return_features=with_texture)
+    pred, feats = out if with_texture else (out, None)
+    pred = pred.mean(1)
     loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
+    total = loss
+    if with_texture:
+        texture_loss = texture.loss(feats, clips.flatten(0, 1))
+        total = loss + texture_weight * texture_loss
+        if parts is not None:
+            parts["texture"] = texture_loss.item()
+    if parts is not None:
+        parts["quality"] = loss.item()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        params = list(model.parameters()) + (list(texture.parameters()) if with_texture else [])
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return loss.item()
+    return total.item()
 
 
 def train_loop(config: Mapping[str, Any]) -> None:
@@ -344,6 +363,13 @@ def train_loop(config: Mapping[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(vqa, move_to_device=False) if world > 1 else vqa
     optimizer = build_optimizer(vqa, backbone_lr=cfg.backbone_lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    texture = None
+    if cfg.texture_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "texture"))
+            texture = TextureHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
+        optimizer.add_param_group({"name": "texture", "params": list(texture.parameters()), "lr": cfg.head_lr,
+                                   "weight_decay": cfg.weight_decay})
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=total)
     ema = ModelEMA(vqa, decay=cfg.ema_decay)
     start_epoch, step, history, best = 0, 0, [], None
@@ -356,6 +382,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if texture is not None:
+            texture.load_state_dict(state["texture"])
         start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
         if rank == 0:
             print(f"train: resumed after epoch {state['epoch'] + 1} (step {step})", flush=True)
@@ -399,15 +427,19 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         _set_train_mode(vqa, cfg)
-        losses = []
+        losses, texture_losses = [], []
         for i, (clips, inter, mos, idx) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
             mos = mos.to(device=device, dtype=torch.float32)
             g = make_generator(derive_seed(seed, "guardian", epoch, i, rank))
             groups = (torch.tensor([group_ids[config["train"][j]["group"]] for j in idx.tolist()])
                       if cfg.group_column and world == 1 else None)
+            parts: dict[str, float] = {}
             loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
-                              grad_clip=cfg.grad_clip)
+                              grad_clip=cfg.grad_clip, texture=texture, texture_weight=cfg.texture_weight,
+                              parts=parts)
+            if "texture" in parts:
+                texture_losses.append(parts["texture"])
             scheduler.step()
             ema.update(vqa)
             step += 1
@@ -421,6 +453,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                       f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {duration(left)} left)", flush=True)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                                   "train_s": time.perf_counter() - t0}
+        if texture_losses:
+            record["train_texture_loss"] = float(np.mean(texture_losses))
         validate(record)
         if rank == 0:
             best = _publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
@@ -431,7 +465,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
             if rank == 0:
                 torch.save({"epoch": epoch, "step": step, "model": vqa.state_dict(), "ema": ema.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "history": history, "best": best}, os.path.join(d, STATE_FILE))
+                            "history": history, "best": best,
+                            **({"texture": texture.state_dict()} if texture is not None else {})}, os.path.join(d, STATE_FILE))
             ray.train.report({k: v for k, v in record.items() if v is not None},
                              checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
 
@@ -439,6 +474,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
 def _epoch_line(r: Mapping[str, Any]) -> str:
     s = (f"epoch {r['epoch']}: before training" if r["train_loss"] is None
          else f"epoch {r['epoch']}: loss {r['train_loss']:.4f} ({r['train_s']:.0f} s)")
+    if r.get("train_texture_loss") is not None:
+        s += f"; texture-statistics MSE {r['train_texture_loss']:.3f}"
     for name in ("raw", "ema"):
         if r.get(f"val_{name}_srcc") is not None:
             s += f"; val {name} SRCC {r[f'val_{name}_srcc']:.4f} PLCC {r[f'val_{name}_plcc']:.4f}"
