@@ -37,6 +37,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_model --ablations
 	$(BIN)/python -m bench.bench_train
+	$(BIN)/python -m bench.bench_signal
 	$(BIN)/python -m bench.bench_pipeline
 	$(BIN)/python -m bench.bench_decode
 	$(BIN)/python -m bench.bench_scale
