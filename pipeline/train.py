@@ -523,15 +523,23 @@ def plot_history(history: Sequence[Mapping[str, Any]]) -> bytes | None:
 
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
-    a.plot(ep, [np.nan if r["train_loss"] is None else r["train_loss"] for r in history], marker="o")
+    a.plot(ep, [np.nan if r["train_loss"] is None else r["train_loss"] for r in history], marker="o", label="total")
+    texture = [r.get("train_texture_loss") for r in history]
+    if any(t is not None for t in texture):
+        a.plot(ep, [np.nan if t is None else t for t in texture], marker=".", ls="--", label="texture statistics")
+        a.legend()
     a.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for name in ("raw", "ema"):
+    for name, color in (("raw", "C0"), ("ema", "C1")):
         ys = [r.get(f"val_{name}_srcc") for r in history]
         if any(y is not None for y in ys):
-            b.plot(ep, [np.nan if y is None else y for y in ys], marker="o", label=name)
+            b.plot(ep, [np.nan if y is None else y for y in ys], marker="o", color=color, label=f"{name}, all videos")
+        within = [r.get(f"val_{name}_within_srcc") for r in history]
+        if any(w is not None for w in within):
+            b.plot(ep, [np.nan if w is None else w for w in within], marker=".", ls="--", color=color,
+                   label=f"{name}, within contents")
     b.set(xlabel="epoch", ylabel="SRCC", title="validation SRCC")
     if b.lines:
-        b.legend()
+        b.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
