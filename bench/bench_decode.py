@@ -53,8 +53,8 @@ def bare_decode_fps(path: Path) -> float:
 
 def stage_seconds(path: Path, runs: int) -> tuple[float, float]:
     from model import create_model, make_generator
-    from pipeline.inference import inter_segments, intra_clips
-    from pipeline.video import VideoReader
+    from pipeline.stages.inference import inter_segments, intra_clips
+    from pipeline.io.video import VideoReader
 
     vqa, inter = create_model("tiny")
     s1, s2 = [], []
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="bench_output/decode")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one core, as an actor with --cpus-per-actor 1
-    from pipeline.demo_data import build_demo_set
+    from pipeline.demo.build import build_demo_set
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -94,8 +94,8 @@ def _manifest(videos: pd.DataFrame, n: int, path: Path) -> Path:
 def _model_alone(preset: str, manifest: Path, clips: int) -> float:
     """The model's forwards on the same videos, decoded beforehand, in this process (2 threads)."""
     from model import create_model, make_generator
-    from pipeline.inference import inter_segments, intra_clips
-    from pipeline.video import VideoReader
+    from pipeline.stages.inference import inter_segments, intra_clips
+    from pipeline.io.video import VideoReader
 
     vqa, inter = create_model(preset)
     total = 0.0
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-paper", type=int, default=4)
     p.add_argument("--work", default="bench_output/pipeline")
     args = p.parse_args(argv)
-    from pipeline.demo_data import build_demo_set
+    from pipeline.demo.build import build_demo_set
 
     work = Path(args.work).resolve()
     videos = build_demo_set(work / "demo_set")

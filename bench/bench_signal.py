@@ -25,8 +25,8 @@ import torch
 
 from model import create_model, make_generator
 from model.securevqa import guard_per_video
-from pipeline.frame_cache import FrameCache
-from pipeline.inference import intra_clips
+from pipeline.training.frame_cache import FrameCache
+from pipeline.stages.inference import intra_clips
 
 
 def pooled_features(vqa, frames: FrameCache, uris: list[str], seed: int) -> torch.Tensor:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.manifest:
         manifest = pd.read_csv(args.manifest)
     else:
-        from pipeline.demo_data import build_demo_set
+        from pipeline.demo.build import build_demo_set
 
         manifest = build_demo_set(work / "demo_set")
     frames = FrameCache(work / "frames")

@@ -4,12 +4,12 @@ Same clips, same seeds, same machine, in one run, rounds alternating so that dri
 
 - old: the `tiny` preset, clips decoded on the fly in one DataLoader process beside the model (what
   `make demo-model` ran before the frame cache), window attention through SDPA's math fallback;
-- new: the `tiny` preset, every video decoded once into the frame cache (pipeline/frame_cache.py), the
+- new: the `tiny` preset, every video decoded once into the frame cache (pipeline/training/frame_cache.py), the
   training attention kernel (`model.swin._attention_with_bias_grad`);
 - tiny-cpu: the new path on the CPU-sized preset the demo model trains (a different input: 16 frames of
   5x5 fragments instead of 32 frames of 7x7; not the same computation, shown for what it buys).
 
-A step is what `pipeline.train.train_loop` does: fresh clip offsets, fragments and guardian maps (from
+A step is what `pipeline.training.train_loop` does: fresh clip offsets, fragments and guardian maps (from
 the seed), forward, loss, backward, AdamW step. Reported: training clips per second (median over rounds)
 and the speed-up of each path over `old`. Also a breakdown of one `tiny` step (decode, sampling and
 fragments, forward, backward, optimizer), the table in docs/training.md.
@@ -31,8 +31,10 @@ from model.losses import LossConfig
 from model.optim import build_optimizer
 from model.rng import make_generator
 from model.swin import WindowAttention3D
-from pipeline.frame_cache import FrameCache
-from pipeline.train import ClipDataset, TrainConfig, build_model, loader_init, train_step
+from pipeline.training.frame_cache import FrameCache
+from pipeline.training.data import ClipDataset, loader_init
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import build_model, train_step
 
 BATCH = 4
 
@@ -80,8 +82,8 @@ def _run(preset: str, rows: list[dict], frames: FrameCache | None, kernel: str, 
 
 def breakdown(rows: list[dict], frames: FrameCache) -> dict[str, float]:
     """Seconds per clip of each part of one `tiny` training step (one clip at a time, new path)."""
-    from pipeline.inference import intra_clips
-    from pipeline.stages import open_video
+    from pipeline.stages.inference import intra_clips
+    from pipeline.stages.batching import open_video
 
     vqa = build_model(TrainConfig(preset="tiny"), seed=0).train()
     s = vqa.cfg.sampling
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    from pipeline.demo_data import build_demo_set
+    from pipeline.demo.build import build_demo_set
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

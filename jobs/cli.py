@@ -117,7 +117,7 @@ def _actors_per_gpu(value: str) -> int | str:
 
 def _spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:
     """ModelSpec and RunOptions from the model and run arguments every Ray job shares."""
-    from pipeline.stages import ModelSpec, RunOptions
+    from pipeline.stages.options import ModelSpec, RunOptions
 
     spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
                      precision=args.precision, guardian=not args.no_guardian, device=args.device)
@@ -187,10 +187,10 @@ def _add_attack(sub: Any) -> None:
 
 
 def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
-    from model.attacks import AttackSpec
-    from model.defense import ABLATION, Defenses
-    from pipeline.attack import AttackPlan, run_attacks
-    from pipeline.manifest import read_manifest
+    from model.security.attacks import AttackSpec
+    from model.security.defense import ABLATION, Defenses
+    from pipeline.security.attack import AttackPlan, run_attacks
+    from pipeline.io.manifest import read_manifest
 
     try:
         defenses = ABLATION if args.ablation else tuple(Defenses.parse(d) for d in args.defenses)
@@ -293,19 +293,20 @@ def _add_train(sub: Any) -> None:
 
 def _read_input(spec: str, args: argparse.Namespace, so: dict[str, Any]) -> Any:
     if args.dataset:
-        from pipeline.datasets import read_labels
+        from pipeline.training.datasets import read_labels
 
         if not args.videos:
             raise SystemExit("--dataset needs --videos (where the videos are)")
         return read_labels(args.dataset, spec, args.videos, storage_options=so)
-    from pipeline.manifest import read_manifest
+    from pipeline.io.manifest import read_manifest
 
     return read_manifest(spec, so)
 
 
 def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
     from model.losses import LossConfig
-    from pipeline.train import TrainConfig, TrainRun, train, train_splits
+    from pipeline.training.config import TrainConfig, TrainRun
+    from pipeline.training.run import train, train_splits
 
     splits = args.protocol == "splits"
     cfg = TrainConfig(
@@ -359,7 +360,7 @@ def _init_ray(address: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The `securevqa` command. A mistake in what the user gave (a manifest, a path) prints one line
     saying what is wrong and exits 2, as argparse does for a bad flag; no traceback."""
-    from pipeline.manifest import ManifestError
+    from pipeline.io.manifest import ManifestError
 
     try:
         return _main(argv)
@@ -373,8 +374,9 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     so = _storage_options(args)
 
-    from pipeline.manifest import read_manifest
-    from pipeline.report import build_report, load_scores
+    from pipeline.io.manifest import read_manifest
+    from pipeline.report.build import build_report
+    from pipeline.report.summary import load_scores
 
     if args.command == "train":
         return _train(args, so)
@@ -385,7 +387,8 @@ def _main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: result.get(k) for k in ("n_videos", "n_ok", "n_failed", "srcc", "plcc")}))
         return 0
 
-    from pipeline.stages import extract_inter, score
+    from pipeline.stages.inter import extract_inter
+    from pipeline.stages.scoring import score
 
     spec, opts = _spec_and_options(args, so)
     manifest = read_manifest(args.input, so)
@@ -402,7 +405,7 @@ def _main(argv: list[str] | None = None) -> int:
             print(inter_summary.line())
         print(summary.line())
     elif args.command == "rescore":
-        from pipeline.rescore import rescore
+        from pipeline.stages.rescore import rescore
 
         run = rescore(manifest, args.state, spec, opts)
         print(f"rescore: {run['catalog_videos']} videos in the catalog: {run['new']} new, {run['changed']} changed, "

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="replay guardian maps and offsets (default: fresh)")
     args = p.parse_args(argv)
 
-    from pipeline.demo_data import build_demo_set
+    from pipeline.demo.build import build_demo_set
 
     out = Path(args.out).resolve()
     videos = build_demo_set(out / "videos")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--output", str(out / "scores"), *run])
     code = code or cli(["report", "--scores", str(out / "scores"), "--output", str(out / "report")])
     report = json.loads((out / "report" / "report.json").read_text())
-    from pipeline.stages import ModelSpec
+    from pipeline.stages.options import ModelSpec
 
     if ModelSpec().default_weights:
         print("model: the installed demo model (tiny-cpu preset, trained on package-shipped content; these contents "

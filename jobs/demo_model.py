@@ -1,7 +1,7 @@
 """`make demo-model`: train the shipped demo model (the `tiny-cpu` preset) on this machine, in one command.
 
-1. builds the training set (pipeline/demo_data.py: package-shipped photographs filmed by a virtual
-   camera and package-shipped videos, plus the extra Debian/PyPI content of pipeline/extra_content.py,
+1. builds the training set (pipeline/demo/: package-shipped photographs filmed by a virtual
+   camera and package-shipped videos, plus the extra Debian/PyPI content of pipeline/demo/extra_content.py,
    degraded by real processes, labelled by condition) into OUT/trainset;
 2. `securevqa train` on its train split, choosing the best epoch on its val split (other contents);
    every training video is decoded once into OUT/frames (the frame cache);
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
 
     from model.api import DEMO_CHECKPOINT
-    from pipeline.demo_data import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set
+    from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set
 
     out = Path(args.out).resolve()
     if args.save_only:

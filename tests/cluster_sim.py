@@ -35,8 +35,10 @@ def main(work: Path) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.stages import ModelSpec, RunOptions, load_table, score
-    from pipeline.storage import ShardStore
+    from pipeline.stages.options import ModelSpec, RunOptions
+    from pipeline.stages.driver import load_table
+    from pipeline.stages.scoring import score
+    from pipeline.io.storage import ShardStore
 
     paths = []
     for i in range(N_VIDEOS):
@@ -76,7 +78,7 @@ def main(work: Path) -> dict:
     s2 = None
     watcher = threading.Thread(target=remove_a_busy_node, daemon=True)
     try:
-        from pipeline.stages import extract_inter
+        from pipeline.stages.inter import extract_inter
 
         inter_summary = extract_inter(manifest, str(work / "cache"), spec, opts)
         watcher.start()

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from pipeline.stages import InterExtractor
+from pipeline.stages.inter import InterExtractor
 
 
 class CrashingExtractor(InterExtractor):

@@ -11,11 +11,11 @@ import pytest
 import videos as V
 from jobs.cli import main as cli
 from micro import micro_checkpoint
-from model.attacks import AttackSpec, score_reversed_targets
-from model.defense import Defenses
-from pipeline.attack import AttackPlan, run_attacks
-from pipeline.stages import ModelSpec, RunOptions
-from pipeline.storage import ShardStore
+from model.security.attacks import AttackSpec, score_reversed_targets
+from model.security.defense import Defenses
+from pipeline.security.attack import AttackPlan, run_attacks
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.io.storage import ShardStore
 
 PLAN = AttackPlan(defenses=(Defenses.parse("none"), Defenses.parse("securevqa")),
                   attacks=(AttackSpec.parse("black-box:gamma=5"), AttackSpec.parse("white-box:steps=2")),

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from model import InterEmbedder, SecureVQA, make_generator
-from model.attacks import (
+from model.security.attacks import (
     LEVEL, AttackSpec, BlackBoxConfig, WhiteBoxConfig, attack_video, black_box_attack, normalised_mos, quantize,
     score_reversed_targets, white_box_attack,
 )
 from model.config import SamplingConfig
-from model.defense import ABLATION, DefendedVQA, Defenses
+from model.security.defense import ABLATION, DefendedVQA, Defenses
 from model.metrics import robustness, robustness_terms, security_metrics
 from micro import MICRO, micro_model
 

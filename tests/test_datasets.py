@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datasets import DATASET_KINDS, LabelFileError, random_splits, read_labels
-from pipeline.storage import filesystem
+from pipeline.training.datasets import DATASET_KINDS, LabelFileError, random_splits, read_labels
+from pipeline.io.storage import filesystem
 
 ROOT = "/data/videos"  # video roots are only joined, never read
 

@@ -13,23 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import demo_data
-from pipeline.demo_data import (
-    TRAINING_COLUMNS,
-    CameraPath,
-    DemoDataError,
-    build_demo_set,
-    build_training_set,
-    camera_path,
-    film_still,
-    CONDITION_MOS,
-    mos_from_ssim,
-    shipped_sources,
-    shipped_stills,
-    ssim_video,
-)
-from pipeline.manifest import read_manifest
-from pipeline.video import probe
+from pipeline.demo import build as demo_build
+from pipeline.demo.encode import encode as demo_encode
+from pipeline.demo import labels as demo_labels
+from pipeline.demo import sources as demo_sources
+from pipeline.demo.build import TRAINING_COLUMNS, build_demo_set, build_training_set
+from pipeline.demo.camera import CameraPath, camera_path, film_still
+from pipeline.demo.sources import DemoDataError, shipped_sources, shipped_stills
+from pipeline.demo.labels import CONDITION_MOS, mos_from_ssim, ssim_video
+from pipeline.io.manifest import read_manifest
+from pipeline.io.video import probe
 
 # every distortion type, two levels each; short clips of the smallest source (176x144)
 SMALL = {"h264": (30, 46), "scale": (2, 4), "blur": (1.0, 3.0), "noise": (6.0, 20.0), "fps": (2, 4)}
@@ -119,7 +112,7 @@ def test_second_call_does_nothing(built, monkeypatch):
     def no_encoding(*a, **k):
         raise AssertionError("encoded although the build was complete")
 
-    monkeypatch.setattr(demo_data, "_encode", no_encoding)
+    monkeypatch.setattr(demo_build, "encode", no_encoding)
     again = _build(out)
     pd.testing.assert_frame_equal(again, df)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
@@ -150,7 +143,7 @@ def test_ssim_and_mos_rule():
 
 def test_ssim_downsamples_like_wang_et_al():
     """Frames >= 384 px on the short side are averaged over f x f blocks first (f = round(side / 256))."""
-    assert [demo_data._view_factor(h, 1280) for h in (144, 288, 360, 383, 384, 720)] == [1, 1, 1, 1, 2, 3]
+    assert [demo_labels.view_factor(h, 1280) for h in (144, 288, 360, 383, 384, 720)] == [1, 1, 1, 1, 2, 3]
     g = torch.Generator().manual_seed(1)
     grey = torch.randint(0, 256, (2, 128, 128, 1), generator=g, dtype=torch.uint8).expand(-1, -1, -1, 3)
     other = (grey.float() * 0.7 + 30).to(torch.uint8)
@@ -185,7 +178,7 @@ def trained(tmp_path_factory):
 
 
 def test_shipped_stills_are_found_without_importing_their_packages():
-    code = ("import sys; from pipeline.demo_data import shipped_stills; "
+    code = ("import sys; from pipeline.demo import shipped_stills; "
             "print(','.join(p.name for p in shipped_stills())); "
             "print(any(m in sys.modules for m in ('skimage', 'matplotlib')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -204,7 +197,7 @@ def test_too_few_stills_names_what_is_missing(monkeypatch):
         shipped_stills()
     monkeypatch.setattr(importlib.util, "find_spec", real)
     pkgs = (("matplotlib", "matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg", "no_such_photo.jpg")),)
-    monkeypatch.setattr(demo_data, "STILL_PACKAGES", pkgs)
+    monkeypatch.setattr(demo_sources, "STILL_PACKAGES", pkgs)
     with pytest.raises(DemoDataError, match="matplotlib: mpl-data/sample_data/no_such_photo.jpg"):
         shipped_stills()
 
@@ -240,7 +233,7 @@ def test_camera_path_is_deterministic_given_its_generator():
 
 
 def test_film_still_is_a_moving_antialiased_view():
-    photo = demo_data._load_photo(next(p for p in shipped_stills() if p.name == "astronaut.png"))
+    photo = demo_sources.load_photo(next(p for p in shipped_stills() if p.name == "astronaut.png"))
     out_hw = (224, 256)
     frames = film_still(photo, camera_path(photo.shape[:2], out_hw, 6, np.random.default_rng(0)), out_hw)
     assert frames.shape == (6, 224, 256, 3) and frames.dtype == torch.uint8
@@ -254,7 +247,7 @@ def test_film_still_is_a_moving_antialiased_view():
     # a still camera at 2 photo px per output px shows the photo downscaled with antialiasing
     still = CameraPath(cx=np.full(2, 256.0), cy=np.full(2, 256.0), scale=np.full(2, 2.0), angle=np.zeros(2))
     view = film_still(photo, still, (256, 256)).float()
-    ref = demo_data._resize(photo[None], 256, 256).float()
+    ref = demo_encode.resize(photo[None], 256, 256).float()
     assert (view[0] - ref[0]).abs().max() <= 1.0 and torch.equal(view[0], view[1])
 
 
@@ -308,7 +301,7 @@ def test_training_rebuild_is_a_no_op(trained, monkeypatch):
     def no_encoding(*a, **k):
         raise AssertionError("encoded although the build was complete")
 
-    monkeypatch.setattr(demo_data, "_write_video", no_encoding)
+    monkeypatch.setattr(demo_encode, "write_video", no_encoding)
     pd.testing.assert_frame_equal(_build_training(out), df)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert json.loads((out / "demo_params.json").read_text())["splits"] == {
@@ -332,8 +325,8 @@ def test_training_arguments_are_validated(tmp_path, kw, error, message):
 
 def test_cli_summarises_a_training_build(trained, monkeypatch, capsys):
     _, df = trained
-    monkeypatch.setattr(demo_data, "build_training_set", lambda *a, **k: df)
-    assert demo_data.main(["unused", "--training-set", "--frames", "8", "--size", "224x256"]) == 0
+    monkeypatch.setattr(demo_build, "build_training_set", lambda *a, **k: df)
+    assert demo_build.main(["unused", "--training-set", "--frames", "8", "--size", "224x256"]) == 0
     text = capsys.readouterr().out
     assert "train" in text and "test" in text and "contrast" in text and f"{len(df)} clips from 3 sources" in text
 
@@ -360,7 +353,7 @@ def test_condition_labels_are_the_table_and_the_same_for_every_content(tmp_path)
 
 
 def test_condition_table_is_monotone_and_covers_the_default_settings():
-    from pipeline.demo_data import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS
+    from pipeline.demo.distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS
 
     for dist in (DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS):
         for kind, levels in dist.items():

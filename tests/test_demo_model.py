@@ -29,7 +29,7 @@ def test_installed_weights_load_through_the_checkpoint_loader():
 
 
 def test_score_without_checkpoint_uses_the_installed_weights():
-    from pipeline.stages import ModelSpec
+    from pipeline.stages.options import ModelSpec
 
     spec = ModelSpec()
     assert spec.default_weights
@@ -40,7 +40,7 @@ def test_score_without_checkpoint_uses_the_installed_weights():
 @pytest.fixture(scope="module")
 def test_contents(tmp_path_factory):
     """Clean, x264 CRF 51 and 4x-downscaled clips of the three test contents (never seen in training)."""
-    from pipeline.demo_data import build_demo_set
+    from pipeline.demo.build import build_demo_set
 
     return build_demo_set(tmp_path_factory.mktemp("demo_model") / "videos",
                           distortions={"h264": (51,), "scale": (4,)})
@@ -48,8 +48,8 @@ def test_contents(tmp_path_factory):
 
 @pytest.mark.slow
 def test_clean_scores_above_crf51_and_4x_downscale_on_every_test_content(test_contents):
-    from pipeline.inference import score_frames
-    from pipeline.video import VideoReader
+    from pipeline.stages.inference import score_frames
+    from pipeline.io.video import VideoReader
 
     vqa, inter = create_model(checkpoint=str(DEMO_CHECKPOINT))
     scores = {}

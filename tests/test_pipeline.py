@@ -12,8 +12,11 @@ import pytest
 import videos as V
 from procs import cli_subprocess, kill_tree
 from jobs.cli import main as cli
-from pipeline.stages import ModelSpec, RunOptions, extract_inter, load_table, score
-from pipeline.storage import ShardStore
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.stages.inter import extract_inter
+from pipeline.stages.driver import load_table
+from pipeline.stages.scoring import score
+from pipeline.io.storage import ShardStore
 
 SPEC = ModelSpec(preset="tiny")
 
@@ -102,7 +105,7 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     from ray import cloudpickle
 
     import crash_udf
-    from pipeline import stages
+    from pipeline.stages import inter as stages
 
     cloudpickle.register_pickle_by_value(crash_udf)  # Ray's workers need not import tests/
     monkeypatch.setattr(stages, "InterExtractor", crash_udf.CrashingExtractor)
@@ -129,7 +132,7 @@ def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_r
     goes on (it used to abort before any video was scored)."""
     from http_server import FileServer
 
-    from pipeline.storage import content_key
+    from pipeline.io.storage import content_key
 
     V.write_video(tmp_path / "a.mp4", 20, 64, 48)
     V.write_video(tmp_path / "b.mp4", 24, 64, 48)
@@ -292,7 +295,7 @@ def test_resume_after_kill_on_s3(ray_local, s3_endpoint, tmp_path):
                             "--storage-option", "key=testing", "--storage-option", "secret=testing"])
     committed = _kill_after_first_commit(proc, ShardStore("s3://resume/cache", so))
     assert committed < 5
-    from pipeline.manifest import read_manifest
+    from pipeline.io.manifest import read_manifest
 
     summary = extract_inter(read_manifest("s3://resume/videos/", so), "s3://resume/cache", SPEC,
                             RunOptions(storage_options=so, actors=1, batch_size=2))

@@ -10,7 +10,8 @@ from model.config import get_config
 from model.losses import LossConfig
 from model.optim import build_optimizer
 from model.pretext import STATISTICS, TextureHead, texture_statistics, token_cell
-from pipeline.train import TrainConfig, build_model, train_step
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import build_model, train_step
 
 K = {name: i for i, name in enumerate(STATISTICS)}
 

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.metrics import quality_metrics
-from pipeline.report import build_report, load_scores, summarize
-from pipeline.storage import ShardStore
+from pipeline.report.build import build_report
+from pipeline.report.summary import load_scores, summarize
+from pipeline.io.storage import ShardStore
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,8 @@ import torch
 
 from model import create_model, make_generator
 from model.transforms import grid_fragments, guardian_map, resize_frames, skip_sample_indices
-from pipeline.inference import inter_segments, score_frames
-from pipeline.synthetic import moving_pattern
+from pipeline.stages.inference import inter_segments, score_frames
+from pipeline.demo.synthetic import moving_pattern
 
 
 def test_no_generator_means_fresh_entropy_not_torchs_default_seed():

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.storage import (
+from pipeline.io.storage import (
     ShardStore,
     content_key,
     exclusive_write,
@@ -196,7 +196,7 @@ def test_resume_after_crash_before_manifest(store_root, monkeypatch):
     root, opts = store_root
     keys = ["v1", "v2"]
     st = ShardStore(root, opts)
-    import pipeline.storage as storage
+    import pipeline.io.storage as storage
 
     def killed(*a, **k):
         raise KeyboardInterrupt("killed before the manifest")

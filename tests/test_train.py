@@ -16,18 +16,12 @@ import torch
 from model import create_model
 from model.losses import LossConfig
 from model.optim import build_optimizer
-from pipeline.synthetic import moving_pattern
-from pipeline.train import (
-    STATE_FILE,
-    GroupedBatchSampler,
-    TrainConfig,
-    TrainRun,
-    build_model,
-    read_history,
-    train,
-    train_splits,
-    train_step,
-)
+from pipeline.demo.synthetic import moving_pattern
+from pipeline.training.config import STATE_FILE, TrainConfig, TrainRun
+from pipeline.training.data import GroupedBatchSampler
+from pipeline.training.loop import build_model, train_step
+from pipeline.training.history import read_history
+from pipeline.training.run import train, train_splits
 from procs import cli_subprocess, kill_tree
 
 NOISE = (0, 6, 12, 20, 30, 45)  # pixel noise sigma per quality level; mos = 5 - level
@@ -257,8 +251,8 @@ def test_two_worker_ddp_run_on_gloo(ray_local, sets, tmp_path):
 def test_inter_calibration_is_saved_once_and_read_back(sets, tmp_path):
     from model import create_model
     from model.checkpoint import read_checkpoint
-    from pipeline.stages import ModelSpec
-    from pipeline.train import calibrate_inter
+    from pipeline.stages.options import ModelSpec
+    from pipeline.training.run import calibrate_inter
 
     spec = ModelSpec(preset="tiny-cpu")
     uri = str(tmp_path / "inter_calibrated.pt")
@@ -279,7 +273,7 @@ def test_inter_calibration_is_saved_once_and_read_back(sets, tmp_path):
 def test_validation_reports_srcc_within_each_content():
     """A model that orders every content's qualities right but adds a content offset: pooled SRCC
     is low, SRCC within contents is 1 (issue 12: report both)."""
-    from pipeline.train import evaluate
+    from pipeline.training.loop import evaluate
 
     labels = [1.0, 2.0, 3.0, 4.0] * 3
     groups = ["a"] * 4 + ["b"] * 4 + ["c"] * 4

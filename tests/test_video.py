@@ -1,4 +1,4 @@
-"""pipeline.video: probing, frame-exact reads, odd files (tests/videos.py writes the clips)."""
+"""pipeline.io.video: probing, frame-exact reads, odd files (tests/videos.py writes the clips)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import video as V
-from pipeline.video import VideoDecodeError, VideoInfo, VideoReader, probe, read_frames
+from pipeline.io import video as V
+from pipeline.io.video import VideoDecodeError, VideoInfo, VideoReader, probe, read_frames
 from tests import videos as tv
 
 

@@ -3,8 +3,8 @@
 ``read_labels(kind, labels, video_root)`` returns the columns ``video_id`` (str), ``uri`` (str:
 ``video_root`` joined with the file name), ``mos`` (float, the raw MOS as written in the file: no
 rescaling), ``dataset`` (str) and ``split`` (str, or None where nothing says). ``labels`` and
-``video_root`` may be local paths or ``s3://`` URIs (read through :func:`pipeline.storage.filesystem`;
-names are joined onto the root by the same rule as relative uris in :mod:`pipeline.manifest`).
+``video_root`` may be local paths or ``s3://`` URIs (read through :func:`pipeline.io.storage.filesystem`;
+names are joined onto the root by the same rule as relative uris in :mod:`pipeline.io.manifest`).
 
 Kinds (case-insensitive; ``-``, ``_`` and spaces are ignored, so ``KoNViD-1k``, ``live-vqc``,
 ``YouTube-UGC`` and ``yt-ugc`` all work): ``lsvq``, ``konvid1k``, ``livevqc``, ``youtube_ugc``, and
@@ -73,8 +73,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipeline.manifest import VIDEO_EXTENSIONS, resolve_uri
-from pipeline.storage import filesystem, to_uri
+from pipeline.io.manifest import VIDEO_EXTENSIONS, resolve_uri
+from pipeline.io.storage import filesystem, to_uri
 
 __all__ = ["DATASET_KINDS", "LSVQ_SPLITS", "LabelFileError", "random_splits", "read_labels"]
 

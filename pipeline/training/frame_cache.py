@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .storage import content_key
+from pipeline.io.storage import content_key
 
 __all__ = ["CachedFrames", "FrameCache"]
 
@@ -79,7 +79,7 @@ class FrameCache:
         return path, True
 
     def _decode(self, uri: str, path: Path) -> None:
-        from .stages import open_video  # the pipeline's one way to open a local or remote video
+        from pipeline.stages.batching import open_video
 
         with open_video(uri, self.storage_options) as video:
             frames = video.read(np.arange(video.info.num_frames)).numpy()

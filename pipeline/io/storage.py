@@ -311,6 +311,11 @@ async def _fresh_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any
     return await fs._info(path)
 
 
+def join_uri(root: str, *parts: str) -> str:
+    """`root`/`part`/...: one separator rule for local paths and URIs (s3://bucket/prefix)."""
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
 def make_key(*parts: Any) -> str:
     """A stable row key from parts (e.g. video uri, content_key, model version): 32 hex chars."""
     h = hashlib.sha256()

@@ -39,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.storage import filesystem, is_local, to_uri
+from pipeline.io.storage import filesystem, is_local, to_uri
 
 __all__ = ["read_manifest", "resolve_uri", "VIDEO_EXTENSIONS", "MANIFEST_EXTENSIONS", "ManifestError"]
 

@@ -19,29 +19,34 @@ target, so an interrupted run resumes where it stopped and a changed set recompu
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 
 from model import make_generator
-from model.attacks import AttackSpec, attack_video, normalised_mos, perturbation_norms, score_reversed_targets
-from model.defense import DefendedVQA, Defenses
-from model.metrics import security_metrics
+from model.security.attacks import AttackSpec, attack_video, normalised_mos, perturbation_norms, score_reversed_targets
+from model.security.defense import DefendedVQA, Defenses
 from model.rng import derive_seed
-
-from .stages import (
-    ModelSpec, RunOptions, StageSummary, _common_fields, _pending, _run, _shard_table,
-    _summary_frame, failure, keyed_manifest, open_video,
+from pipeline.io.storage import ShardStore, make_key
+from pipeline.stages.batching import open_video
+from pipeline.stages.driver import (
+    StageSummary,
+    common_fields,
+    failure,
+    keyed_manifest,
+    pending_rows,
+    run_stage,
+    shard_table,
+    summary_frame,
 )
-from .storage import ShardStore, make_key, write_bytes
+from pipeline.stages.options import ModelSpec, RunOptions
+
+from .summary import summarize, write_summary
 
 # Decoded frames are held as float32 for the attack: refuse what would not fit, before decoding.
 MAX_FRAME_BYTES = 4 * 2**30
@@ -127,7 +132,7 @@ class CleanScorer(_Evaluator):
     schema = CLEAN_SCHEMA
 
     def score(self, r: Any) -> dict[str, Any]:
-        row = {**_common_fields(r), "defenses": r.defenses, "mos": float(r.mos), "score": None, "frames": None,
+        row = {**common_fields(r), "defenses": r.defenses, "mos": float(r.mos), "score": None, "frames": None,
                "width": None, "height": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
                "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
         t0 = time.perf_counter()
@@ -143,8 +148,8 @@ class CleanScorer(_Evaluator):
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [self.score(r) for r in batch.itertuples(index=False)]
-        self.store.commit(None, _shard_table(rows, CLEAN_SCHEMA), [r["key"] for r in rows])
-        return _summary_frame(rows)
+        self.store.commit(None, shard_table(rows, CLEAN_SCHEMA), [r["key"] for r in rows])
+        return summary_frame(rows)
 
 
 class Attacker(_Evaluator):
@@ -152,7 +157,7 @@ class Attacker(_Evaluator):
 
     def attack(self, r: Any) -> dict[str, Any]:
         spec = AttackSpec.parse(r.attack)
-        row = {**_common_fields(r), "defenses": r.defenses, "attack": r.attack, "adaptive": spec.adaptive,
+        row = {**common_fields(r), "defenses": r.defenses, "attack": r.attack, "adaptive": spec.adaptive,
                "mos": float(r.mos), "q_mos": float(r.q_mos), "clean_score": float(r.clean_score),
                "target": float(r.target), "adv_score": None, "linf": None, "rms": None, "queries": None,
                "frames": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
@@ -185,8 +190,8 @@ class Attacker(_Evaluator):
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [self.attack(r) for r in batch.itertuples(index=False)]
-        self.store.commit(None, _shard_table(rows, RESULT_SCHEMA), [r["key"] for r in rows])
-        return _summary_frame(rows)
+        self.store.commit(None, shard_table(rows, RESULT_SCHEMA), [r["key"] for r in rows])
+        return summary_frame(rows)
 
 
 @dataclass
@@ -245,9 +250,9 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     rows["key"] = [make_key(u, c, version, "clean", d, plan.max_frames, clips, *opts.key_extra())
                    for u, c, d in zip(rows["uri"], rows["content_key"], rows["defenses"])]
     store = ShardStore(f"{base}/clean", so)
-    todo, skipped = _pending(rows, store, opts.retry_errors)
+    todo, skipped = pending_rows(rows, store, opts.retry_errors)
     clean_summary = StageSummary("attack-clean", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
-    _run(todo, CleanScorer, {**ctor, "output_uri": f"{base}/clean"}, opts, clean_summary, store)
+    run_stage(todo, CleanScorer, {**ctor, "output_uri": f"{base}/clean"}, opts, clean_summary, store)
     clean_summary.seconds = time.perf_counter() - t0
 
     # 2. targets per defense configuration, over the videos that scored
@@ -278,9 +283,9 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
                     for u, c, d, a, t in zip(arows["uri"], arows["content_key"], arows["defenses"], arows["attack"],
                                              arows["target"])]
     rstore = ShardStore(f"{base}/results", so)
-    todo, skipped = _pending(arows, rstore, opts.retry_errors)
+    todo, skipped = pending_rows(arows, rstore, opts.retry_errors)
     attack_summary = StageSummary("attack", videos=len(arows), skipped=skipped, keys=arows["key"].tolist())
-    _run(todo, Attacker, {**ctor, "output_uri": f"{base}/results"}, opts, attack_summary, rstore)
+    run_stage(todo, Attacker, {**ctor, "output_uri": f"{base}/results"}, opts, attack_summary, rstore)
     attack_summary.seconds = time.perf_counter() - t0
 
     # 4. summary of this plan's rows
@@ -288,117 +293,3 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     table = summarize(results, plan)
     write_summary(table, results, base, so)
     return AttackSummary(clean_summary, attack_summary, table, output_uri)
-
-
-def summarize(results: pd.DataFrame, plan: AttackPlan) -> pd.DataFrame:
-    """One row per (defenses, attack) in plan order: the security figures with bootstrap CIs."""
-    out = []
-    for a in plan.attacks:
-        for d in plan.defenses:
-            g = results[(results["defenses"] == d.name) & (results["attack"] == a.name)]
-            ok = g[g["status"] == "ok"]
-            row: dict[str, Any] = {"attack": a.name, "adaptive": a.adaptive, "defenses": d.name,
-                                   "failed": int(len(g) - len(ok))}
-            if len(ok) >= 3:
-                row.update(security_metrics(ok["clean_score"], ok["adv_score"], ok["target"], ok["q_mos"],
-                                            n_boot=plan.n_boot, seed=plan.ci_seed))
-            else:
-                row["n"] = int(len(ok))
-            row.update(queries=float(ok["queries"].mean()) if len(ok) else float("nan"),
-                       linf=float(ok["linf"].max()) if len(ok) else float("nan"),
-                       rms=float(ok["rms"].mean()) if len(ok) else float("nan"),
-                       seconds=float(ok["seconds"].sum()))
-            out.append(row)
-    return pd.DataFrame(out)
-
-
-def _fmt(row: Mapping[str, Any], name: str) -> str:
-    v = row.get(name, float("nan"))
-    if v is None or not np.isfinite(v):
-        return "n/a"
-    lo, hi = row.get(f"{name}_low"), row.get(f"{name}_high")
-    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) and np.isfinite(hi) else ""
-    return f"{v:.4f}{ci}"
-
-
-def render_markdown(table: pd.DataFrame) -> str:
-    """Tables like the paper's: per attack, one row per defense configuration; SRCC/PLCC after the
-    attack with the clean figure beside it (the paper's grey row), R and the mean shift, 95% CIs."""
-    lines = ["# Security evaluation", "",
-             "SRCC/PLCC against normalised MOS (MOS / max MOS), clean -> adversarial; R = mean ln(|q - target| / "
-             "|q_adv - q|) (higher is more robust; 0 = moved the whole way to the target); shift = mean |q_adv - q|. "
-             "Brackets: 95% bootstrap CI over videos. Adaptive attacks are marked.", ""]
-    for attack, g in table.groupby("attack", sort=False):
-        tag = " (adaptive)" if bool(g["adaptive"].iloc[0]) else ""
-        lines += [f"## {attack}{tag}", "",
-                  "| defenses | n | SRCC clean | SRCC adv | PLCC clean | PLCC adv | R | shift | queries/video | L_inf | RMS |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for _, r in g.iterrows():
-            rd = r.to_dict()
-            lines.append(
-                f"| {rd['defenses']} | {rd.get('n', 0)} | {_fmt(rd, 'srcc_clean')} | {_fmt(rd, 'srcc_adv')} | "
-                f"{_fmt(rd, 'plcc_clean')} | {_fmt(rd, 'plcc_adv')} | {_fmt(rd, 'r')} | {_fmt(rd, 'shift')} | "
-                f"{rd['queries']:.0f} | {rd['linf']:.2f} | {rd['rms']:.2f} |")
-        lines.append("")
-        if len(g) > 1:  # the ablation layout of Tables V/VI: one column per defense configuration
-            lines += ["| | " + " | ".join(g["defenses"]) + " |", "|---|" + "---:|" * len(g)]
-            for label, key in (("SRCC attacked", "srcc_adv"), ("PLCC attacked", "plcc_adv"), ("R", "r"),
-                               ("SRCC clean", "srcc_clean"), ("PLCC clean", "plcc_clean"), ("shift", "shift")):
-                cells = [f"{v:.4f}" if v is not None and np.isfinite(v) else "n/a"
-                         for v in g.get(key, pd.Series([np.nan] * len(g)))]
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
-            lines.append("")
-    lines += ["L_inf and RMS of the perturbation in 8-bit levels (max over videos, mean over videos).", ""]
-    return "\n".join(lines)
-
-
-def plot_clean_vs_adv(results: pd.DataFrame) -> bytes | None:
-    """PNG: adversarial against clean score, one panel per attack, one colour per defense configuration;
-    a point on the diagonal did not move, a point on its target's side moved toward it."""
-    from .report import DPI, _colors, _png
-
-    ok = results[results["status"] == "ok"]
-    if ok.empty:
-        return None
-    from matplotlib.figure import Figure
-
-    attacks = list(dict.fromkeys(ok["attack"]))
-    defenses = list(dict.fromkeys(ok["defenses"]))
-    colors = dict(zip(defenses, _colors(len(defenses))))
-    fig = Figure(figsize=(4.2 * len(attacks), 4.2), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, len(attacks), squeeze=False)[0]
-    for ax, attack in zip(axes, attacks):
-        g = ok[ok["attack"] == attack]
-        for d in defenses:
-            h = g[g["defenses"] == d]
-            if h.empty:
-                continue
-            ax.scatter(h["clean_score"], h["adv_score"], s=18, color=colors[d], label=d, alpha=0.8)
-            ax.scatter(h["clean_score"], h["target"], s=10, marker="_", color=colors[d], alpha=0.6)
-        lo = float(np.nanmin(g[["clean_score", "adv_score", "target"]].to_numpy()))
-        hi = float(np.nanmax(g[["clean_score", "adv_score", "target"]].to_numpy()))
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
-        ax.set_title(attack, fontsize=9)
-        ax.set_xlabel("clean score")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("adversarial score (dashes: targets)")
-    axes[-1].legend(fontsize=8, title="defenses", title_fontsize=8)
-    return _png(fig)
-
-
-def write_summary(table: pd.DataFrame, results: pd.DataFrame, base: str, so: Mapping[str, Any]) -> None:
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    write_bytes(f"{base}/summary.csv", buf.getvalue().encode(), so)
-    png = plot_clean_vs_adv(results)
-    md = render_markdown(table)
-    if png is not None:
-        write_bytes(f"{base}/clean_vs_adv.png", png, so)
-        md += "![adversarial against clean scores](clean_vs_adv.png)\n"
-    write_bytes(f"{base}/summary.md", md.encode(), so)
-    records = json.loads(table.to_json(orient="records"))  # NaN -> null
-    write_bytes(f"{base}/summary.json", json.dumps(records, indent=1).encode(), so)
-
-
-__all__ = ["AttackPlan", "AttackSummary", "Attacker", "CleanScorer", "plot_clean_vs_adv", "render_markdown",
-           "run_attacks", "summarize", "write_summary"]

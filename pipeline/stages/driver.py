@@ -1,0 +1,322 @@
+"""The two Ray Data stages: inter-embedding cache (stage 1) and scores (stage 2).
+
+Shape of a run (same code on a laptop and under `ray job submit` on a GPU cluster):
+
+1. The driver reads the manifest, stats every video once (size + mtime, or ETag on S3) and derives a
+   row key per video: hash(uri, content key, model version [, clips]). It drops the keys the output
+   store has already committed, so a re-run, or a run after a crash, only computes what is missing.
+2. The remaining rows (paths, never frames) go through `map_batches` on an actor pool. Each actor
+   loads its model once (one GPU each where the cluster has GPUs), decodes inside the actor only the
+   frames the sampler asks for, catches every per-video failure into `status`/`error`, and commits
+   its batch as one Parquet shard through `ShardStore` (data file first, manifest last with exclusive
+   create). The actor returns a few summary columns only.
+3. The driver folds the summaries into progress and a one-line summary.
+
+Every output is a `ShardStore` root; readers see whole shards only and one row per key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.io.storage import ShardStore, make_key, shard_id_for, stat_many
+from pipeline.io.video import ERROR_CODES as VIDEO_ERROR_CODES
+from pipeline.io.video import VideoDecodeError
+
+from .options import RunOptions
+from .resources import auto_actors_per_gpu, plan_actors
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    videos: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    keys: list[str] = field(default_factory=list, repr=False)  # the row key of every input video
+    crashed: int = 0  # of `failed`: videos whose worker process died (a native crash in the decoder)
+
+    def line(self) -> str:
+        crashed = f" ({self.crashed} crashed their worker)" if self.crashed else ""
+        return (f"{self.stage}: {self.videos} videos: {self.done} done, {self.failed} failed{crashed}, "
+                f"{self.skipped} skipped (already done) in {self.seconds:.1f} s")
+
+
+# Every kind of failure a row can record (`error_code`): the video's own (pipeline/io/video.py) and the
+# pipeline's. The report groups failures by these.
+ERROR_CODES = {
+    **VIDEO_ERROR_CODES,
+    "decoder_crashed": "the worker process died while reading the video (a native crash)",
+    "no_inter_embedding": "stage 2 found no usable inter embedding for this video in the cache",
+    "out_of_memory": "the process ran out of memory on this video",
+    "io_error": "reading the file failed (permissions, network, object store)",
+    "error": "anything else: the message names the exception",
+}
+
+
+class NoInterEmbedding(Exception):
+    """Stage 2 has no usable inter embedding for a video; `code` is the stage-1 row's code if it failed."""
+
+    def __init__(self, message: str, code: str = "no_inter_embedding") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def failure(exc: BaseException) -> dict[str, str]:
+    """The row fields of a video that failed with `exc`: status "error", `error` (a sentence a person
+    understands) and `error_code` (a key of ERROR_CODES)."""
+    if isinstance(exc, (VideoDecodeError, NoInterEmbedding)):
+        message, code = str(exc), exc.code
+    elif isinstance(exc, FileNotFoundError):
+        message, code = f"file not found: {exc}", "not_found"
+    elif isinstance(exc, MemoryError):
+        message, code = "out of memory while processing this video", "out_of_memory"
+    elif isinstance(exc, OSError):
+        message, code = f"{type(exc).__name__}: {exc}", "io_error"
+    else:
+        message, code = f"{type(exc).__name__}: {exc}", "error"
+    return {"status": "error", "error": message, "error_code": code}
+
+
+def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mapping[str, Any],
+                   extra: Iterable[Any] = ()) -> pd.DataFrame:
+    """Manifest rows with `content_key` and `key` = hash(uri, content key, version, *extra).
+
+    Missing files get a content key of "missing" so they still get a row (status error) instead of
+    disappearing from the output; a file whose stat or version failed gets "unidentified" and the reason
+    in `stat_error`, and the stage writes its error row from the driver (`_run`).
+    """
+    out = manifest.copy()
+    if "content_key" not in out:  # stat once per run: score() passes its stats on to extract_inter()
+        by_uri = stat_many(out["uri"].tolist(), storage_options)  # once: one listing or HEAD per file
+        stats = [by_uri[u] for u in out["uri"]]
+        out["content_key"] = ["missing" if s is None else (s.content_key or "unidentified") for s in stats]
+        out["stat_error"] = [None if s is None else s.error for s in stats]
+    out["key"] = [make_key(u, c, version, *extra) for u, c in zip(out["uri"], out["content_key"])]
+    return out
+
+
+def pending_rows(rows: pd.DataFrame, store: ShardStore, retry_errors: bool) -> tuple[pd.DataFrame, int]:
+    committed = store.committed_keys()
+    if retry_errors and committed:
+        t = store.read_table(columns=[store.key_column, "status"]).to_pandas()
+        committed -= set(t.loc[t["status"] != "ok", store.key_column])
+    todo = rows[~rows["key"].isin(committed)]
+    return todo, len(rows) - len(todo)
+
+
+def pool_strategy(opts: RunOptions, store: ShardStore, stage: str) -> tuple[Any, dict[str, Any]]:
+    import ray
+
+    cluster = ray.cluster_resources()
+    if opts.actors_per_gpu == "auto":
+        k, why = auto_actors_per_gpu(store, cluster, opts.cpus_per_actor)
+        print(f"{stage}: {k} actor(s) per GPU ({why})", flush=True)
+        opts = replace(opts, actors_per_gpu=k)
+    plan = plan_actors(opts, cluster)
+    return ray.data.ActorPoolStrategy(size=plan.size), {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
+
+
+# A worker process that dies (a segmentation fault in FFmpeg, the OOM killer) is restarted and its batch
+# retried this many times; after that the batch's videos are retried one at a time (`_isolate`).
+CRASH_RETRIES = 2
+CRASHED = "decoder crashed: the worker process died while reading this video (a native crash)"
+
+
+def _is_crash(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) says a worker process died while it ran a task: a native crash
+    or the OOM killer. An actor whose constructor failed is not a crash of any video (it re-raises)."""
+    import ray.exceptions as rex
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "actor_init_failed", False):
+            return False
+        if isinstance(exc, (rex.RayActorError, rex.WorkerCrashedError)) or "ActorDiedError" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def run_stage(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary,
+         store: ShardStore) -> None:
+    """Run `udf` (an actor class with a `schema` and `__call__(batch) -> summary frame` that commits its
+    rows) over `todo` with Ray Data.
+
+    Worker processes that die are restarted and their batches retried (CRASH_RETRIES per actor). If
+    the pool still fails, the first videos not finished yet (the ones the pool was on) are retried one
+    per call (`_isolate`), so only a video that kills its worker gets an error row (CRASHED), and a
+    fresh pool goes on with the rest; every round finishes at least one window of videos.
+    """
+    unknown = todo.iloc[:0]
+    if "stat_error" in todo:  # failed before any worker could see them: their rows come from here
+        unknown = todo[todo["stat_error"].notna()]
+        if len(unknown):
+            store.commit(_driver_shard(unknown["key"]), _error_rows(unknown, udf.schema, unknown["stat_error"].tolist(),
+                                                                    "io_error"), unknown["key"].tolist())
+            summary.failed += len(unknown)
+            todo = todo[todo["stat_error"].isna()]
+    if todo.empty:
+        return
+    compute, resources = pool_strategy(opts, store, summary.stage)
+    before = store.committed_keys()  # with --retry-errors, keys of earlier error rows are in here
+    seen: set[str] = set()
+    left = todo
+    crashed = False
+    progress = Progress(summary.stage, len(todo), opts.progress_s)
+    while len(left):
+        try:
+            run_pool(left, udf, ctor, opts, compute, resources, summary, progress, seen)
+            break
+        except Exception as exc:
+            if not _is_crash(exc):
+                raise
+        crashed = True
+        done_now = seen | (store.committed_keys() - before)
+        left = left[~left["key"].isin(done_now)]
+        window = left.iloc[:2 * opts.batch_size * max(1, compute.max_size or 1)]
+        print(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times; retrying {len(window)} of the {len(left)} "
+              "videos not finished yet one at a time, then the rest as before", flush=True)
+        _isolate(window, udf, ctor, resources, summary, store, opts.progress_s)
+        seen.update(window["key"])
+        left = left.iloc[len(window):]
+    if crashed:  # batches may have committed without the driver seeing them: count from the store
+        table = store.read_table(columns=[store.key_column, "status"]).to_pandas()
+        table = table[table[store.key_column].isin(set(todo["key"]))]
+        summary.done = int((table["status"] == "ok").sum())
+        summary.failed = len(unknown) + int((table["status"] != "ok").sum())
+
+
+def run_pool(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, compute: Any,
+              resources: dict[str, Any], summary: StageSummary, progress: "Progress", seen: set[str]) -> None:
+    import ray
+
+    ds = ray.data.from_pandas(todo.reset_index(drop=True))
+    # Keep blocks the size of a shard so actors start early and commit often.
+    ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
+    out = ds.map_batches(udf, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, batch_format="pandas",
+                         compute=compute, max_restarts=CRASH_RETRIES, max_task_retries=CRASH_RETRIES, **resources)
+    for batch in out.iter_batches(batch_format="pandas", batch_size=None):
+        seen.update(batch["key"])
+        ok = int((batch["status"] == "ok").sum())
+        summary.done += ok
+        summary.failed += len(batch) - ok
+        line = progress.update(summary.done, summary.failed)
+        if line:
+            print(line, flush=True)
+
+
+def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dict[str, Any],
+             summary: StageSummary, store: ShardStore, progress_s: float) -> None:
+    """One video per actor call: a call whose actor dies marks that video CRASHED (a row of `udf.schema`
+    from what the manifest row knows) and a fresh actor takes the next one. An actor that cannot start
+    raises: that is no video's fault."""
+    import ray
+
+    actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(udf)
+    progress = Progress(f"{summary.stage} (one video at a time)", len(left), progress_s)
+    actor = None
+    for i in range(len(left)):
+        one = left.iloc[[i]].reset_index(drop=True)
+        if actor is None:
+            actor = actor_cls.remote(**ctor)
+            ray.get(actor.__ray_ready__.remote())  # a failing constructor raises here, not as a crash
+        try:
+            ray.get(actor.__call__.remote(one))
+        except Exception as exc:
+            if not _is_crash(exc):
+                raise
+            actor = None
+            summary.crashed += 1
+            store.commit(_driver_shard(one["key"]), _error_rows(one, udf.schema, [CRASHED], "decoder_crashed"),
+                         one["key"].tolist())
+        line = progress.update(i + 1, summary.crashed)
+        if line:
+            print(line, flush=True)
+
+
+def _driver_shard(keys: Iterable[str]) -> str:
+    """Shard id of rows the driver writes: never the id a worker's later shard of the same keys gets
+    (`storage.shard_id_for`), or a retried video's good row would count as already committed."""
+    return f"driver-{shard_id_for(keys)}"
+
+
+# Row columns the driver copies from the manifest into the rows it writes (identity and labels only:
+# a user's own column may share a name with an output column and not its type).
+_IDENTITY = ("key", "video_id", "uri", "content_key", "mos", "dataset", "inter_key", "defenses", "attack",
+             "adaptive", "q_mos", "clean_score", "target")
+
+
+def _error_rows(rows: pd.DataFrame, schema: pa.Schema, messages: list[str], code: str) -> pa.Table:
+    """Error rows of `schema` written by the driver for videos no worker could finish (a crash, a file
+    whose version cannot be identified): the manifest's identity columns, status error, the message
+    (one per row, or one for all) and `code`."""
+    out = []
+    for i, r in enumerate(rows.to_dict("records")):
+        row = {name: (r[name] if name in _IDENTITY and name in r and not _missing(r[name]) else None)
+               for name in schema.names}
+        row.update(status="error", error=messages[i if len(messages) > 1 else 0], error_code=code)
+        if "created_at" in schema.names:
+            row["created_at"] = time.time()
+        out.append(row)
+    return pa.Table.from_pylist(out, schema=schema)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+class Progress:
+    """Progress lines for job logs (Ray Data's bars are off under `ray job submit`): at most one per
+    `interval` seconds, with the rate since the start and the time left at that rate."""
+
+    def __init__(self, stage: str, total: int, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage, self.total, self.interval, self.clock = stage, total, interval, clock
+        self.start = self.last = clock()
+
+    def update(self, done: int, failed: int) -> str | None:
+        now = self.clock()
+        finished = done + failed
+        if now - self.last < self.interval or finished >= self.total:
+            return None  # the stage's summary line reports the end
+        self.last = now
+        rate = finished / max(now - self.start, 1e-9)
+        left = (self.total - finished) / rate if rate > 0 else float("inf")
+        return (f"{self.stage}: {finished:,}/{self.total:,} videos ({100 * finished / self.total:.1f}%), "
+                f"{failed:,} failed, {rate:.2f} videos/s, about {duration(left)} left")
+
+
+def duration(seconds: float) -> str:
+    """A time left for progress lines: "12m05s", "1h07m", or "unknown time"."""
+    if seconds == float("inf"):
+        return "unknown time"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def shard_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]})
+
+
+def common_fields(r: Any) -> dict[str, Any]:
+    return {"key": r.key, "video_id": str(r.video_id), "uri": str(r.uri), "content_key": str(r.content_key)}
+
+
+def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """A stage's output (a ShardStore root) as one DataFrame, one row per key."""
+    return ShardStore(uri, storage_options).read_table().to_pandas()

@@ -1,0 +1,75 @@
+"""What a stage runs (`ModelSpec`: which model, its version) and how (`RunOptions`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from model import InterEmbedder, SecureVQA, create_model
+from model.api import DEMO_CHECKPOINT
+
+# ----------------------------------------------------------------------------- run configuration
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a stage runs; everything an actor needs to build it, and its version."""
+
+    preset: str | None = None  # None: the checkpoint's own config; with no checkpoint either, the demo model
+    checkpoint: str | None = None
+    inter_checkpoint: str | None = None
+    precision: str = "fp32"
+    guardian: bool = True
+    device: str = "auto"  # auto: the GPU torch sees (under Ray: the actor's own), else the CPU
+
+    @property
+    def default_weights(self) -> bool:
+        """No checkpoint and no preset: the demo model shipped with the package, where it is installed
+        (`make demo-model --install`); without it, the untrained tiny model."""
+        return self.checkpoint is None and self.preset is None and DEMO_CHECKPOINT.exists()
+
+    def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
+        checkpoint = str(DEMO_CHECKPOINT) if self.default_weights else self.checkpoint
+        preset = self.preset or ("paper" if checkpoint else "tiny")
+        return create_model(
+            preset, checkpoint=checkpoint, inter_checkpoint=self.inter_checkpoint,
+            precision=self.precision, device=self.device, guardian=self.guardian, storage_options=storage_options,
+        )
+
+    def versions(self, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Version strings of the inter and intra models (config hash + weights fingerprint), and the
+        preset's number of test clips."""
+        vqa, inter = self.build(storage_options)
+        return {"inter": model_version(inter, self.guardian), "score": model_version(vqa, self.guardian),
+                "test_clips": vqa.cfg.sampling.test_clips}
+
+
+def model_version(module: SecureVQA | InterEmbedder, guardian: bool) -> str:
+    h = hashlib.sha256(module.cfg.version().encode())
+    h.update(f"guardian={guardian}".encode())
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return f"{module.cfg.name}-{h.hexdigest()[:12]}"
+
+
+@dataclass
+class RunOptions:
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    actors: int | None = None  # None: one per GPU, else one per 2 CPUs
+    batch_size: int = 8  # videos per shard
+    gpus_per_actor: float | None = None  # None: 1 / actors_per_gpu where the cluster has GPUs, else 0
+    actors_per_gpu: int | str | None = None  # actors sharing a GPU (None: 1; "auto": `auto_actors_per_gpu`)
+    forward_videos: int | None = None  # videos per forward pass (None: the whole batch on a GPU, 1 on CPU)
+    cpus_per_actor: float = 1.0  # logical CPUs Ray reserves per actor
+    threads: int | None = None  # torch threads per actor (None: cpus_per_actor)
+    clips: int | None = None  # None: the preset's test clips
+    seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
+    retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
+    progress_s: float = 60.0  # seconds between progress lines of a running stage (0: every batch)
+    stream: int | None = None  # video stream to read in every file (None: the default moving one; video.py)
+
+    def key_extra(self) -> tuple[str, ...]:
+        """What besides the file and model versions tells rows apart: a chosen stream is other input."""
+        return () if self.stream is None else (f"stream={self.stream}",)

@@ -1,0 +1,79 @@
+"""What a training run is: the recipe (`TrainConfig`, docs/design.md section 4) and where it runs (`TrainRun`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.losses import LossConfig
+
+log = logging.getLogger("securevqa.train")
+
+STATE_FILE = "state.pt"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What is trained and how. The defaults are the reference recipe (DESIGN 2.4)."""
+
+    preset: str = "paper"
+    init_checkpoint: str | None = None  # a SecureVQA checkpoint to start from (ours or the reference layout)
+    intra_pretrained: str | None = None  # Video Swin K400 weights (mmaction) for the intra backbone
+    inter_checkpoint: str | None = None  # SlowFast R50 K400 weights (pytorchvideo) for the fast pathway
+    epochs: int = 30
+    batch_size: int = 12  # videos per optimizer step, over all workers
+    head_lr: float = 1e-3  # fusion + regression head
+    backbone_lr: float = 1e-4  # intra Swin backbone
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.5
+    ema_decay: float = 0.999
+    loss: LossConfig = field(default_factory=LossConfig)
+    freeze_backbone: bool = False  # small-dataset protocol: only fusion and head learn
+    head_dropout: float | None = None  # None: the preset's (0.5); training only, inference has none
+    reinit_head: bool = False  # small-dataset protocol: fusion and head start afresh
+    val_clips: int | None = None  # clips per validation video (None: the preset's test clips)
+    guardian: bool = True
+    # Batches of `group_size` clips from each of batch/group_size groups (e.g. source content): the
+    # losses rank within a batch, and same-content clips make quality, not content, the difference.
+    group_column: str | None = None
+    group_size: int = 4
+    align_groups: bool = False  # a group's clips in a batch share clip offsets and fragments (GroupedBatchSampler)
+    grad_clip: float | None = None  # max global gradient norm per step (None: no clipping)
+    # Videos of the training split whose clips estimate the frozen fast pathway's BatchNorm statistics
+    # before stage 1 (0: keep the weights' own; model.slowfast.FastPathway.calibrate_batchnorm_).
+    calibrate_inter: int = 0
+    # Weight of the texture-statistics target on the final intra tokens (model/pretext.py; 0: none). It
+    # makes a randomly initialised Swin measure local energy, which a pooled quality loss barely teaches.
+    texture_weight: float = 0.0
+    seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Where and on what a run executes."""
+
+    workers: int = 1  # Ray Train workers (DDP when > 1)
+    use_gpu: bool | None = None  # None: one GPU per worker where the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    threads: int | None = None  # torch threads per worker (default: cpus_per_worker)
+    loader_workers: int = 1  # DataLoader processes decoding clips per training worker
+    cache_uri: str | None = None  # stage-1 cache (default: OUTPUT/inter); share it with the score job
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    progress_every: int = 10  # steps between progress lines
+    # Local folder where every training video is decoded once (pipeline/training/frame_cache.py); None: decode
+    # the sampled frames on the fly every step.
+    frame_cache: str | None = None

@@ -1,0 +1,117 @@
+"""Training data on a worker: labelled clips decoded on the fly (or from the frame cache) and batches grouped by content."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from model import make_generator
+from model.rng import derive_seed
+from pipeline.stages.batching import open_video
+from pipeline.stages.inference import intra_clips
+from pipeline.training.frame_cache import FrameCache
+
+log = logging.getLogger("securevqa.train")
+
+
+# ----------------------------------------------------------------------------- data
+
+class ClipDataset(Dataset):
+    """Labelled videos -> (K fragment clips uint8, cached inter embedding, MOS), decoded on the fly.
+
+    Randomness of item i in epoch e comes from `derive_seed(seed, salt, e, i)`: fresh clip offsets and
+    fragments every epoch, the same ones on a replay, whichever loader process decodes the item. An item
+    may also be `(i, draw)` (`GroupedBatchSampler(aligned=True)`): then the randomness comes from
+    `derive_seed(seed, salt, e, "draw", draw)`, so items sharing a draw (versions of one source content,
+    frame-aligned) get the same clip offsets and fragment positions.
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], embeddings: Mapping[str, torch.Tensor], sampling: Any,
+                 num_clips: int, seed: int | None, salt: str, storage_options: Mapping[str, Any],
+                 frame_cache: FrameCache | None = None) -> None:
+        self.rows, self.embeddings, self.sampling = list(rows), embeddings, sampling
+        self.num_clips, self.seed, self.salt = num_clips, seed, salt
+        self.storage_options = dict(storage_options)
+        self.frame_cache = frame_cache
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+        if isinstance(item, tuple):
+            i, draw = item
+            g = make_generator(derive_seed(self.seed, self.salt, self.epoch, "draw", draw))
+        else:
+            i = item
+            g = make_generator(derive_seed(self.seed, self.salt, self.epoch, i))
+        r = self.rows[i]
+        try:
+            if self.frame_cache is not None:
+                clips = intra_clips(self.frame_cache.open(r["uri"]), self.sampling, self.num_clips, g)
+            else:
+                with open_video(r["uri"], self.storage_options) as video:
+                    clips = intra_clips(video, self.sampling, self.num_clips, g)
+        except Exception as exc:
+            raise RuntimeError(f"training video {r['video_id']} ({r['uri']}): {exc}") from exc
+        return clips, self.embeddings[r["inter_key"]], float(r["mos"]), i
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of `per_group` items from each of `batch_size // per_group` distinct groups (e.g. source
+    contents), drawn from `generator`: every item at most once per epoch, a group at most once per batch.
+
+    `aligned`: each item comes as `(index, draw)`, the items of one group in a batch sharing a draw, so
+    `ClipDataset` samples them at the same clip offsets and fragment positions. For versions of one
+    source (clean and degraded, frame-aligned) the clips then differ in quality only: the fragments
+    of different draws of one content differ ~10x more than a degradation changes them (measured on
+    the untrained model, docs/training.md), which drowns the quality signal of a step."""
+
+    def __init__(self, groups: Sequence[Any], batch_size: int, per_group: int, generator: torch.Generator,
+                 aligned: bool = False) -> None:
+        if batch_size % per_group or batch_size < 2 * per_group:
+            raise ValueError(f"batch size {batch_size} must be a multiple (>= 2x) of the group size {per_group}")
+        self.groups, self.k, self.per_group, self.aligned = list(groups), batch_size // per_group, per_group, aligned
+        members: dict[Any, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            members.setdefault(g, []).append(i)
+        if len(members) < self.k:
+            raise ValueError(f"{len(members)} groups cannot fill batches of {self.k} distinct groups")
+        chunks: list[list[int]] = []
+        for items in members.values():
+            order = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
+            chunks += [order[j:j + per_group] for j in range(0, len(order) - per_group + 1, per_group)]
+        chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        self.batches: list[list[int]] = []
+        open_batches: list[list[list[int]]] = []
+        for c in chunks:  # first open batch without this chunk's group, else a new one
+            for b in open_batches:
+                if all(self.groups[o[0]] != self.groups[c[0]] for o in b):
+                    b.append(c)
+                    break
+            else:
+                open_batches.append([c])
+            for b in [b for b in open_batches if len(b) == self.k]:
+                self.batches.append([i for chunk in b for i in chunk])
+                open_batches.remove(b)
+
+    def __iter__(self):
+        if not self.aligned:
+            return iter(self.batches)
+        p = self.per_group
+        return iter([[(i, b * self.k + j // p) for j, i in enumerate(batch)] for b, batch in enumerate(self.batches)])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def loader_init(_: int) -> None:
+    """DataLoader `worker_init_fn`: one torch thread per decoding process."""
+    torch.set_num_threads(1)  # decoding processes must not compete with the model's threads

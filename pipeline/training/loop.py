@@ -1,0 +1,293 @@
+"""Training SecureVQA on cached inter embeddings, with Ray Train (TorchTrainer, DDP).
+
+Shape of a run (`securevqa train`, the same code from one CPU worker to many GPU nodes):
+
+1. The driver keys the labelled manifest like the score stage and runs stage 1 (`extract_inter`) for
+   every video whose inter embedding is not cached yet; videos that fail stage 1 are left out, named.
+2. A `TorchTrainer` starts `workers` training workers (one GPU each where asked). Each worker reads
+   the embeddings of its videos from the cache and decodes intra clips on the fly: every step draws
+   fresh clip offsets, fragments and guardian maps (replayable when the run has a seed).
+3. Every epoch: validation of the raw and the EMA weights (SRCC/PLCC/KRCC/RMSE), a Ray Train
+   checkpoint (model, EMA, optimizer, schedule, history), and, on rank 0, `best.pt` and `last.pt` in
+   the project's checkpoint format plus `history.json` and `training_curves.png`.
+4. A run started again with the same output resumes from its last checkpoint: Ray Train restores it
+   from the run's storage, the loop continues at the next epoch with the same optimizer and EMA state.
+
+The recipe (DESIGN 2.4) is `TrainConfig`'s defaults; the small-dataset protocol is `train_splits`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from model import SecureVQA, create_model, load_intra_pretrained, make_generator
+from model.fusion import FusionHead
+from model.losses import LossConfig, grouped_quality_loss, quality_loss
+from model.metrics import quality_metrics, srcc
+from model.optim import ModelEMA, build_optimizer, warmup_cosine
+from model.pretext import TextureHead
+from model.rng import derive_seed
+from pipeline.stages.driver import duration
+from pipeline.stages.inter import InterCache
+from pipeline.training.frame_cache import FrameCache
+
+from .config import STATE_FILE, TrainConfig, TrainRun
+from .data import ClipDataset, GroupedBatchSampler, loader_init
+from .history import epoch_line, publish, write_history
+
+log = logging.getLogger("securevqa.train")
+
+
+# ----------------------------------------------------------------------------- model, state
+
+def build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
+    """The model a run trains: preset or `init_checkpoint`, optional pretrained backbone, head re-initialised
+    and backbone frozen as `cfg` says, training head dropout; initialisation derived from `seed`."""
+    vqa, _ = create_model(cfg.preset, checkpoint=cfg.init_checkpoint, guardian=cfg.guardian,
+                          init_seed=derive_seed(seed, "init"))
+    if cfg.intra_pretrained:
+        load_intra_pretrained(vqa, cfg.intra_pretrained)
+    if cfg.reinit_head:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "head"))
+            vqa.head = FusionHead(vqa.cfg.intra_dim, vqa.cfg.inter_dim, vqa.cfg.head)
+    if cfg.freeze_backbone:
+        vqa.intra.requires_grad_(False)
+    if cfg.head_dropout is not None:
+        # A training choice, not architecture: the config (and with it every cache key) stays the preset's.
+        for m in vqa.head.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.head_dropout
+    return vqa
+
+
+def _set_train_mode(vqa: SecureVQA, cfg: TrainConfig) -> None:
+    vqa.train()
+    if cfg.freeze_backbone:
+        vqa.intra.eval()  # a frozen backbone gives the same features as at test time (no drop-path)
+
+
+# ----------------------------------------------------------------------------- validation
+
+@torch.no_grad()
+def evaluate(models: Mapping[str, SecureVQA], loader: DataLoader, seed: int,
+             groups: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Scores every validation video with each model on the same clips and guardian maps: the
+    quality_metrics over all videos, and with `groups` (each video's content, by dataset index) also
+    `within_srcc`, the mean SRCC inside each content: one model can order the qualities of every
+    content right and still lose pooled SRCC to content offsets."""
+    preds: dict[str, list[float]] = {name: [] for name in models}
+    labels: list[float] = []
+    order: list[int] = []
+    for clips, inter, mos, idx in loader:
+        for name, m in models.items():
+            m.eval()
+            g = make_generator(derive_seed(seed, "val-guardian", int(idx[0])))
+            preds[name].extend(m(clips, inter, generator=g).mean(1).tolist())
+        labels.extend(mos.tolist())
+        order.extend(int(i) for i in idx)
+    out = {name: quality_metrics(np.asarray(p), np.asarray(labels)) for name, p in preds.items()}
+    if groups:
+        g = np.asarray([groups[i] for i in order])
+        y = np.asarray(labels)
+        for name, p in preds.items():
+            p = np.asarray(p)
+            per = [srcc(p[g == k], y[g == k]) for k in np.unique(g) if (g == k).sum() > 2]
+            out[name]["within_srcc"] = float(np.nanmean(per)) if per else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------- the per-worker loop
+
+def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor, mos: torch.Tensor,
+               optimizer: torch.optim.Optimizer, loss_cfg: LossConfig, *,
+               generator: torch.Generator | None = None, groups: torch.Tensor | None = None,
+               grad_clip: float | None = None, texture: TextureHead | None = None, texture_weight: float = 0.0,
+               parts: dict[str, float] | None = None) -> float:
+    """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
+
+    `groups` (B,) integer labels: the loss is computed within each group (`grouped_quality_loss`);
+    `grad_clip`: the largest global gradient norm applied (over the model and `texture`). With `texture`
+    and `texture_weight` > 0 the final intra tokens also regress their cells' texture statistics
+    (model/pretext.py). Returns the total loss; `parts` receives "quality" and "texture"."""
+    with_texture = texture is not None and texture_weight > 0
+    out = model(clips, inter, generator=generator, return_features=with_texture)
+    pred, feats = out if with_texture else (out, None)
+    pred = pred.mean(1)
+    loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
+    total = loss
+    if with_texture:
+        texture_loss = texture.loss(feats, clips.flatten(0, 1))
+        total = loss + texture_weight * texture_loss
+        if parts is not None:
+            parts["texture"] = texture_loss.item()
+    if parts is not None:
+        parts["quality"] = loss.item()
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip is not None:
+        params = list(model.parameters()) + (list(texture.parameters()) if with_texture else [])
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return total.item()
+
+
+def train_loop(config: Mapping[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: one worker's share of the whole run (resumes by itself)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = TrainConfig.from_dict(config["cfg"])
+    run = TrainRun(**config["run"])
+    seed, out, so = int(config["seed"]), config["output"], run.storage_options
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(run.threads or max(1, int(run.cpus_per_worker)))
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+    vqa = build_model(cfg, seed).to(device)
+    # The inter weights are saved with every exported model, so scoring with it reuses this run's cache.
+    inter_model = config["spec"].build(so)[1].cpu() if rank == 0 else None
+    cache = InterCache(config["cache_uri"], so)
+    keys = [r["inter_key"] for r in config["train"] + config["val"]]
+    found = cache.lookup(keys)
+    emb = {k: torch.tensor(v["embedding"], dtype=torch.float32).view(v["segments"], -1) for k, v in found.items()}
+    sampling = vqa.cfg.sampling
+    frames = None
+    if run.frame_cache:
+        frames = FrameCache(run.frame_cache, so)
+        t_cache = time.perf_counter()
+        todo = config["train"] + (config["val"] if rank == 0 else [])
+        n = frames.warm(r["uri"] for r in todo)
+        if rank == 0:
+            print(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded "
+                  f"({time.perf_counter() - t_cache:.0f} s)", flush=True)
+    train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames)
+    group_ids = {g: i for i, g in enumerate(sorted({r["group"] for r in config["train"]}))}
+    per_worker = max(2, cfg.batch_size // world)
+    steps_per_epoch = len(train_ds) // (per_worker * world)
+    if cfg.group_column and world == 1:
+        steps_per_epoch = len(GroupedBatchSampler([r["group"] for r in config["train"]], per_worker,
+                                                  cfg.group_size, make_generator(0)))
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(train_ds)} training videos are fewer than one batch of {cfg.batch_size}")
+    total = cfg.epochs * steps_per_epoch
+
+    model = ray.train.torch.prepare_model(vqa, move_to_device=False) if world > 1 else vqa
+    optimizer = build_optimizer(vqa, backbone_lr=cfg.backbone_lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    texture = None
+    if cfg.texture_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "texture"))
+            texture = TextureHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
+        optimizer.add_param_group({"name": "texture", "params": list(texture.parameters()), "lr": cfg.head_lr,
+                                   "weight_decay": cfg.weight_decay})
+    scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=total)
+    ema = ModelEMA(vqa, decay=cfg.ema_decay)
+    start_epoch, step, history, best = 0, 0, [], None
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+        vqa.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if texture is not None:
+            texture.load_state_dict(state["texture"])
+        start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
+        if rank == 0:
+            print(f"train: resumed after epoch {state['epoch'] + 1} (step {step})", flush=True)
+
+    val_loader = None
+    if config["val"] and rank == 0:
+        val_ds = ClipDataset(config["val"], emb, sampling, cfg.val_clips or sampling.test_clips, seed, "val", so,
+                             frames)
+        val_loader = DataLoader(val_ds, batch_size=1, num_workers=run.loader_workers, worker_init_fn=loader_init)
+
+    def validate(record: dict[str, Any]) -> None:
+        if val_loader is None:
+            return
+        t1 = time.perf_counter()
+        groups = [r.get("group", "") for r in config["val"]]
+        for name, m in evaluate({"raw": vqa, "ema": ema.module}, val_loader, seed, groups).items():
+            record.update({f"val_{name}_{k}": m[k] for k in ("srcc", "plcc", "krcc", "rmse", "within_srcc")})
+        record["val_s"] = time.perf_counter() - t1
+
+    if start_epoch == 0 and rank == 0 and val_loader is not None:
+        record0: dict[str, Any] = {"epoch": 0, "step": 0, "train_loss": None, "train_s": 0.0}
+        validate(record0)  # the starting point, so every curve shows what training added
+        history.append(record0)
+        print("train: " + epoch_line(record0), flush=True)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        if world > 1:
+            sampler: Any = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                                                               seed=derive_seed(seed, "shuffle") or 0, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(train_ds, generator=make_generator(derive_seed(seed, "shuffle", epoch)))
+        batching: dict[str, Any] = {"batch_size": per_worker, "sampler": sampler, "drop_last": True}
+        if cfg.group_column and world == 1:
+            batching = {"batch_sampler": GroupedBatchSampler(
+                [r["group"] for r in config["train"]], per_worker, cfg.group_size,
+                make_generator(derive_seed(seed, "shuffle", epoch)), aligned=cfg.align_groups)}
+        loader = DataLoader(train_ds, num_workers=run.loader_workers, worker_init_fn=loader_init,
+                            pin_memory=device.type == "cuda", persistent_workers=False, **batching)
+        torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
+        _set_train_mode(vqa, cfg)
+        losses, texture_losses = [], []
+        for i, (clips, inter, mos, idx) in enumerate(loader):
+            clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
+            mos = mos.to(device=device, dtype=torch.float32)
+            g = make_generator(derive_seed(seed, "guardian", epoch, i, rank))
+            groups = (torch.tensor([group_ids[config["train"][j]["group"]] for j in idx.tolist()])
+                      if cfg.group_column and world == 1 else None)
+            parts: dict[str, float] = {}
+            loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
+                              grad_clip=cfg.grad_clip, texture=texture, texture_weight=cfg.texture_weight,
+                              parts=parts)
+            if "texture" in parts:
+                texture_losses.append(parts["texture"])
+            scheduler.step()
+            ema.update(vqa)
+            step += 1
+            losses.append(loss)
+            if rank == 0 and ((i + 1) % run.progress_every == 0 or i + 1 == steps_per_epoch):
+                rate = (time.perf_counter() - t0) / (i + 1)
+                val_s = history[-1].get("val_s", 0.0) if history else 0.0
+                left = (total - step) * rate + (cfg.epochs - epoch) * val_s  # steps, then validations
+                print(f"train: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
+                      f"loss {np.mean(losses[-run.progress_every:]):.4f} "
+                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {duration(left)} left)", flush=True)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+                                  "train_s": time.perf_counter() - t0}
+        if texture_losses:
+            record["train_texture_loss"] = float(np.mean(texture_losses))
+        validate(record)
+        if rank == 0:
+            best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
+            history.append(record)
+            write_history(out, so, history, best, cfg, seed)
+            print("train: " + epoch_line(record), flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                torch.save({"epoch": epoch, "step": step, "model": vqa.state_dict(), "ema": ema.state_dict(),
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "history": history, "best": best,
+                            **({"texture": texture.state_dict()} if texture is not None else {})}, os.path.join(d, STATE_FILE))
+            ray.train.report({k: v for k, v in record.items() if v is not None},
+                             checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
