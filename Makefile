@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 
-.PHONY: venv demo demo-model test bench clean
+.PHONY: venv demo demo-model test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,13 @@ demo: $(STAMP)
 demo-model: $(STAMP)
 	$(BIN)/python -m jobs.demo_model --resume-from model/weights/demo_run --save-state model/weights/demo_run --install
 
+# Everything (CI: .ci/run), then the 15 slowest tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# Skips the tests marked slow: those that start Ray, a subprocess or a server (tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_model --ablations

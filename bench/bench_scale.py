@@ -60,7 +60,7 @@ def make_videos(work: Path, n: int) -> Path:
 
 def run_once(work: Path, n: int, checkpoint: Path, batch: int, actors: int) -> dict:
     from pipeline.stages.driver import load_table
-    from pipeline.io.storage import ShardStore
+    from pipeline.io.shards import ShardStore
 
     manifest = make_videos(work, n)
     run = work / f"run_{n}_{time.time_ns()}"

@@ -1,7 +1,7 @@
 """Does the intra backbone see quality? (`make bench`; docs/training.md, "Why the intra branch did not learn")
 
 For each checkpoint (or a preset's random initialisation), the spatially averaged final intra features
-(what the fusion head receives, DESIGN 2.3) of every degraded version of a content are compared with
+(what the fusion head receives, docs/design.md §2.3) of every degraded version of a content are compared with
 those of its clean version, on the same fragments and guardian map: the distance, divided by the
 distance between the clean clips of two different contents. A backbone that measures quality moves its
 features under a degradation by a sizeable fraction of what a change of content does; a randomly

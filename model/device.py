@@ -15,7 +15,7 @@ def select_device(requested: str | torch.device | None = "auto") -> torch.device
     """'auto' (or None): the first GPU torch sees, else the CPU; 'cpu', 'cuda', 'cuda:N' as given.
 
     Under Ray each actor sees only its own GPU(s) through CUDA_VISIBLE_DEVICES, so 'cuda' is the
-    actor's GPU: the choice comes from torch, never from Ray's GPU ids (DESIGN 4).
+    actor's GPU: the choice comes from torch, never from Ray's GPU ids (docs/design.md §4).
     """
     if requested is None or str(requested) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,7 +35,7 @@ def uses_autocast(precision: str, device_type: str) -> bool:
     """bf16 on a GPU is torch.autocast (fp32 weights, bf16 tensor-core matmuls, fp32 reductions).
 
     On CPU, bf16 means bf16 matmul weights stored once (SwinTransformer3D.set_matmul_dtype): CPU
-    autocast re-casts every weight on every call and gained only 1.3x here (DESIGN 6), the stored
+    autocast re-casts every weight on every call and gained only 1.3x here (docs/design.md §6), the stored
     weights 1.6x (docs/performance.md).
     """
     return precision == "bf16" and device_type == "cuda"

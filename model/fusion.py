@@ -1,6 +1,6 @@
 """Fusion of intra (Swin) and inter (SlowFast fast pathway) features, and the regression head.
 
-DESIGN.md 2.3. Everything is a 1x1x1 Conv3d over the (B, C, T, 1, 1) token column, so the weights
+docs/design.md §2.3. Everything is a 1x1x1 Conv3d over the (B, C, T, 1, 1) token column, so the weights
 have the reference checkpoint's shapes and load without reshaping.
 """
 

@@ -3,7 +3,7 @@
 Pure numpy/scipy, no I/O. Inputs may be anything array-like: lists, numpy arrays, or torch tensors
 (detached and moved to the CPU here; nothing is differentiable, the training loss has its own code).
 
-Conventions (DESIGN 2.4):
+Conventions (docs/design.md §2.4):
 
 * PLCC and RMSE are computed after rescaling the predictions linearly to the labels' mean and std:
   ``pred' = (pred - mean(pred)) / std(pred) * std(label) + mean(label)`` with ``np.std`` (ddof 0),
@@ -178,7 +178,7 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-# ----------------------------------------------------------------------------- security (DESIGN 3)
+# ----------------------------------------------------------------------------- security (docs/design.md §3)
 
 
 def robustness_terms(q: Any, q_adv: Any, target: Any) -> np.ndarray:
@@ -189,7 +189,7 @@ def robustness_terms(q: Any, q_adv: Any, target: Any) -> np.ndarray:
 
 
 def robustness(q: Any, q_adv: Any, target: Any) -> float:
-    """R (DESIGN 3): the mean of :func:`robustness_terms`."""
+    """R (docs/design.md §3): the mean of :func:`robustness_terms`."""
     return float(robustness_terms(q, q_adv, target).mean())
 
 

@@ -2,7 +2,7 @@
 
 Why (docs/training.md, "Why the intra branch did not learn"): a randomly initialised Swin is nearly
 linear (residual branches start small, every LayerNorm removes a token's norm), so after the spatial
-mean of DESIGN 2.3 its features are almost blind to zero-mean changes of texture: on `tiny-cpu`, a
+mean of docs/design.md §2.3 its features are almost blind to zero-mean changes of texture: on `tiny-cpu`, a
 quality change moves the pooled features by 0.3-2% of what a change of content moves them (noise
 sigma 20: 0.9%), and a quality loss on pooled scores barely reaches the layers that would have to learn
 it. Asking every final token to predict local statistics of its own cell (high-frequency energy at

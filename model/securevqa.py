@@ -96,6 +96,41 @@ class SecureVQA(nn.Module):
         self.precision, self.amp = precision, amp
         return self
 
+    # ---- training-time changes (fine-tuning protocols, docs/training.md): the config, and with it every
+    # version string and cache key, stays the preset's.
+
+    def reset_head(self, seed: int) -> "SecureVQA":
+        """A freshly initialised fusion head (the small-dataset protocol re-initialises fusion and head),
+        drawn from `seed` without touching the global random state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = FusionHead(self.cfg.intra_dim, self.cfg.inter_dim, self.cfg.head)
+        return self
+
+    def freeze_intra(self) -> "SecureVQA":
+        """No gradients for the intra backbone, and it stays in eval mode (no drop path) when the model
+        is put in training mode: a frozen backbone gives the features it gives at test time."""
+        self.intra.requires_grad_(False)
+        self.intra_frozen = True
+        self.intra.eval()
+        return self
+
+    def set_head_dropout(self, p: float) -> "SecureVQA":
+        """Dropout probability of every dropout layer of the head, in [0, 1) (the presets use 0.5).
+        Raises ValueError outside that range."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"head dropout must be in [0, 1), got {p}")
+        for m in self.head.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+        return self
+
+    def train(self, mode: bool = True) -> "SecureVQA":
+        super().train(mode)
+        if getattr(self, "intra_frozen", False):
+            self.intra.eval()
+        return self
+
     def forward(
         self, clips: Tensor, inter: Tensor, *, generator: Generators = None, guardian: bool | None = None,
         return_features: bool = False,

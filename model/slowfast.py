@@ -1,6 +1,6 @@
 """Frozen inter-branch backbone: the fast pathway of SlowFast R50 (8x8, Kinetics-400), pure PyTorch.
 
-Only the fast pathway is built (DESIGN 2.2): the lateral connections of SlowFast go fast -> slow, so
+Only the fast pathway is built (docs/design.md §2.2): the lateral connections of SlowFast go fast -> slow, so
 the fast pathway's res5 output does not depend on the slow pathway at all.
 
 Layout (module names chosen so that `state_dict()` keys equal pytorchvideo's fast-pathway keys with

@@ -1,6 +1,6 @@
 """Video Swin Transformer with gated relative position bias (GRPB), the intra branch backbone.
 
-Facts follow DESIGN.md 2.1 (Video Swin-T as in FAST-VQA / SecureVQA); the code is our own. What makes
+Facts follow docs/design.md §2.1 (Video Swin-T as in FAST-VQA / SecureVQA); the code is our own. What makes
 it fast (docs/performance.md has the measurements):
 - window attention goes through `scaled_dot_product_attention` (4-D, contiguous inputs) with one
   additive bias per block that already holds the relative-position bias, the fragment gate and the
@@ -40,7 +40,7 @@ def _constant(fn):
 
 
 def adaptive_window(cfg: SwinConfig, input_size: Triple) -> Triple:
-    """Window for an input of size (T, H, W): the base window scaled with the input (DESIGN 2.1)."""
+    """Window for an input of size (T, H, W): the base window scaled with the input (docs/design.md §2.1)."""
     if not cfg.adaptive_window:
         return cfg.window_size
     win = tuple(max(1, w * s // b) for w, s, b in zip(cfg.window_size, input_size, cfg.base_input_size))
@@ -58,7 +58,7 @@ def stage_window(token_size: Triple, window: Triple, base_window: Triple) -> tup
     Swin's clamp: along an axis where the token map fits in the window, the window is the map and the
     shift is 0. Along every other axis the shifted blocks shift by half the BASE window (4, 3, 3 for
     (8, 7, 7)), even when the adaptive window is smaller: the reference takes the shift from the
-    configured window, never from the adapted one (DESIGN 2.1, "Adaptive window").
+    configured window, never from the adapted one (docs/design.md §2.1, "Adaptive window").
     """
     win = tuple(min(t, w) for t, w in zip(token_size, window))
     shift = tuple(0 if t <= w else b // 2 for t, w, b in zip(token_size, window, base_window))

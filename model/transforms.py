@@ -1,4 +1,4 @@
-"""Frame sampling and pixel transforms for both SecureVQA branches (DESIGN 2.1, 2.2).
+"""Frame sampling and pixel transforms for both SecureVQA branches (docs/design.md §2.1, §2.2).
 
 Pure tensor functions: no I/O, no global RNG state of our own. Every random function takes an
 explicit ``torch.Generator`` so that pipeline stages can seed per video and replay exactly.
@@ -34,7 +34,7 @@ __all__ = [
     "normalize",
 ]
 
-# Kinetics/ImageNet statistics on the 0-255 scale, shared by both branches (DESIGN 2).
+# Kinetics/ImageNet statistics on the 0-255 scale, shared by both branches (docs/design.md §2).
 MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
@@ -104,7 +104,7 @@ def skip_sample_indices(
     num_clips: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Intra-branch "skip" sampling (DESIGN 2.1): frame indices, LongTensor (num_clips, clip_len).
+    """Intra-branch "skip" sampling (docs/design.md §2.1): frame indices, LongTensor (num_clips, clip_len).
 
     The N frames are split into ``num_clips`` parts of length L = N // num_clips. In each part a
     start offset is drawn uniformly from [0, L - span) when L > span (span = clip_len *
@@ -134,7 +134,7 @@ def skip_sample_indices(
 def continuous_sample_indices(
     num_frames: int, *, num_segments: int = 16, segment_len: int = 32
 ) -> torch.Tensor:
-    """Inter-branch continuous sampling (DESIGN 2.2): LongTensor (num_segments, segment_len).
+    """Inter-branch continuous sampling (docs/design.md §2.2): LongTensor (num_segments, segment_len).
 
     rate = N // num_segments; segment i covers frames [i*rate, i*rate + segment_len), and indices
     past the end repeat the last frame. Deterministic: the frozen inter embeddings are cached.
@@ -181,7 +181,7 @@ def grid_fragments(
     patch: int = 32,
     align: int = 32,
 ) -> torch.Tensor:
-    """Spatial grid sampling ("fragments", DESIGN 2.1): (C, T, grid*patch, grid*patch), same dtype.
+    """Spatial grid sampling ("fragments", docs/design.md §2.1): (C, T, grid*patch, grid*patch), same dtype.
 
     Frames whose short side is below grid*patch are first upsampled (bilinear) so the short side is
     exactly grid*patch; the grid is then laid on the *upsampled* frame (unlike the reference, whose
@@ -222,7 +222,7 @@ def grid_fragments(
 
     # Draw order (rows, then columns) is part of the replay contract for a given seed.
     off_r, off_c = offsets(cell_h), offsets(cell_w)
-    # The min(..., H - patch) clamp of DESIGN 2.1 is kept for fidelity; after the upsampling above
+    # The min(..., H - patch) clamp of docs/design.md §2.1 is kept for fidelity; after the upsampling above
     # H // grid >= patch, so it never binds here.
     cells = torch.arange(grid, device=v.device)
     row0 = (cells * cell_h).clamp(max=h - patch)[None, :, None] + off_r  # (blocks, grid_i, grid_j)
@@ -278,7 +278,7 @@ def resize_frames(
     layout: str = "CTHW",
     chunk: int = 64,
 ) -> torch.Tensor:
-    """Resize every frame to ``size`` (bilinear, antialias, aspect ratio not kept; DESIGN 2.2).
+    """Resize every frame to ``size`` (bilinear, antialias, aspect ratio not kept; docs/design.md §2.2).
 
     Returns float32 (C, T, h, w) on the 0-255 scale (no rounding: the inter branch consumes floats).
     Accepts uint8 or floating input. Frames are processed ``chunk`` at a time so a long
@@ -310,7 +310,7 @@ def guardian_map(
     size: int | Sequence[int] = 224,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Random guardian map (DESIGN 2.1): float32 (channels, 1, h, w), entries uniform in {-1, +1}.
+    """Random guardian map (docs/design.md §2.1): float32 (channels, 1, h, w), entries uniform in {-1, +1}.
 
     The singleton time axis broadcasts one map over all frames of a clip.
     """
@@ -323,7 +323,7 @@ def guardian_map(
 
 
 def apply_guardian_map(x: torch.Tensor, gmap: torch.Tensor) -> torch.Tensor:
-    """Return clamp(x + gmap, 0, 255) as float32 (DESIGN 2.1), before normalisation.
+    """Return clamp(x + gmap, 0, 255) as float32 (docs/design.md §2.1), before normalisation.
 
     ``x``: 0-255 scale, uint8 or float, (C,T,H,W) or batched (...,C,T,H,W); ``gmap`` broadcasts over
     frames (and batch). Differentiable w.r.t. floating ``x`` so attacks can backpropagate through it

@@ -1,20 +1,32 @@
+"""Fixtures that start something (a local Ray, moto's S3 server, an HTTP server), and the `slow` rule.
+
+A test is `slow` when it starts Ray, a subprocess or a server: every test using one of SLOW_FIXTURES is
+marked here, and the few that start one themselves carry `@pytest.mark.slow` (or `pytestmark`).
+`make test-fast` (`pytest -m "not slow"`) skips them; `make test` runs everything.
+Helpers that are not fixtures are imported from the tests.helpers package (tests/helpers/__init__.py).
+"""
+
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.helpers.http_server import FileServer
+
 # Every Ray the tests start (here and in subprocesses) binds to 127.0.0.1, never the host's address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # Two cores: keep intra-op threads predictable and tests quiet.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Fixtures that start Ray or a server (directly or through another fixture): their tests are `slow`.
+SLOW_FIXTURES = frozenset({"ray_local", "s3_endpoint", "http_catalog"})
 
-@pytest.fixture
-def fixtures_dir() -> Path:
-    return FIXTURES
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +60,11 @@ def ray_local():
              ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def http_catalog(tmp_path):
+    """tmp_path served at the URL this yields by a plain HTTP server on loopback (a CDN catalog): byte
+    ranges and Last-Modified, no ETag; files under /noversion/ come without Last-Modified either."""
+    with FileServer(tmp_path) as url:
+        yield url

@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import videos as V
 from jobs.cli import main as cli
-from micro import micro_checkpoint
 from model.security.attacks import AttackSpec, score_reversed_targets
 from model.security.defense import Defenses
 from pipeline.security.attack import AttackPlan, run_attacks
 from pipeline.stages.options import ModelSpec, RunOptions
-from pipeline.io.storage import ShardStore
+from pipeline.io.shards import ShardStore
+from tests.helpers import videos as tv
+from tests.helpers.micro import micro_checkpoint
 
 PLAN = AttackPlan(defenses=(Defenses.parse("none"), Defenses.parse("securevqa")),
                   attacks=(AttackSpec.parse("black-box:gamma=5"), AttackSpec.parse("white-box:steps=2")),
@@ -27,7 +27,7 @@ def labelled(tmp_path_factory) -> tuple[pd.DataFrame, ModelSpec]:
     d = tmp_path_factory.mktemp("attackset")
     rows = []
     for i, crf in enumerate([10, 25, 35, 45, 51]):
-        path = V.write_video(d / f"v{i}.mp4", 3, 120, 112, options={"crf": str(crf)})
+        path = tv.write_video(d / f"v{i}.mp4", 3, 120, 112, options={"crf": str(crf)})
         rows.append({"video_id": f"v{i}", "uri": str(path), "mos": 5.0 - i, "dataset": "synthetic"})
     rows.append({"video_id": "gone", "uri": str(d / "gone.mp4"), "mos": 3.0, "dataset": "synthetic"})
     spec = ModelSpec(checkpoint=str(micro_checkpoint(d / "micro.pt")))

@@ -1,4 +1,4 @@
-"""Attacks, defenses and security metrics (DESIGN 3): model level, pure PyTorch."""
+"""Attacks, defenses and security metrics (docs/design.md §3): model level, pure PyTorch."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from model.security.attacks import (
 from model.config import SamplingConfig
 from model.security.defense import ABLATION, DefendedVQA, Defenses
 from model.metrics import robustness, robustness_terms, security_metrics
-from micro import MICRO, micro_model
+from tests.helpers.micro import MICRO, micro_model
 
 @pytest.fixture(scope="module")
 def micro() -> tuple[SecureVQA, InterEmbedder]:

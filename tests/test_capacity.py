@@ -13,7 +13,7 @@ W = Workload(videos=3600, seconds=10, fps=30)
 
 
 def test_flops_per_video_are_designs():
-    assert STAGE1_GFLOP + STAGE2_GFLOP == pytest.approx(871.2, abs=0.1)  # DESIGN 6: about 871 GFLOPs
+    assert STAGE1_GFLOP + STAGE2_GFLOP == pytest.approx(871.2, abs=0.1)  # docs/design.md §6: about 871 GFLOPs
 
 
 def test_decode_bound_plan():

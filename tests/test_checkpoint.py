@@ -12,6 +12,7 @@ from model import CheckpointMismatchError, InterEmbedder, SecureVQA, create_mode
 from model.api import load_inter_weights, load_intra_pretrained, load_securevqa_weights, save_checkpoint
 from model.checkpoint import read_checkpoint
 
+# Every key and shape of a reference SecureVQA checkpoint, kept beside the repository (docs/design.md §5).
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "securevqa_checkpoint_keys.json"
 TINY = get_config("tiny")
 

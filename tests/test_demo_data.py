@@ -177,6 +177,7 @@ def trained(tmp_path_factory):
     return out, _build_training(out)
 
 
+@pytest.mark.slow  # a subprocess (a fresh interpreter's sys.modules)
 def test_shipped_stills_are_found_without_importing_their_packages():
     code = ("import sys; from pipeline.demo import shipped_stills; "
             "print(','.join(p.name for p in shipped_stills())); "
@@ -325,8 +326,10 @@ def test_training_arguments_are_validated(tmp_path, kw, error, message):
 
 def test_cli_summarises_a_training_build(trained, monkeypatch, capsys):
     _, df = trained
-    monkeypatch.setattr(demo_build, "build_training_set", lambda *a, **k: df)
-    assert demo_build.main(["unused", "--training-set", "--frames", "8", "--size", "224x256"]) == 0
+    from jobs import build_data
+
+    monkeypatch.setattr(build_data, "build_training_set", lambda *a, **k: df)
+    assert build_data.main(["unused", "--training-set", "--frames", "8", "--size", "224x256"]) == 0
     text = capsys.readouterr().out
     assert "train" in text and "test" in text and "contrast" in text and f"{len(df)} clips from 3 sources" in text
 

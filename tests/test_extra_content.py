@@ -215,8 +215,10 @@ def test_cli_passes_the_extra_content_and_its_val_split(tmp_path, monkeypatch):
         return pd.DataFrame({"split": ["train"], "source": ["aero"], "dataset": ["aero"], "mos": [5.0],
                              "distortion": ["clean"]})
 
-    monkeypatch.setattr(demo_data, "build_training_set", fake_build)
-    assert demo_data.main([str(tmp_path / "out"), "--training-set", "--extra-content", str(tmp_path / "x")]) == 0
+    from jobs import build_data
+
+    monkeypatch.setattr(build_data, "build_training_set", fake_build)
+    assert build_data.main([str(tmp_path / "out"), "--training-set", "--extra-content", str(tmp_path / "x")]) == 0
     assert seen["extra_content"] == str(tmp_path / "x")
     assert seen["splits"]["val"] == (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)
     assert seen["splits"]["test"] == DEFAULT_SPLITS["test"]

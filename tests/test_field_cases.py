@@ -1,7 +1,7 @@
 """Files from the field (issue 13): the right stream, presented frame counts, timestamps' average rate,
 exact frames where seeking is unreliable, and no stale stream handles.
 
-Two sources: the generated corpus of tests/videos.py (each kind in several codecs, containers,
+Two sources: the generated corpus of tests/helpers/videos.py (each kind in several codecs, containers,
 lengths and cut points; every frame carries its index) and the users' files in ../shared/field_cases
 with the values a correct reader reports (its expect.csv).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.io.video import VideoDecodeError, VideoReader, probe, read_frames
-from tests import videos as tv
+from tests.helpers import videos as tv
 
 FIELD = Path(os.environ.get("SECUREVQA_FIELD_CASES", Path(__file__).resolve().parents[2] / "shared" / "field_cases"))
 

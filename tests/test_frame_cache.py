@@ -17,7 +17,7 @@ from pipeline.training.data import ClipDataset
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import build_model, train_step
 from pipeline.io.video import VideoReader
-from videos import write_video
+from tests.helpers.videos import write_video
 
 
 @pytest.fixture(scope="module")

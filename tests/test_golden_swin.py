@@ -1,5 +1,6 @@
 """Golden equivalence with the reference implementation: Swin-GRPB backbone and fusion head.
 
+The fixture is a copy of ../shared/reference/golden_swin_grpb_fusion.pt, described in docs/design.md §5.
 The fixture path comes from SECUREVQA_GOLDEN_SWIN when set, so the same test checks other fixtures of
 the same format (other sizes, other clip lengths). The backbone is built from the fixture's config.
 """
@@ -15,8 +16,9 @@ from model.checkpoint import load_state_dict_strict, read_checkpoint, reference_
 from model.config import HeadConfig, SwinConfig
 from model.fusion import FusionHead
 from model.swin import SwinTransformer3D
+from tests.helpers import FIXTURES
 
-GOLDEN = Path(os.environ.get("SECUREVQA_GOLDEN_SWIN", Path(__file__).parent / "fixtures" / "golden_swin_grpb_fusion.pt"))
+GOLDEN = Path(os.environ.get("SECUREVQA_GOLDEN_SWIN", FIXTURES / "golden_swin_grpb_fusion.pt"))
 TOL = 1e-4
 
 

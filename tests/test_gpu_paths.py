@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-import videos as V
-from micro import MICRO, micro_checkpoint, micro_model
 from model import make_generator
 from model.device import autocast, select_device, to_device, uses_autocast
 from pipeline.stages.inter import InterExtractor
@@ -19,8 +17,11 @@ from pipeline.stages.options import ModelSpec, RunOptions
 from pipeline.stages.scoring import Scorer
 from pipeline.stages.resources import actors_per_gpu, auto_actors_per_gpu, plan_actors
 from pipeline.stages.batching import forward_grouped, videos_per_forward
-from pipeline.stages.driver import keyed_manifest
-from pipeline.io.storage import ShardStore, make_key
+from pipeline.stages.driver import keyed_manifest, StageActor
+from pipeline.io.storage import make_key
+from pipeline.io.shards import ShardStore
+from tests.helpers import videos as tv
+from tests.helpers.micro import MICRO, micro_checkpoint, micro_model
 
 # ----------------------------------------------------------------------------- device selection
 
@@ -200,10 +201,10 @@ def stage_inputs(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     for i in range(5):
         sub = d / f"v{i}"
         sub.mkdir()
-        paths[f"v{i}"] = V.write_video(sub / "v.mp4", num_frames=12 + 3 * i, width=96, height=64)
+        paths[f"v{i}"] = tv.write_video(sub / "v.mp4", num_frames=12 + 3 * i, width=96, height=64)
     sub = d / "broken"
     sub.mkdir()
-    paths["broken"] = V.truncated_clip(sub)
+    paths["broken"] = tv.truncated_clip(sub)
     manifest = pd.DataFrame({"video_id": list(paths), "uri": [str(p) for p in paths.values()],
                              "mos": [1.0] * len(paths), "dataset": ["t"] * len(paths)})
     return ckpt, manifest
@@ -215,10 +216,10 @@ def _stage_rows(ckpt: Path, manifest: pd.DataFrame, root: Path, forward_videos: 
     opts = RunOptions(seed=seed, forward_videos=forward_videos)
     versions = spec.versions()
     rows = keyed_manifest(manifest, versions["inter"], {})
-    InterExtractor(spec, str(root / "cache"), opts, versions["inter"])(rows)
+    StageActor(InterExtractor(spec, opts, versions["inter"]), str(root / "cache"))(rows)
     rows = keyed_manifest(manifest, versions["score"], {}, extra=(2,))
     rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
-    summary = Scorer(spec, str(root / "cache"), str(root / "out"), opts, versions["score"])(rows)
+    summary = StageActor(Scorer(spec, str(root / "cache"), opts, versions["score"]), str(root / "out"))(rows)
     assert list(summary["key"]) == list(rows["key"])
     scores = ShardStore(str(root / "out")).read_table().to_pandas().set_index("video_id")
     inter = ShardStore(str(root / "cache")).read_table().to_pandas().set_index("video_id")
@@ -316,14 +317,14 @@ def test_auto_actors_per_gpu_reads_last_runs_timings(tmp_path):
 
 
 def test_cli_passes_gpu_options_through():
-    from jobs.cli import _spec_and_options, build_parser
+    from jobs.cli import spec_and_options, build_parser
 
     args = build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--device", "cpu",
                                       "--actors-per-gpu", "auto", "--forward-videos", "8", "--precision", "bf16"])
-    spec, opts = _spec_and_options(args, {})
+    spec, opts = spec_and_options(args, {})
     assert (spec.device, spec.precision, opts.actors_per_gpu, opts.forward_videos) == ("cpu", "bf16", "auto", 8)
     args = build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--actors-per-gpu", "2"])
-    assert _spec_and_options(args, {})[1].actors_per_gpu == 2
+    assert spec_and_options(args, {})[1].actors_per_gpu == 2
     for bad in (["--actors-per-gpu", "x"], ["--actors-per-gpu", "0"], ["--forward-videos", "0"]):
         with pytest.raises(SystemExit):  # refused before any Ray work, with argparse's usage line
             build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", *bad])

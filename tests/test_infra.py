@@ -37,7 +37,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from pipeline.io.storage import ShardStore
+from pipeline.io.shards import ShardStore
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -298,10 +298,10 @@ def start_problems(opts: Any, pool: GpuPool, where: str) -> list[str]:
 def fit_problems(args: Any, pool: GpuPool, where: str) -> list[str]:
     """Do the job's actors fit `pool`? Per-actor resources and pool size from `plan_actors` at the group's
     full size; for `--actors-per-gpu auto`, the largest count auto can pick there (its CPU cap)."""
-    from jobs.cli import _spec_and_options
+    from jobs.cli import spec_and_options
     from pipeline.stages.resources import actors_per_gpu, plan_actors
 
-    _, opts = _spec_and_options(args, {})
+    _, opts = spec_and_options(args, {})
     problems = start_problems(opts, pool, where)
     if opts.actors_per_gpu == "auto":
         worst = actors_per_gpu(1e9, 1.0, cpus_per_gpu=pool.cpus_per_node / pool.gpus_per_node,

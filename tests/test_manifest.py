@@ -16,7 +16,7 @@ ROWS = [
 ]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: moto's server
 def where(request, tmp_path):
     """(base uri of a writable directory, storage_options, fs, fs path of base)."""
     if request.param == "local":
@@ -165,7 +165,7 @@ def test_column_names_match_case_insensitively_with_aliases(tmp_path):
 
 def test_a_file_listed_twice_is_one_video(tmp_path, caplog):
     (tmp_path / "m.csv").write_text("uri,mos\na.mp4,\nb.mp4,4\na.mp4,3\n./a.mp4,\n")
-    with caplog.at_level("WARNING", logger="pipeline.io.manifest"):
+    with caplog.at_level("WARNING", logger="securevqa.io"):
         df = read_manifest(str(tmp_path / "m.csv"))
     assert df["video_id"].tolist() == ["a", "b"] and df["mos"].tolist() == [3.0, 4.0]  # the label is kept
     assert "lists 2 video(s) more than once" in caplog.text

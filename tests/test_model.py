@@ -195,7 +195,7 @@ def test_training_attention_equals_sdpa_with_its_gradients():
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- shifted windows (DESIGN 2.1)
+# ----------------------------------------------------------------------------- shifted windows (docs/design.md §2.1)
 
 def _reference_shifted_block(blk, x, window, shift):
     """One shifted Swin block written out the way Video Swin does it (pad after norm1, roll, window
@@ -256,7 +256,7 @@ SHIFT_CASES = {
 
 @pytest.mark.parametrize("case", sorted(SHIFT_CASES))
 def test_shifted_blocks_shift_by_the_base_half_window(case):
-    """DESIGN 2.1: along an axis where the tokens exceed the adaptive window the shift is half
+    """docs/design.md §2.1: along an axis where the tokens exceed the adaptive window the shift is half
     the BASE window, else 0 (and the window is the map's size)."""
     from model.swin import BlockGeometry, SwinBlock3D, SwinStage, stage_window
 

@@ -7,15 +7,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # a subprocess that starts a four-node Ray
 
 
 def test_node_removed_midway_every_video_once(tmp_path):
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(HERE / "cluster_sim.py"), str(tmp_path)], env=env, cwd=HERE.parent,
+    proc = subprocess.run([sys.executable, "-m", "tests.helpers.cluster_sim", str(tmp_path)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])

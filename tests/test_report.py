@@ -11,7 +11,7 @@ import pytest
 from model.metrics import quality_metrics
 from pipeline.report.build import build_report
 from pipeline.report.summary import load_scores, summarize
-from pipeline.io.storage import ShardStore
+from pipeline.io.shards import ShardStore
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 

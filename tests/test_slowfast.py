@@ -20,21 +20,21 @@ from model.checkpoint import (
 )
 from model.config import FastPathwayConfig, get_config
 from model.slowfast import FastPathway, fastpath_config_from_state_dict
+from tests.helpers import FIXTURES
 
-TESTS_DIR = Path(__file__).resolve().parent
 GOLDEN_REL_TOL = 1e-4
 
 
 def _golden_path() -> Path:
-    p = Path(os.environ.get("SECUREVQA_GOLDEN_FASTPATH", "fixtures/golden_fastpath.pt"))
-    return p if p.is_absolute() else TESTS_DIR / p
+    p = Path(os.environ.get("SECUREVQA_GOLDEN_FASTPATH", FIXTURES / "golden_fastpath.pt"))
+    return p if p.is_absolute() else FIXTURES.parent / p  # relative to tests/
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
     path = _golden_path()
     if not path.exists():
-        pytest.fail(f"golden fixture missing: {path} (copy shared/reference/golden_fastpath.pt there)")
+        pytest.fail(f"golden fixture missing: {path} (copy ../shared/reference/golden_fastpath.pt there; docs/design.md §5)")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

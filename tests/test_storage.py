@@ -8,15 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.storage import (
-    ShardStore,
-    content_key,
-    exclusive_write,
-    filesystem,
-    make_key,
-    shard_id_for,
-    stat_many,
-)
+from pipeline.io.storage import content_key, exclusive_write, filesystem, make_key, stat_many
+from pipeline.io.shards import ShardStore, shard_id_for
 
 
 @pytest.fixture
@@ -29,7 +22,7 @@ def s3_bucket(s3_endpoint):
     return name, opts
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: moto's server
 def store_root(request, tmp_path):
     """(root uri, storage_options) on a local tmp dir or on the moto S3 endpoint."""
     if request.param == "local":
@@ -304,16 +297,14 @@ def test_losing_the_manifest_race_is_a_clean_no_op(store_root):
     assert st.orphans() == []
 
 
-def test_stat_many_over_http_never_trusts_a_folder_listing(tmp_path):
+def test_stat_many_over_http_never_trusts_a_folder_listing(tmp_path, http_catalog):
     """A CDN folder answers 404 (or 403, or an HTML page): each of many files gets its own HEAD and a
     version from Last-Modified and size; one the server sends no version for gets an error, not None."""
-    from http_server import FileServer
-
     for i in range(20):
         (tmp_path / f"v{i}.mp4").write_bytes(b"x" * (100 + i))
-    with FileServer(tmp_path) as url:
-        uris = [f"{url}/v{i}.mp4" for i in range(20)] + [f"{url}/noversion/v0.mp4", f"{url}/gone.mp4"]
-        stats = stat_many(uris, list_threshold=16)
+    url = http_catalog  # serves tmp_path
+    uris = [f"{url}/v{i}.mp4" for i in range(20)] + [f"{url}/noversion/v0.mp4", f"{url}/gone.mp4"]
+    stats = stat_many(uris, list_threshold=16)
     for i in range(20):
         s = stats[f"{url}/v{i}.mp4"]
         assert s.size == 100 + i and s.error is None and s.content_key.startswith("obj:mtime=")

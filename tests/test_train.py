@@ -22,7 +22,7 @@ from pipeline.training.data import GroupedBatchSampler
 from pipeline.training.loop import build_model, train_step
 from pipeline.training.history import read_history
 from pipeline.training.run import train, train_splits
-from procs import cli_subprocess, kill_tree
+from tests.helpers.procs import cli_subprocess, kill_tree
 
 NOISE = (0, 6, 12, 20, 30, 45)  # pixel noise sigma per quality level; mos = 5 - level
 

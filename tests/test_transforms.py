@@ -1,4 +1,4 @@
-"""Tests for model/transforms.py: the sampling facts of DESIGN 2.1 and 2.2.
+"""Tests for model/transforms.py: the sampling facts of docs/design.md §2.1 and §2.2.
 
 Synthetic videos encode (frame, row, col) in their pixel values so every output pixel can be traced
 back to where it was sampled from.

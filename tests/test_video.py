@@ -1,4 +1,4 @@
-"""pipeline.io.video: probing, frame-exact reads, odd files (tests/videos.py writes the clips)."""
+"""pipeline.io.video: probing, frame-exact reads, odd files (tests/helpers/videos.py writes the clips)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from pipeline.io import video as V
 from pipeline.io.video import VideoDecodeError, VideoInfo, VideoReader, probe, read_frames
-from tests import videos as tv
+from tests.helpers import videos as tv
 
 
 @pytest.fixture(scope="module")

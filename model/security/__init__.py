@@ -1,1 +1,1 @@
-"""Attacks on a quality model and SecureVQA's defenses against them (docs/design.md, "Attacks")."""
+"""Attacks on a quality model and SecureVQA's defenses against them (docs/design.md §3)."""

@@ -1,4 +1,4 @@
-"""Adversarial attacks on quality scores (DESIGN 3): the published black-box and white-box attacks,
+"""Adversarial attacks on quality scores (docs/design.md §3): the published black-box and white-box attacks,
 their adaptive variants against randomised defenses, and the target rule (R: model.metrics).
 
 Pure PyTorch. An attack sees the model only through a score function
@@ -39,7 +39,7 @@ class Targets:
 
 
 def score_reversed_targets(q: np.ndarray, q_mos: np.ndarray) -> Targets:
-    """The score-reversed boundary (DESIGN 3): map 0 and 1 of the normalised MOS scale into
+    """The score-reversed boundary (docs/design.md §3): map 0 and 1 of the normalised MOS scale into
     prediction space by z-score matching over the attacked set (np.std, ddof 0); videos at or above
     the median normalised MOS are pushed to `low`, the others to `high`."""
     q, q_mos = np.asarray(q, dtype=np.float64), np.asarray(q_mos, dtype=np.float64)
@@ -57,7 +57,7 @@ def score_reversed_targets(q: np.ndarray, q_mos: np.ndarray) -> Targets:
 
 
 def normalised_mos(mos: np.ndarray) -> np.ndarray:
-    """q_mos = MOS / max MOS of the dataset (DESIGN 3)."""
+    """q_mos = MOS / max MOS of the dataset (docs/design.md §3)."""
     mos = np.asarray(mos, dtype=np.float64)
     top = mos.max()
     if not top > 0:
@@ -127,7 +127,7 @@ def quantize(clean: Tensor, adv: Tensor, *, linf: float | None = None, l2: float
 
 @dataclass(frozen=True)
 class BlackBoxConfig:
-    """The published random-patch attack (DESIGN 3); `repeats` > 1 is the adaptive variant."""
+    """The published random-patch attack (docs/design.md §3); `repeats` > 1 is the adaptive variant."""
 
     gamma: float = 5 * LEVEL  # L_inf budget and step: 5, 3, 2 or 1 levels in the paper
     patch: int = 56
@@ -208,7 +208,7 @@ def black_box_attack(
 
 @dataclass(frozen=True)
 class WhiteBoxConfig:
-    """The published gradient attack (DESIGN 3); `eot` > 1 is the adaptive variant."""
+    """The published gradient attack (docs/design.md §3); `eot` > 1 is the adaptive variant."""
 
     steps: int = 30
     lr: float = 0.003

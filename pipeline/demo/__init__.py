@@ -1,6 +1,6 @@
 """Demo and training sets built from content that installed packages ship (docs/training_data.md):
 `sources`, the virtual `camera` that films photographs, `distortions`, `encode`, `labels`, and `build`.
-`python -m pipeline.demo` builds a set from the command line."""
+`python -m jobs.build_data` builds a set from the command line."""
 
 from pipeline.demo.build import (
     DEFAULT_SPLITS,

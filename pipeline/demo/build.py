@@ -18,7 +18,7 @@ Public API
   sources and a real build's numbers are in ``docs/training_data.md``.
 - ``camera_path`` / ``film_still``: how a photograph becomes a clip (pan, slow zoom, roll drift,
   handheld shake; sub-pixel, antialiased).
-- CLI: ``python -m pipeline.demo OUT_DIR [--seed N] [--frames N]`` builds the demo set,
+- CLI: ``python -m jobs.build_data OUT_DIR [--seed N] [--frames N]`` builds the demo set,
   ``... OUT_DIR --training-set [--size 288x512] [--extra-content DIR]`` the training set; both
   print a summary.
 
@@ -117,12 +117,11 @@ Properties
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
-import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -147,13 +146,11 @@ from .labels import (
     SsimReference,
     apply_label_rule,
     check_label,
-    label_table,
     mos_from_ssim,
 )
 from .sources import (
     MIN_SIDE,
     STILL_FPS,
-    DemoDataError,
     Source,
     declared_names,
     file_sha256,
@@ -162,6 +159,8 @@ from .sources import (
     source_name,
     training_sources,
 )
+
+log = logging.getLogger("securevqa.demo")
 
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "test": ("bigbuckbunny", "bikes", "carphone"),  # the demo set's content is held out
@@ -253,7 +252,7 @@ def _reuse_or_clear(out_dir: Path, params: dict, columns: Sequence[str], what: s
     done = _existing(out_dir, params, columns)
     if done is not None:
         if verbose:
-            print(f"{what} up to date in {out_dir} ({len(done)} clips): nothing to do", file=sys.stderr)
+            log.info(f"{what} up to date in {out_dir} ({len(done)} clips): nothing to do")
         return done
     _remove_previous(out_dir)
     return None
@@ -347,8 +346,8 @@ def build_demo_set(
             rows += _source_clips(name, frames, fps, out_dir, dist, seed)
         if verbose:
             h, w = frames.shape[1:3]
-            print(f"{name}: {frames.shape[0]} frames {w}x{h}, {1 + sum(map(len, dist.values()))} clips in "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            log.info(f"{name}: {frames.shape[0]} frames {w}x{h}, {1 + sum(map(len, dist.values()))} clips in "
+                  f"{time.perf_counter() - t0:.1f} s")
     return _finish(out_dir, apply_label_rule(rows, label), COLUMNS, params)
 
 
@@ -513,11 +512,11 @@ def build_training_set(
         for i, (src, (clips, shape, seconds)) in enumerate(zip(srcs, results), start=1):
             rows += [{**r, "kind": src.kind, "split": split_of[src.name]} for r in clips]
             if verbose:
-                print(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
-                      f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s", file=sys.stderr)
+                log.info(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
+                      f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s")
     df = _finish(out_dir, apply_label_rule(rows, label), TRAINING_COLUMNS, params)
     if verbose:
-        print(f"training set: {len(df)} clips in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
+        log.info(f"training set: {len(df)} clips in {time.perf_counter() - t_start:.1f} s")
     return df
 
 
@@ -530,58 +529,3 @@ def split_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, e.g. 288x512, got {text!r}") from None
-    return h, w
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--frames", type=int, default=64, help="frames per clip (default 64)")
-    ap.add_argument("--max-height", type=int, default=360, help="demo set: cap on the height of the videos")
-    ap.add_argument("--training-set", action="store_true",
-                    help="build the training set (videos and filmed photographs, train/val/test splits)")
-    ap.add_argument("--size", type=_parse_size, default=(288, 512), help="training set: HEIGHTxWIDTH of filmed photos")
-    ap.add_argument("--workers", type=int, default=1, help="training set: contents built at once (processes)")
-    ap.add_argument("--extra-content", metavar="DIR",
-                    help="training set: add the extra photographs and videos (pipeline.demo.extra_content), fetched "
-                         "into DIR if missing; EXTRA_VAL_SPLIT joins the val split")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        if args.training_set:
-            splits = DEFAULT_SPLITS
-            if args.extra_content is not None:
-                splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
-            df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
-                                    splits=splits, extra_content=args.extra_content, workers=args.workers,
-                                    verbose=True)
-        else:
-            df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
-                                max_height=args.max_height, verbose=True)
-    except (DemoDataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    dt = time.perf_counter() - t0
-    with pd.option_context("display.width", 200, "display.max_rows", 500):
-        if args.training_set:
-            print(split_table(df).to_string())
-            print()
-            print(label_table(df).to_string())
-        else:
-            table = df.assign(setting=[("-" if d == "clean" else f"{d}={p:g}") for d, p in zip(df.distortion, df.param)])
-            print(table[["video_id", "dataset", "setting", "level", "ssim", "mos"]].to_string(index=False))
-    print(f"\n{len(df)} clips from {df.dataset.nunique()} sources, mos {df.mos.min():.2f}..{df.mos.max():.2f}, "
-          f"{dt:.1f} s; manifest: {Path(args.out_dir) / MANIFEST}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

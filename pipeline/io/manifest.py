@@ -58,7 +58,7 @@ COLUMN_ALIASES = {
     "mos": ("mean_opinion_score",),
     "dataset": (),
 }
-log = logging.getLogger(__name__)
+log = logging.getLogger("securevqa.io")
 
 
 class ManifestError(ValueError):

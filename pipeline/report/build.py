@@ -16,7 +16,7 @@ with example videos and messages per kind: on a catalog each message names its o
 messages are examples, never groups. Rows without a code are "unclassified"; an 'ok' row without a
 finite score is "no_score".
 
-Metrics (SRCC, PLCC, KRCC, RMSE; PLCC/RMSE after the linear rescale of DESIGN 2.4) come from
+Metrics (SRCC, PLCC, KRCC, RMSE; PLCC/RMSE after the linear rescale of docs/design.md §2.4) come from
 :mod:`model.metrics`, on the ok rows with a finite MOS, overall and per dataset. Note that pooling
 datasets whose MOS scales differ (e.g. 1-5 and 0-100) makes the overall PLCC/RMSE of little meaning;
 the per-dataset figures are the ones to quote. Rows without a dataset are grouped under

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.metrics import bootstrap_ci, quality_metrics
-from pipeline.io.storage import ShardStore, filesystem, is_local, join_uri
+from pipeline.io.shards import ShardStore
+from pipeline.io.storage import filesystem, is_local, join_uri
 
 NO_DATASET = "(none)"
 N_EXAMPLES = 3  # example videos (id and message) per kind of failure

@@ -1,6 +1,6 @@
 """Security evaluation job: attack a labelled set of videos under each defense configuration.
 
-Shape of a run (DESIGN 3), on the same machinery as the scoring stages (keys, shards, actor pool):
+Shape of a run (docs/design.md §3), on the same machinery as the scoring stages (keys, shards, actor pool):
 
 1. clean: every (video, defenses) pair is scored by `DefendedVQA` on the frames the attack will see
    (the first `max_frames`), into OUTPUT/clean;
@@ -19,6 +19,7 @@ target, so an interrupted run resumes where it stopped and a changed set recompu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,24 +30,20 @@ import pyarrow as pa
 import torch
 
 from model import make_generator
+from model.rng import derive_seed
 from model.security.attacks import AttackSpec, attack_video, normalised_mos, perturbation_norms, score_reversed_targets
 from model.security.defense import DefendedVQA, Defenses
-from model.rng import derive_seed
-from pipeline.io.storage import ShardStore, make_key
+from pipeline.io.shards import ShardStore
+from pipeline.io.storage import make_key
 from pipeline.stages.batching import open_video
-from pipeline.stages.driver import (
-    StageSummary,
-    common_fields,
-    failure,
-    keyed_manifest,
-    pending_rows,
-    run_stage,
-    shard_table,
-    summary_frame,
-)
+from pipeline.stages.driver import StageSummary, failure, keyed_manifest, run
 from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.stages.rows import IDENTITY_COLUMNS, STATUS_COLUMNS, row_schema
+from pipeline.stages.stage import Stage
 
 from .summary import summarize, write_summary
+
+log = logging.getLogger("securevqa.security")
 
 # Decoded frames are held as float32 for the attack: refuse what would not fit, before decoding.
 MAX_FRAME_BYTES = 4 * 2**30
@@ -73,21 +70,23 @@ class AttackPlan:
             raise ValueError("max_videos must be >= 3 (the target rule needs spread) and max_frames >= 1")
 
 
-CLEAN_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
-    ("defenses", pa.string()), ("mos", pa.float64()), ("score", pa.float64()), ("frames", pa.int64()),
-    ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()),
-    ("model_version", pa.string()), ("seeded", pa.bool_()), ("seconds", pa.float64()), ("created_at", pa.float64()),
-])
+_RUN_COLUMNS = (("model_version", pa.string()), ("seeded", pa.bool_()), ("seconds", pa.float64()),
+                ("created_at", pa.float64()))
 
-RESULT_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
-    ("defenses", pa.string()), ("attack", pa.string()), ("adaptive", pa.bool_()), ("mos", pa.float64()),
-    ("q_mos", pa.float64()), ("clean_score", pa.float64()), ("target", pa.float64()),
-    ("adv_score", pa.float64()), ("linf", pa.float64()), ("rms", pa.float64()), ("queries", pa.int64()),
-    ("frames", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()), ("model_version", pa.string()),
-    ("seeded", pa.bool_()), ("seconds", pa.float64()), ("created_at", pa.float64()),
-])
+CLEAN_SCHEMA = row_schema(
+    IDENTITY_COLUMNS,
+    [("defenses", pa.string()), ("mos", pa.float64()), ("score", pa.float64()), ("frames", pa.int64()),
+     ("width", pa.int32()), ("height", pa.int32())],
+    STATUS_COLUMNS, _RUN_COLUMNS,
+)
+
+RESULT_SCHEMA = row_schema(
+    IDENTITY_COLUMNS,
+    [("defenses", pa.string()), ("attack", pa.string()), ("adaptive", pa.bool_()), ("mos", pa.float64()),
+     ("q_mos", pa.float64()), ("clean_score", pa.float64()), ("target", pa.float64()), ("adv_score", pa.float64()),
+     ("linf", pa.float64()), ("rms", pa.float64()), ("queries", pa.int64()), ("frames", pa.int64())],
+    STATUS_COLUMNS, _RUN_COLUMNS,
+)
 
 
 def read_frames01(uri: str, storage_options: Mapping[str, Any], max_frames: int | None,
@@ -106,16 +105,18 @@ def read_frames01(uri: str, storage_options: Mapping[str, Any], max_frames: int 
     return frames.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-class _Evaluator:
-    """Shared actor set-up: the model once, gradients off for the weights (attacks need the pixels')."""
+class _Evaluator(Stage):
+    """What the clean scoring and the attack stages share: the model once per actor, gradients off for
+    the weights (attacks need the pixels')."""
 
-    def __init__(self, spec: ModelSpec, output_uri: str, opts: RunOptions, version: str, max_frames: int | None):
-        torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
-        self.vqa, self.inter = spec.build(opts.storage_options)
+    def __init__(self, spec: ModelSpec, opts: RunOptions, version: str, max_frames: int | None) -> None:
+        super().__init__(opts)
+        self.spec, self.version, self.max_frames = spec, version, max_frames
+
+    def setup(self) -> None:
+        self.vqa, self.inter = self.spec.build(self.opts.storage_options)
         for p in [*self.vqa.parameters(), *self.inter.parameters()]:
             p.requires_grad_(False)
-        self.store = ShardStore(output_uri, opts.storage_options)
-        self.opts, self.version, self.max_frames = opts, version, max_frames
         self.device = next(self.vqa.parameters()).device  # where ModelSpec put it (a GPU when there is one)
 
     def frames(self, uri: str) -> torch.Tensor:
@@ -129,12 +130,14 @@ class _Evaluator:
 
 
 class CleanScorer(_Evaluator):
+    """The attack job's first stage: each video's score under one defense configuration, unattacked."""
+
+    name = "attack-clean"
     schema = CLEAN_SCHEMA
 
     def score(self, r: Any) -> dict[str, Any]:
-        row = {**common_fields(r), "defenses": r.defenses, "mos": float(r.mos), "score": None, "frames": None,
-               "width": None, "height": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
-               "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
+        row = self.new_row(r, defenses=r.defenses, mos=float(r.mos), model_version=self.version,
+                           seeded=self.opts.seed is not None, seconds=0.0)
         t0 = time.perf_counter()
         try:
             frames = self.frames(r.uri)
@@ -146,22 +149,22 @@ class CleanScorer(_Evaluator):
         row["seconds"] = time.perf_counter() - t0
         return row
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = [self.score(r) for r in batch.itertuples(index=False)]
-        self.store.commit(None, shard_table(rows, CLEAN_SCHEMA), [r["key"] for r in rows])
-        return summary_frame(rows)
+    def process(self, batch: pd.DataFrame) -> list[dict[str, Any]]:
+        return [self.score(r) for r in batch.itertuples(index=False)]
 
 
 class Attacker(_Evaluator):
+    """The attack job's second stage: one attack on one video under one defense configuration, towards
+    the video's score-reversed target (docs/design.md §3)."""
+
+    name = "attack"
     schema = RESULT_SCHEMA
 
     def attack(self, r: Any) -> dict[str, Any]:
         spec = AttackSpec.parse(r.attack)
-        row = {**common_fields(r), "defenses": r.defenses, "attack": r.attack, "adaptive": spec.adaptive,
-               "mos": float(r.mos), "q_mos": float(r.q_mos), "clean_score": float(r.clean_score),
-               "target": float(r.target), "adv_score": None, "linf": None, "rms": None, "queries": None,
-               "frames": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
-               "seeded": self.opts.seed is not None, "seconds": 0.0, "created_at": time.time()}
+        row = self.new_row(r, defenses=r.defenses, attack=r.attack, adaptive=spec.adaptive, mos=float(r.mos),
+                           q_mos=float(r.q_mos), clean_score=float(r.clean_score), target=float(r.target),
+                           model_version=self.version, seeded=self.opts.seed is not None, seconds=0.0)
         t0 = time.perf_counter()
         try:
             frames = self.frames(r.uri)
@@ -169,9 +172,9 @@ class Attacker(_Evaluator):
 
             def progress(done: int, total: int) -> None:  # long videos: a line per frame batch or step
                 if total > 1:
-                    print(f"attack: {r.video_id} [{r.defenses} | {r.attack}]: {done}/{total} "
+                    log.info(f"attack: {r.video_id} [{r.defenses} | {r.attack}]: {done}/{total} "
                           f"{'steps' if spec.objective == 'video' else 'frame batches'}, "
-                          f"{time.perf_counter() - t0:.0f} s", flush=True)
+                          f"{time.perf_counter() - t0:.0f} s")
 
             res = attack_video(frames, lambda v, g: objective(v, generator=g), r.target, spec,
                                attacker=self.generator(r.key, "attacker"), defender=self.generator(r.key, "defender"),
@@ -184,14 +187,12 @@ class Attacker(_Evaluator):
             row.update(failure(exc))
         row["seconds"] = time.perf_counter() - t0
         moved = "failed" if row["adv_score"] is None else f"{row['clean_score']:.4f} -> {row['adv_score']:.4f}"
-        print(f"attack: {row['video_id']} [{r.defenses} | {r.attack}]: {moved} (target {row['target']:.4f}), "
-              f"{row['queries'] or 0} queries, {row['seconds']:.0f} s", flush=True)
+        log.info(f"attack: {row['video_id']} [{r.defenses} | {r.attack}]: {moved} (target {row['target']:.4f}), "
+              f"{row['queries'] or 0} queries, {row['seconds']:.0f} s")
         return row
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = [self.attack(r) for r in batch.itertuples(index=False)]
-        self.store.commit(None, shard_table(rows, RESULT_SCHEMA), [r["key"] for r in rows])
-        return summary_frame(rows)
+    def process(self, batch: pd.DataFrame) -> list[dict[str, Any]]:
+        return [self.attack(r) for r in batch.itertuples(index=False)]
 
 
 @dataclass
@@ -211,7 +212,7 @@ def _labelled(manifest: pd.DataFrame, max_videos: int | None) -> pd.DataFrame:
                          "SRCC/PLCC are defined against MOS")
     unlabelled = manifest["mos"].isna()
     if unlabelled.any():
-        print(f"attack: {int(unlabelled.sum())} video(s) without MOS left out")
+        log.warning(f"attack: {int(unlabelled.sum())} video(s) without MOS left out")
     out = manifest[~unlabelled]
     out = out.head(max_videos) if max_videos else out
     if len(out) < 3:
@@ -240,34 +241,29 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     videos = _labelled(manifest, plan.max_videos)
     version = spec.versions(so)["score"]
     clips = opts.clips or "test"
-    ctor = {"spec": spec, "opts": opts, "version": version, "max_frames": plan.max_frames}
     base = output_uri.rstrip("/")
 
     # 1. clean scores under each defense configuration
-    t0 = time.perf_counter()
     stat = keyed_manifest(videos, version, so).drop(columns="key")
     rows = _pairs(stat, "defenses", [d.name for d in plan.defenses])
     rows["key"] = [make_key(u, c, version, "clean", d, plan.max_frames, clips, *opts.key_extra())
                    for u, c, d in zip(rows["uri"], rows["content_key"], rows["defenses"])]
+    clean_summary = run(CleanScorer(spec, opts, version, plan.max_frames), rows, f"{base}/clean")
     store = ShardStore(f"{base}/clean", so)
-    todo, skipped = pending_rows(rows, store, opts.retry_errors)
-    clean_summary = StageSummary("attack-clean", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
-    run_stage(todo, CleanScorer, {**ctor, "output_uri": f"{base}/clean"}, opts, clean_summary, store)
-    clean_summary.seconds = time.perf_counter() - t0
 
     # 2. targets per defense configuration, over the videos that scored
     t0 = time.perf_counter()
     clean = _committed(rows, store, ["score", "status", "error"])
     ok = clean[clean["status"] == "ok"].copy()
     for name in sorted(set(clean.loc[clean["status"] != "ok", "video_id"])):
-        print(f"attack: {name} left out: {clean.loc[clean['video_id'] == name, 'error'].iloc[0]}")
+        log.warning(f"attack: {name} left out: {clean.loc[clean['video_id'] == name, 'error'].iloc[0]}")
     q_mos = dict(zip(videos["uri"], normalised_mos(videos["mos"].to_numpy())))  # over the attacked set
     ok["q_mos"] = ok["uri"].map(q_mos)
     parts = []
     for d in plan.defenses:
         g = ok[ok["defenses"] == d.name]
         if len(g) < 3:
-            print(f"attack: {d.name}: only {len(g)} video(s) scored; the target rule needs 3 or more: not attacked")
+            log.warning(f"attack: {d.name}: only {len(g)} video(s) scored; the target rule needs 3 or more: not attacked")
             continue
         t = score_reversed_targets(g["score"].to_numpy(), g["q_mos"].to_numpy())
         parts.append(g.assign(target=t.target, clean_score=g["score"]))
@@ -277,16 +273,15 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
         ["video_id", "uri", "content_key", "mos", "q_mos", "defenses", "clean_score", "target"]]
 
     # 3. attacks
+    targets_s = time.perf_counter() - t0  # the attack line includes choosing the targets, as it always did
     arows = _pairs(targets, "attack", [a.name for a in plan.attacks])
     arows["key"] = [make_key(u, c, version, "attack", d, a, plan.max_frames, clips, f"{t:.9g}",
                              *opts.key_extra())
                     for u, c, d, a, t in zip(arows["uri"], arows["content_key"], arows["defenses"], arows["attack"],
                                              arows["target"])]
+    attack_summary = run(Attacker(spec, opts, version, plan.max_frames), arows, f"{base}/results")
+    attack_summary.seconds += targets_s
     rstore = ShardStore(f"{base}/results", so)
-    todo, skipped = pending_rows(arows, rstore, opts.retry_errors)
-    attack_summary = StageSummary("attack", videos=len(arows), skipped=skipped, keys=arows["key"].tolist())
-    run_stage(todo, Attacker, {**ctor, "output_uri": f"{base}/results"}, opts, attack_summary, rstore)
-    attack_summary.seconds = time.perf_counter() - t0
 
     # 4. summary of this plan's rows
     results = _committed(arows, rstore, ["adv_score", "linf", "rms", "queries", "frames", "status", "error", "seconds"])

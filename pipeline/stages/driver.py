@@ -1,4 +1,4 @@
-"""The two Ray Data stages: inter-embedding cache (stage 1) and scores (stage 2).
+"""The driver of every stage (`run`) and the actor that runs a stage on Ray Data (`StageActor`).
 
 Shape of a run (same code on a laptop and under `ray job submit` on a GPU cluster):
 
@@ -17,21 +17,31 @@ Every output is a `ShardStore` root; readers see whole shards only and one row p
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 
-from pipeline.io.storage import ShardStore, make_key, shard_id_for, stat_many
+from pipeline.io.shards import ShardStore, shard_id_for
+from pipeline.io.storage import make_key, stat_many
 from pipeline.io.video import ERROR_CODES as VIDEO_ERROR_CODES
 from pipeline.io.video import VideoDecodeError
+from pipeline.log import configure_worker
 
 from .options import RunOptions
 from .resources import auto_actors_per_gpu, plan_actors
+from .rows import build_row
+
+log = logging.getLogger("securevqa.stages")
+
+if TYPE_CHECKING:
+    from .stage import Stage
 
 
 @dataclass
@@ -120,7 +130,7 @@ def pool_strategy(opts: RunOptions, store: ShardStore, stage: str) -> tuple[Any,
     cluster = ray.cluster_resources()
     if opts.actors_per_gpu == "auto":
         k, why = auto_actors_per_gpu(store, cluster, opts.cpus_per_actor)
-        print(f"{stage}: {k} actor(s) per GPU ({why})", flush=True)
+        log.info(f"{stage}: {k} actor(s) per GPU ({why})")
         opts = replace(opts, actors_per_gpu=k)
     plan = plan_actors(opts, cluster)
     return ray.data.ActorPoolStrategy(size=plan.size), {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
@@ -148,10 +158,9 @@ def _is_crash(exc: BaseException) -> bool:
     return False
 
 
-def run_stage(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, summary: StageSummary,
-         store: ShardStore) -> None:
-    """Run `udf` (an actor class with a `schema` and `__call__(batch) -> summary frame` that commits its
-    rows) over `todo` with Ray Data.
+def run_stage(todo: pd.DataFrame, stage: Stage, output_uri: str, summary: StageSummary, store: ShardStore) -> None:
+    """Run `stage` over `todo` with Ray Data: an actor pool of `StageActor`s committing to `store`
+    (the shard store at `output_uri`).
 
     Worker processes that die are restarted and their batches retried (CRASH_RETRIES per actor). If
     the pool still fails, the first videos not finished yet (the ones the pool was on) are retried one
@@ -162,13 +171,15 @@ def run_stage(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOpti
     if "stat_error" in todo:  # failed before any worker could see them: their rows come from here
         unknown = todo[todo["stat_error"].notna()]
         if len(unknown):
-            store.commit(_driver_shard(unknown["key"]), _error_rows(unknown, udf.schema, unknown["stat_error"].tolist(),
-                                                                    "io_error"), unknown["key"].tolist())
+            store.commit(_driver_shard(unknown["key"]), _error_rows(unknown, stage.schema,
+                                                                    unknown["stat_error"].tolist(), "io_error"),
+                         unknown["key"].tolist())
             summary.failed += len(unknown)
             todo = todo[todo["stat_error"].isna()]
     if todo.empty:
         return
-    compute, resources = pool_strategy(opts, store, summary.stage)
+    opts = stage.opts
+    compute, resources = stage.resources(store)
     before = store.committed_keys()  # with --retry-errors, keys of earlier error rows are in here
     seen: set[str] = set()
     left = todo
@@ -176,7 +187,7 @@ def run_stage(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOpti
     progress = Progress(summary.stage, len(todo), opts.progress_s)
     while len(left):
         try:
-            run_pool(left, udf, ctor, opts, compute, resources, summary, progress, seen)
+            run_pool(left, stage, output_uri, compute, resources, summary, progress, seen)
             break
         except Exception as exc:
             if not _is_crash(exc):
@@ -185,9 +196,9 @@ def run_stage(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOpti
         done_now = seen | (store.committed_keys() - before)
         left = left[~left["key"].isin(done_now)]
         window = left.iloc[:2 * opts.batch_size * max(1, compute.max_size or 1)]
-        print(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times; retrying {len(window)} of the {len(left)} "
-              "videos not finished yet one at a time, then the rest as before", flush=True)
-        _isolate(window, udf, ctor, resources, summary, store, opts.progress_s)
+        log.warning(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times; retrying {len(window)} of the {len(left)} "
+              "videos not finished yet one at a time, then the rest as before")
+        _isolate(window, stage, output_uri, resources, summary, store)
         seen.update(window["key"])
         left = left.iloc[len(window):]
     if crashed:  # batches may have committed without the driver seeing them: count from the store
@@ -197,14 +208,16 @@ def run_stage(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOpti
         summary.failed = len(unknown) + int((table["status"] != "ok").sum())
 
 
-def run_pool(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptions, compute: Any,
-              resources: dict[str, Any], summary: StageSummary, progress: "Progress", seen: set[str]) -> None:
+def run_pool(todo: pd.DataFrame, stage: Stage, output_uri: str, compute: Any, resources: dict[str, Any],
+             summary: StageSummary, progress: Progress, seen: set[str]) -> None:
     import ray
 
+    opts = stage.opts
     ds = ray.data.from_pandas(todo.reset_index(drop=True))
     # Keep blocks the size of a shard so actors start early and commit often.
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
-    out = ds.map_batches(udf, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, batch_format="pandas",
+    out = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "output_uri": output_uri},
+                         batch_size=opts.batch_size, batch_format="pandas",
                          compute=compute, max_restarts=CRASH_RETRIES, max_task_retries=CRASH_RETRIES, **resources)
     for batch in out.iter_batches(batch_format="pandas", batch_size=None):
         seen.update(batch["key"])
@@ -213,23 +226,23 @@ def run_pool(todo: pd.DataFrame, udf: type, ctor: dict[str, Any], opts: RunOptio
         summary.failed += len(batch) - ok
         line = progress.update(summary.done, summary.failed)
         if line:
-            print(line, flush=True)
+            log.info(line)
 
 
-def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dict[str, Any],
-             summary: StageSummary, store: ShardStore, progress_s: float) -> None:
-    """One video per actor call: a call whose actor dies marks that video CRASHED (a row of `udf.schema`
+def _isolate(left: pd.DataFrame, stage: Stage, output_uri: str, resources: dict[str, Any], summary: StageSummary,
+             store: ShardStore) -> None:
+    """One video per actor call: a call whose actor dies marks that video CRASHED (a row of `stage.schema`
     from what the manifest row knows) and a fresh actor takes the next one. An actor that cannot start
     raises: that is no video's fault."""
     import ray
 
-    actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(udf)
-    progress = Progress(f"{summary.stage} (one video at a time)", len(left), progress_s)
+    actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(StageActor)
+    progress = Progress(f"{summary.stage} (one video at a time)", len(left), stage.opts.progress_s)
     actor = None
     for i in range(len(left)):
         one = left.iloc[[i]].reset_index(drop=True)
         if actor is None:
-            actor = actor_cls.remote(**ctor)
+            actor = actor_cls.remote(stage=stage, output_uri=output_uri)
             ray.get(actor.__ray_ready__.remote())  # a failing constructor raises here, not as a crash
         try:
             ray.get(actor.__call__.remote(one))
@@ -238,16 +251,16 @@ def _isolate(left: pd.DataFrame, udf: type, ctor: dict[str, Any], resources: dic
                 raise
             actor = None
             summary.crashed += 1
-            store.commit(_driver_shard(one["key"]), _error_rows(one, udf.schema, [CRASHED], "decoder_crashed"),
+            store.commit(_driver_shard(one["key"]), _error_rows(one, stage.schema, [CRASHED], "decoder_crashed"),
                          one["key"].tolist())
         line = progress.update(i + 1, summary.crashed)
         if line:
-            print(line, flush=True)
+            log.info(line)
 
 
 def _driver_shard(keys: Iterable[str]) -> str:
     """Shard id of rows the driver writes: never the id a worker's later shard of the same keys gets
-    (`storage.shard_id_for`), or a retried video's good row would count as already committed."""
+    (`pipeline.io.shards.shard_id_for`), or a retried video's good row would count as already committed."""
     return f"driver-{shard_id_for(keys)}"
 
 
@@ -263,12 +276,10 @@ def _error_rows(rows: pd.DataFrame, schema: pa.Schema, messages: list[str], code
     (one per row, or one for all) and `code`."""
     out = []
     for i, r in enumerate(rows.to_dict("records")):
-        row = {name: (r[name] if name in _IDENTITY and name in r and not _missing(r[name]) else None)
-               for name in schema.names}
-        row.update(status="error", error=messages[i if len(messages) > 1 else 0], error_code=code)
-        if "created_at" in schema.names:
-            row["created_at"] = time.time()
-        out.append(row)
+        known = {name: r[name] for name in _IDENTITY if name in schema.names and name in r and not _missing(r[name])}
+        extra = {"created_at": time.time()} if "created_at" in schema.names else {}
+        out.append(build_row(schema, {**known, **extra, "status": "error", "error_code": code,
+                                      "error": messages[i if len(messages) > 1 else 0]}))
     return pa.Table.from_pylist(out, schema=schema)
 
 
@@ -305,18 +316,40 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def shard_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame({"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]})
-
-
-def common_fields(r: Any) -> dict[str, Any]:
-    return {"key": r.key, "video_id": str(r.video_id), "uri": str(r.uri), "content_key": str(r.content_key)}
 
 
 def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """A stage's output (a ShardStore root) as one DataFrame, one row per key."""
     return ShardStore(uri, storage_options).read_table().to_pandas()
+
+
+class StageActor:
+    """The Ray Data actor of every stage: `stage.setup()` once, then per batch `stage.process`, the rows
+    committed as one shard of `output_uri`; returns the (key, status) summary the driver counts."""
+
+    def __init__(self, stage: Stage, output_uri: str) -> None:
+        configure_worker(stage.log_level)
+        torch.set_num_threads(stage.opts.threads or max(1, int(stage.opts.cpus_per_actor)))
+        self.stage = stage
+        stage.setup()
+        self.store = ShardStore(output_uri, stage.opts.storage_options)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = self.stage.process(batch)
+        self.store.commit(None, pa.Table.from_pylist(rows, schema=self.stage.schema), [r["key"] for r in rows])
+        return summary_frame(rows)
+
+
+def run(stage: Stage, rows: pd.DataFrame, output_uri: str) -> StageSummary:
+    """Run `stage` over keyed manifest `rows` (a `key` column: `driver.keyed_manifest`) into the shard
+    store at `output_uri`: keys already committed are skipped (all but failed ones with
+    `RunOptions.retry_errors`), the rest computed on an actor pool. Returns the stage's summary."""
+    t0 = time.perf_counter()
+    store = ShardStore(output_uri, stage.opts.storage_options)
+    todo, skipped = pending_rows(rows, store, stage.opts.retry_errors)
+    summary = StageSummary(stage.name, videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
+    run_stage(todo, stage, output_uri, summary, store)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -14,51 +14,41 @@ import torch
 from model import make_generator
 from model.device import to_device
 from model.rng import derive_seed
-from pipeline.io.storage import ShardStore
+from pipeline.io.shards import ShardStore
 from pipeline.stages.inference import inter_segments
 
 from .batching import Prepared, forward_grouped, open_video, prepare_all, video_facts, videos_per_forward, worker_label
-from .driver import (
-    StageSummary,
-    common_fields,
-    failure,
-    keyed_manifest,
-    pending_rows,
-    run_stage,
-    shard_table,
-    summary_frame,
-)
+from .driver import StageSummary, failure, keyed_manifest, run
 from .options import ModelSpec, RunOptions
+from .rows import IDENTITY_COLUMNS, STATUS_COLUMNS, TIMING_COLUMNS, VIDEO_COLUMNS, row_schema
+from .stage import Stage
 
-# ----------------------------------------------------------------------------- stage 1
-
-INTER_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
-    ("inter_version", pa.string()), ("embedding", pa.list_(pa.float32())), ("segments", pa.int32()),
-    ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()), ("num_frames", pa.int64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("fps", pa.float64()), ("stream", pa.int32()), ("read_notes", pa.string()),
-    ("decode_s", pa.float64()), ("model_s", pa.float64()), ("created_at", pa.float64()), ("worker", pa.string()),
-])
+INTER_SCHEMA = row_schema(
+    IDENTITY_COLUMNS,
+    [("inter_version", pa.string()), ("embedding", pa.list_(pa.float32())), ("segments", pa.int32())],
+    STATUS_COLUMNS, VIDEO_COLUMNS, TIMING_COLUMNS,
+)
 
 
-class InterExtractor:
-    """Ray actor for stage 1: decode the 16 inter segments, embed them, commit a shard per batch."""
+class InterExtractor(Stage):
+    """Stage 1 (docs/design.md §2.2, §4): decode the inter segments of each video and embed them with the
+    frozen fast pathway; the embedding (segments x dim, flattened) is the row's `embedding`."""
 
+    name = "extract-inter"
     schema = INTER_SCHEMA
 
-    def __init__(self, spec: ModelSpec, cache_uri: str, opts: RunOptions, inter_version: str) -> None:
-        torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
-        _, self.inter = spec.build(opts.storage_options)
+    def __init__(self, spec: ModelSpec, opts: RunOptions, inter_version: str) -> None:
+        super().__init__(opts)
+        self.spec, self.version = spec, inter_version
+
+    def setup(self) -> None:
+        _, self.inter = self.spec.build(self.opts.storage_options)
         self.device = next(self.inter.parameters()).device
         self.worker = worker_label(self.device)
-        self.forward_videos = videos_per_forward(opts, self.device)
-        self.store = ShardStore(cache_uri, opts.storage_options)
-        self.opts, self.version = opts, inter_version
+        self.forward_videos = videos_per_forward(self.opts, self.device)
 
     def prepare(self, r: Any) -> tuple[dict[str, Any], Prepared | None]:
-        row = {**common_fields(r), "inter_version": self.version, "embedding": None, "segments": None,
-               "status": "ok", "error": None, "error_code": None, "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None,
-               "decode_s": 0.0, "model_s": 0.0, "created_at": time.time(), "worker": self.worker}
+        row = self.new_row(r, inter_version=self.version, decode_s=0.0, model_s=0.0, worker=self.worker)
         t0 = time.perf_counter()
         try:
             with open_video(r.uri, self.opts.storage_options, self.opts.stream) as video:
@@ -77,7 +67,7 @@ class InterExtractor:
         with torch.inference_mode():
             return list(self.inter(segments, generator=[p.generator for p in chunk]).float().cpu())
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def process(self, batch: pd.DataFrame) -> list[dict[str, Any]]:
         rows, prepared = prepare_all(self.prepare, batch)
         for p, (emb, seconds) in zip(prepared, forward_grouped(prepared, self.forward_videos, self.forward)):
             if isinstance(emb, Exception):
@@ -85,23 +75,15 @@ class InterExtractor:
             else:
                 p.row.update(embedding=emb.flatten().numpy().astype(np.float32), segments=emb.shape[0],
                              model_s=seconds)
-        self.store.commit(None, shard_table(rows, INTER_SCHEMA), [r["key"] for r in rows])
-        return summary_frame(rows)
+        return rows
 
 
 def extract_inter(manifest: pd.DataFrame, cache_uri: str, spec: ModelSpec, opts: RunOptions,
                   versions: dict[str, str] | None = None) -> StageSummary:
     """Stage 1: make sure every video of `manifest` has a committed inter embedding in the cache."""
-    t0 = time.perf_counter()
     versions = versions or spec.versions(opts.storage_options)
     rows = keyed_manifest(manifest, versions["inter"], opts.storage_options, extra=opts.key_extra())
-    store = ShardStore(cache_uri, opts.storage_options)
-    todo, skipped = pending_rows(rows, store, opts.retry_errors)
-    summary = StageSummary("extract-inter", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
-    run_stage(todo, InterExtractor,
-         {"spec": spec, "cache_uri": cache_uri, "opts": opts, "inter_version": versions["inter"]}, opts, summary, store)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return run(InterExtractor(spec, opts, versions["inter"]), rows, cache_uri)
 
 
 class InterCache:
@@ -116,7 +98,6 @@ class InterCache:
 
     def lookup(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         wanted: dict[str, list[str]] = {}
         for k in keys:
@@ -124,8 +105,7 @@ class InterCache:
                 wanted.setdefault(self._where[k], []).append(k)
         out: dict[str, dict[str, Any]] = {}
         for file, ks in wanted.items():
-            path = self.store._p(*file.split("/"))
-            t = pq.read_table(path, filesystem=self.store.fs)  # shards of older versions lack error_code
+            t = self.store.read_shard(file)  # shards of older versions lack error_code
             t = t.select([c for c in ("key", "embedding", "segments", "status", "error", "error_code")
                           if c in t.column_names])
             t = t.filter(pc.is_in(t["key"], pa.array(ks)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model import InterEmbedder, SecureVQA, create_model
-from model.api import DEMO_CHECKPOINT
+from model.registry import UNTRAINED_PRESET, default_weights, get_weights
 
 # ----------------------------------------------------------------------------- run configuration
 
@@ -16,26 +16,44 @@ from model.api import DEMO_CHECKPOINT
 class ModelSpec:
     """Which model a stage runs; everything an actor needs to build it, and its version."""
 
-    preset: str | None = None  # None: the checkpoint's own config; with no checkpoint either, the demo model
+    preset: str | None = None  # None: the checkpoint's own config; with no checkpoint or weights, the default
     checkpoint: str | None = None
     inter_checkpoint: str | None = None
     precision: str = "fp32"
     guardian: bool = True
     device: str = "auto"  # auto: the GPU torch sees (under Ray: the actor's own), else the CPU
+    weights: str | None = None  # a registered name (model/registry.py, `securevqa weights`), not with checkpoint/preset
+
+    def __post_init__(self) -> None:
+        """Raises ValueError: `weights` with `checkpoint` or `preset`, or an unknown `weights` name."""
+        if self.weights is not None:
+            if self.checkpoint is not None or self.preset is not None:
+                raise ValueError(f"weights {self.weights!r} carry their own file and preset: "
+                                 "give weights, or a checkpoint and/or preset, not both")
+            get_weights(self.weights)
 
     @property
     def default_weights(self) -> bool:
-        """No checkpoint and no preset: the demo model shipped with the package, where it is installed
-        (`make demo-model --install`); without it, the untrained tiny model."""
-        return self.checkpoint is None and self.preset is None and DEMO_CHECKPOINT.exists()
+        """No checkpoint, preset or weights, and the registry's default entry (model.registry.DEFAULT_WEIGHTS,
+        the demo model) is installed: that entry is the model. Without it, the untrained UNTRAINED_PRESET."""
+        return (self.checkpoint is None and self.preset is None and self.weights is None
+                and default_weights() is not None)
+
+    @property
+    def weights_name(self) -> str | None:
+        """The registered weights `build` loads: `weights`, or the default entry (`default_weights`)."""
+        if self.weights is not None:
+            return self.weights
+        return default_weights().name if self.default_weights else None  # type: ignore[union-attr]
 
     def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
-        checkpoint = str(DEMO_CHECKPOINT) if self.default_weights else self.checkpoint
-        preset = self.preset or ("paper" if checkpoint else "tiny")
-        return create_model(
-            preset, checkpoint=checkpoint, inter_checkpoint=self.inter_checkpoint,
-            precision=self.precision, device=self.device, guardian=self.guardian, storage_options=storage_options,
-        )
+        """Raises what create_model raises (a named entry not installed, or failing its sha256 check)."""
+        common = dict(inter_checkpoint=self.inter_checkpoint, precision=self.precision, device=self.device,
+                      guardian=self.guardian, storage_options=storage_options)
+        if (weights := self.weights_name) is not None:
+            return create_model(weights=weights, **common)  # type: ignore[arg-type]
+        preset = self.preset or ("paper" if self.checkpoint else UNTRAINED_PRESET)
+        return create_model(preset, checkpoint=self.checkpoint, **common)  # type: ignore[arg-type]
 
     def versions(self, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Version strings of the inter and intra models (config hash + weights fingerprint), and the

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.io.storage import join_uri, filesystem, write_bytes
+from pipeline.io.storage import filesystem, join_uri, write_bytes
 from pipeline.stages.driver import load_table
 from pipeline.stages.options import ModelSpec, RunOptions
 from pipeline.stages.scoring import score

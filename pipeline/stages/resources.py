@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.io.storage import ShardStore
+from pipeline.io.shards import ShardStore
 
 from .options import RunOptions
 

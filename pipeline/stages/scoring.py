@@ -12,60 +12,50 @@ import torch
 from model import make_generator
 from model.device import to_device
 from model.rng import derive_seed
-from pipeline.io.storage import ShardStore, make_key
+from pipeline.io.storage import make_key
 from pipeline.stages.inference import intra_clips
 
 from .batching import Prepared, forward_grouped, open_video, prepare_all, video_facts, videos_per_forward, worker_label
-from .driver import (
-    NoInterEmbedding,
-    StageSummary,
-    common_fields,
-    failure,
-    keyed_manifest,
-    pending_rows,
-    run_stage,
-    shard_table,
-    summary_frame,
-)
+from .driver import NoInterEmbedding, StageSummary, failure, keyed_manifest, run
 from .inter import InterCache, extract_inter
 from .options import ModelSpec, RunOptions
+from .rows import IDENTITY_COLUMNS, STATUS_COLUMNS, TIMING_COLUMNS, VIDEO_COLUMNS, row_schema
+from .stage import Stage
 
-# ----------------------------------------------------------------------------- stage 2
-
-SCORE_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("uri", pa.string()), ("content_key", pa.string()),
-    ("mos", pa.float64()), ("dataset", pa.string()), ("score", pa.float64()), ("clip_scores", pa.list_(pa.float64())),
-    ("status", pa.string()), ("error", pa.string()), ("error_code", pa.string()), ("model_version", pa.string()), ("inter_key", pa.string()),
-    ("clips", pa.int32()), ("seeded", pa.bool_()), ("num_frames", pa.int64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("fps", pa.float64()), ("stream", pa.int32()), ("read_notes", pa.string()),
-    ("decode_s", pa.float64()), ("model_s", pa.float64()), ("created_at", pa.float64()), ("worker", pa.string()),
-])
+SCORE_SCHEMA = row_schema(
+    IDENTITY_COLUMNS,
+    [("mos", pa.float64()), ("dataset", pa.string()), ("score", pa.float64()), ("clip_scores", pa.list_(pa.float64()))],
+    STATUS_COLUMNS,
+    [("model_version", pa.string()), ("inter_key", pa.string()), ("clips", pa.int32()), ("seeded", pa.bool_())],
+    VIDEO_COLUMNS, TIMING_COLUMNS,
+)
 
 
-class Scorer:
-    """Ray actor for stage 2: decode intra clips, fragments; Swin + fusion + head with cached inter embeddings."""
+class Scorer(Stage):
+    """Stage 2 (docs/design.md §2.1, §2.3, §4): decode the intra clips, fragments and guardian maps; Swin,
+    fusion with the cached inter embedding and the head. `score` is the mean of `clip_scores`."""
 
+    name = "score"
     schema = SCORE_SCHEMA
 
-    def __init__(self, spec: ModelSpec, cache_uri: str, output_uri: str, opts: RunOptions, score_version: str) -> None:
-        torch.set_num_threads(opts.threads or max(1, int(opts.cpus_per_actor)))
-        self.vqa, _ = spec.build(opts.storage_options)
+    def __init__(self, spec: ModelSpec, cache_uri: str, opts: RunOptions, score_version: str) -> None:
+        super().__init__(opts)
+        self.spec, self.cache_uri, self.version = spec, cache_uri, score_version
+
+    def setup(self) -> None:
+        self.vqa, _ = self.spec.build(self.opts.storage_options)
         self.device = next(self.vqa.parameters()).device
         self.worker = worker_label(self.device)
-        self.forward_videos = videos_per_forward(opts, self.device)
-        self.cache = InterCache(cache_uri, opts.storage_options)
-        self.store = ShardStore(output_uri, opts.storage_options)
-        self.opts, self.version = opts, score_version
-        self.clips = opts.clips or self.vqa.cfg.sampling.test_clips
+        self.forward_videos = videos_per_forward(self.opts, self.device)
+        self.cache = InterCache(self.cache_uri, self.opts.storage_options)
+        self.clips = self.opts.clips or self.vqa.cfg.sampling.test_clips
 
     def prepare(self, r: Any, cached: dict[str, Any] | None) -> tuple[dict[str, Any], Prepared | None]:
         mos = float(r.mos) if getattr(r, "mos", None) is not None and not pd.isna(r.mos) else None
         dataset = getattr(r, "dataset", None)
-        row = {**common_fields(r), "mos": mos, "dataset": None if pd.isna(dataset) else str(dataset),
-               "score": None, "clip_scores": None, "status": "ok", "error": None, "error_code": None, "model_version": self.version,
-               "inter_key": r.inter_key, "clips": self.clips, "seeded": self.opts.seed is not None,
-               "num_frames": None, "width": None, "height": None, "fps": None, "stream": None, "read_notes": None, "decode_s": 0.0, "model_s": 0.0,
-               "created_at": time.time(), "worker": self.worker}
+        row = self.new_row(r, mos=mos, dataset=None if pd.isna(dataset) else str(dataset), model_version=self.version,
+                           inter_key=r.inter_key, clips=self.clips, seeded=self.opts.seed is not None,
+                           decode_s=0.0, model_s=0.0, worker=self.worker)
         t0 = time.perf_counter()
         try:
             if cached is None:
@@ -92,7 +82,7 @@ class Scorer:
         with torch.inference_mode():
             return list(self.vqa(clips, inter, generator=[p.generator for p in chunk]).float().cpu())
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def process(self, batch: pd.DataFrame) -> list[dict[str, Any]]:
         cached = self.cache.lookup(batch["inter_key"])
         rows, prepared = prepare_all(lambda r: self.prepare(r, cached.get(r.inter_key)), batch)
         for p, (per_clip, seconds) in zip(prepared, forward_grouped(prepared, self.forward_videos, self.forward)):
@@ -100,8 +90,7 @@ class Scorer:
                 p.row.update(**failure(per_clip), model_s=seconds)
             else:
                 p.row.update(score=float(per_clip.mean()), clip_scores=[float(c) for c in per_clip], model_s=seconds)
-        self.store.commit(None, shard_table(rows, SCORE_SCHEMA), [r["key"] for r in rows])
-        return summary_frame(rows)
+        return rows
 
 
 def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSpec, opts: RunOptions,
@@ -121,10 +110,7 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     rows = keyed_manifest(manifest, versions["score"], opts.storage_options, extra=(clips, *opts.key_extra()))
     rows["inter_key"] = [make_key(u, c, versions["inter"], *opts.key_extra())
                          for u, c in zip(rows["uri"], rows["content_key"])]
-    store = ShardStore(output_uri, opts.storage_options)
-    todo, skipped = pending_rows(rows, store, opts.retry_errors)
-    summary = StageSummary("score", videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
-    run_stage(todo, Scorer, {"spec": spec, "cache_uri": cache_uri, "output_uri": output_uri, "opts": opts,
-                        "score_version": versions["score"]}, opts, summary, store)
-    summary.seconds = time.perf_counter() - t0
+    keying_s = time.perf_counter() - t0
+    summary = run(Scorer(spec, cache_uri, opts, versions["score"]), rows, output_uri)
+    summary.seconds += keying_s
     return summary, inter_summary

@@ -1,16 +1,13 @@
-"""What a training run is: the recipe (`TrainConfig`, docs/design.md section 4) and where it runs (`TrainRun`)."""
+"""What a training run is: the recipe (`TrainConfig`, docs/design.md §2.4) and where it runs (`TrainRun`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from model.losses import LossConfig
-
-log = logging.getLogger("securevqa.train")
 
 STATE_FILE = "state.pt"
 
@@ -19,7 +16,7 @@ STATE_FILE = "state.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What is trained and how. The defaults are the reference recipe (DESIGN 2.4)."""
+    """What is trained and how. The defaults are the reference recipe (docs/design.md §2.4)."""
 
     preset: str = "paper"
     init_checkpoint: str | None = None  # a SecureVQA checkpoint to start from (ours or the reference layout)
@@ -54,6 +51,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def small_dataset_protocol(cls, **overrides: Any) -> "TrainConfig":
+        """The recipe of the small-dataset protocol (`train_splits`, docs/training.md): 10 epochs of
+        batches of 16, backbone frozen, fusion and head re-initialised; `overrides` change any field."""
+        return cls(**{"epochs": 10, "batch_size": 16, "freeze_backbone": True, "reinit_head": True, **overrides})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,9 +13,6 @@ from model.rng import derive_seed
 from pipeline.stages.batching import open_video
 from pipeline.stages.inference import intra_clips
 from pipeline.training.frame_cache import FrameCache
-
-log = logging.getLogger("securevqa.train")
-
 
 # ----------------------------------------------------------------------------- data
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import secrets
 from collections.abc import Mapping, Sequence
@@ -15,8 +14,6 @@ from model import InterEmbedder, SecureVQA, save_checkpoint
 from pipeline.io.storage import filesystem, join_uri, write_bytes
 
 from .config import TrainConfig
-
-log = logging.getLogger("securevqa.train")
 
 
 def write_json(uri: str, obj: Any, storage_options: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ Shape of a run (`securevqa train`, the same code from one CPU worker to many GPU
 4. A run started again with the same output resumes from its last checkpoint: Ray Train restores it
    from the run's storage, the loop continues at the next epoch with the same optimizer and EMA state.
 
-The recipe (DESIGN 2.4) is `TrainConfig`'s defaults; the small-dataset protocol is `train_splits`.
+The recipe (docs/design.md §2.4) is `TrainConfig`'s defaults; the small-dataset protocol is `train_splits`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from model import SecureVQA, create_model, load_intra_pretrained, make_generator
-from model.fusion import FusionHead
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
 from model.pretext import TextureHead
 from model.rng import derive_seed
+from pipeline.log import configure_worker
 from pipeline.stages.driver import duration
 from pipeline.stages.inter import InterCache
 from pipeline.training.frame_cache import FrameCache
@@ -44,7 +44,7 @@ from .config import STATE_FILE, TrainConfig, TrainRun
 from .data import ClipDataset, GroupedBatchSampler, loader_init
 from .history import epoch_line, publish, write_history
 
-log = logging.getLogger("securevqa.train")
+log = logging.getLogger("securevqa.training")
 
 
 # ----------------------------------------------------------------------------- model, state
@@ -57,23 +57,12 @@ def build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
     if cfg.intra_pretrained:
         load_intra_pretrained(vqa, cfg.intra_pretrained)
     if cfg.reinit_head:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "head"))
-            vqa.head = FusionHead(vqa.cfg.intra_dim, vqa.cfg.inter_dim, vqa.cfg.head)
+        vqa.reset_head(derive_seed(seed, "head"))
     if cfg.freeze_backbone:
-        vqa.intra.requires_grad_(False)
+        vqa.freeze_intra()
     if cfg.head_dropout is not None:
-        # A training choice, not architecture: the config (and with it every cache key) stays the preset's.
-        for m in vqa.head.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = cfg.head_dropout
+        vqa.set_head_dropout(cfg.head_dropout)
     return vqa
-
-
-def _set_train_mode(vqa: SecureVQA, cfg: TrainConfig) -> None:
-    vqa.train()
-    if cfg.freeze_backbone:
-        vqa.intra.eval()  # a frozen backbone gives the same features as at test time (no drop-path)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -147,6 +136,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
+    configure_worker(config.get("log_level", logging.INFO))
     cfg = TrainConfig.from_dict(config["cfg"])
     run = TrainRun(**config["run"])
     seed, out, so = int(config["seed"]), config["output"], run.storage_options
@@ -170,8 +160,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
         todo = config["train"] + (config["val"] if rank == 0 else [])
         n = frames.warm(r["uri"] for r in todo)
         if rank == 0:
-            print(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded "
-                  f"({time.perf_counter() - t_cache:.0f} s)", flush=True)
+            log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded "
+                  f"({time.perf_counter() - t_cache:.0f} s)")
     train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames)
     group_ids = {g: i for i, g in enumerate(sorted({r["group"] for r in config["train"]}))}
     per_worker = max(2, cfg.batch_size // world)
@@ -208,7 +198,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
             texture.load_state_dict(state["texture"])
         start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
         if rank == 0:
-            print(f"train: resumed after epoch {state['epoch'] + 1} (step {step})", flush=True)
+            log.info(f"train: resumed after epoch {state['epoch'] + 1} (step {step})")
 
     val_loader = None
     if config["val"] and rank == 0:
@@ -229,7 +219,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
         record0: dict[str, Any] = {"epoch": 0, "step": 0, "train_loss": None, "train_s": 0.0}
         validate(record0)  # the starting point, so every curve shows what training added
         history.append(record0)
-        print("train: " + epoch_line(record0), flush=True)
+        log.info("train: " + epoch_line(record0))
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -248,7 +238,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
         loader = DataLoader(train_ds, num_workers=run.loader_workers, worker_init_fn=loader_init,
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
-        _set_train_mode(vqa, cfg)
+        vqa.train()
         losses, texture_losses = [], []
         for i, (clips, inter, mos, idx) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
@@ -270,9 +260,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
                 rate = (time.perf_counter() - t0) / (i + 1)
                 val_s = history[-1].get("val_s", 0.0) if history else 0.0
                 left = (total - step) * rate + (cfg.epochs - epoch) * val_s  # steps, then validations
-                print(f"train: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
+                log.info(f"train: epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} "
                       f"loss {np.mean(losses[-run.progress_every:]):.4f} "
-                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {duration(left)} left)", flush=True)
+                      f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {duration(left)} left)")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                                   "train_s": time.perf_counter() - t0}
         if texture_losses:
@@ -282,7 +272,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
             best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
             history.append(record)
             write_history(out, so, history, best, cfg, seed)
-            print("train: " + epoch_line(record), flush=True)
+            log.info("train: " + epoch_line(record))
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 torch.save({"epoch": epoch, "step": step, "model": vqa.state_dict(), "ema": ema.state_dict(),

@@ -15,7 +15,9 @@ import torch
 from model import make_generator, save_checkpoint
 from model.rng import derive_seed
 from model.securevqa import guard_per_video
-from pipeline.io.storage import ShardStore, filesystem, is_local, join_uri, write_bytes
+from pipeline.io.shards import ShardStore
+from pipeline.io.storage import filesystem, is_local, join_uri, write_bytes
+from pipeline.log import driver_level
 from pipeline.stages.batching import open_video
 from pipeline.stages.driver import keyed_manifest
 from pipeline.stages.inference import inter_segments
@@ -26,7 +28,7 @@ from .config import TrainConfig, TrainRun
 from .history import read_history, recorded_seed, write_json
 from .loop import train_loop
 
-log = logging.getLogger("securevqa.train")
+log = logging.getLogger("securevqa.training")
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -86,17 +88,17 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     versions = spec.versions(so)
     opts = RunOptions(storage_options=dict(so), actors=1, cpus_per_actor=1, threads=run.threads, seed=seed,
                       gpus_per_actor=1.0 if run.use_gpu else None)
-    print(extract_inter(everything, cache_uri, spec, opts, versions).line(), flush=True)
+    log.info(extract_inter(everything, cache_uri, spec, opts, versions).line())
     if cfg.group_column and cfg.group_column not in manifest:
         raise ValueError(f"--group-by {cfg.group_column!r}: no such column in the training manifest")
     train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column)
     val_group = cfg.group_column if val is not None and cfg.group_column in val else None
     val_rows = _inter_rows(val, spec, versions, cache_uri, so, val_group) if val is not None else []
-    print(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
-          f"{run.workers} worker(s); output {output}", flush=True)
+    log.info(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
+          f"{run.workers} worker(s); output {output}")
     use_gpu = run.use_gpu if run.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
     config = {"cfg": cfg.to_dict(), "run": dataclasses.asdict(run), "seed": seed, "output": output,
-              "cache_uri": cache_uri, "train": train_rows, "val": val_rows, "spec": spec}
+              "cache_uri": cache_uri, "train": train_rows, "val": val_rows, "spec": spec, "log_level": driver_level()}
     storage_path, storage_fs = _ray_storage(output, so)
     trainer = TorchTrainer(
         train_loop, train_loop_config=config,
@@ -138,8 +140,8 @@ def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: i
     save_checkpoint(uri, vqa, inter, storage_options=so,
                     metadata={"inter_calibration": {"videos": rows["video_id"].astype(str).tolist(), "seed": seed,
                                                     "segments": seen}})
-    print(f"train: fast-pathway BatchNorm statistics from {len(rows)} training videos ({seen} segments, "
-          f"{time.perf_counter() - t0:.0f} s) -> {uri}", flush=True)
+    log.info(f"train: fast-pathway BatchNorm statistics from {len(rows)} training videos ({seen} segments, "
+          f"{time.perf_counter() - t0:.0f} s) -> {uri}")
     return uri
 
 
@@ -175,7 +177,7 @@ def train_splits(manifest: pd.DataFrame, output: str, cfg: TrainConfig, run: Tra
     per_split = []
     for k, (tr, te) in enumerate(random_splits(len(manifest), n_splits=n_splits, train_fraction=train_fraction,
                                                seed=seed)):
-        print(f"train: split {k + 1}/{n_splits}: {len(tr)} training, {len(te)} held-out videos", flush=True)
+        log.info(f"train: split {k + 1}/{n_splits}: {len(tr)} training, {len(te)} held-out videos")
         h = train(manifest.iloc[tr], join_uri(output, f"split_{k:02d}"),
                   dataclasses.replace(cfg, seed=derive_seed(seed, "split", k)), run, val=manifest.iloc[te],
                   name=f"split_{k:02d}")

@@ -1,6 +1,7 @@
 """Both stages on a multi-node Ray cluster simulated in one machine (`ray.cluster_utils.Cluster`), one
 worker node removed while stage 2 runs. Run as its own process (a driver joins one Ray cluster per
-process): `python tests/cluster_sim.py WORKDIR`; prints one JSON line for tests/test_multinode.py.
+process): `python -m tests.helpers.cluster_sim WORKDIR` from the repository root; prints one JSON line
+for tests/test_multinode.py.
 
 Nodes: a head with 1 CPU (the driver and Ray Data's own tasks) and three worker nodes declaring one GPU
 each. The pool asks for two GPU actors, so the third node is the spare that takes over when a node
@@ -16,13 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-import videos as V  # noqa: E402
-from micro import micro_checkpoint  # noqa: E402
+from tests.helpers import videos as tv
+from tests.helpers.micro import micro_checkpoint
 
 N_VIDEOS = 48
 BATCH = 2
@@ -38,11 +36,11 @@ def main(work: Path) -> dict:
     from pipeline.stages.options import ModelSpec, RunOptions
     from pipeline.stages.driver import load_table
     from pipeline.stages.scoring import score
-    from pipeline.io.storage import ShardStore
+    from pipeline.io.shards import ShardStore
 
     paths = []
     for i in range(N_VIDEOS):
-        paths.append(V.write_video(work / f"v{i:03d}.mp4", num_frames=10 + i % 7, width=80, height=64))
+        paths.append(tv.write_video(work / f"v{i:03d}.mp4", num_frames=10 + i % 7, width=80, height=64))
     manifest = pd.DataFrame({"video_id": [p.stem for p in paths], "uri": [str(p) for p in paths]})
     spec = ModelSpec(checkpoint=str(micro_checkpoint(work / "micro.pt")))
 

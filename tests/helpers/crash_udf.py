@@ -1,5 +1,5 @@
 """A stage-1 actor that dies like a native decoder crash (SIGSEGV) on files named crash*: the stage's
-crash handling is tested with it (tests/test_pipeline.py)."""
+crash handling is tested with it (tests/test_score_job.py)."""
 
 from __future__ import annotations
 

@@ -9,41 +9,41 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import videos as V
-from procs import cli_subprocess, kill_tree
 from jobs.cli import main as cli
 from pipeline.stages.options import ModelSpec, RunOptions
 from pipeline.stages.inter import extract_inter
 from pipeline.stages.driver import load_table
 from pipeline.stages.scoring import score
-from pipeline.io.storage import ShardStore
+from pipeline.io.shards import ShardStore
+from tests.helpers import videos as tv
+from tests.helpers.procs import cli_subprocess, kill_tree
 
 SPEC = ModelSpec(preset="tiny")
 
 GOOD = {  # name -> writer; each must come out with status ok
-    "normal": V.normal_clip,
-    "short_wraps": V.short_clip,
-    "tiny_64x48": V.tiny_clip,
-    "portrait": V.portrait_clip,
-    "rotated": V.rotated_clip,
-    "ten_bit": V.ten_bit_clip,
-    "yuv444": V.yuv444_clip,
-    "vfr": V.vfr_clip,
+    "normal": tv.normal_clip,
+    "short_wraps": tv.short_clip,
+    "tiny_64x48": tv.tiny_clip,
+    "portrait": tv.portrait_clip,
+    "rotated": tv.rotated_clip,
+    "ten_bit": tv.ten_bit_clip,
+    "yuv444": tv.yuv444_clip,
+    "vfr": tv.vfr_clip,
     # files from the field (issue 13; tests/test_field_cases.py checks their frames)
-    "cover_art": V.cover_art_clip,
-    "picture_then_video": V.picture_then_video,
-    "edit_list": V.edit_list_clip,
-    "mpegts": V.mpegts_clip,
-    "raw_h264": V.raw_stream_clip,
-    "webm_live": V.live_webm_clip,
+    "cover_art": tv.cover_art_clip,
+    "picture_then_video": tv.picture_then_video,
+    "edit_list": tv.edit_list_clip,
+    "mpegts": tv.mpegts_clip,
+    "raw_h264": tv.raw_stream_clip,
+    "webm_live": tv.live_webm_clip,
 }
 BAD = {  # name -> (writer, words the error message must contain, error_code)
-    "missing": (V.missing_path, "not found", "not_found"),
-    "zero_bytes": (V.empty_file, "empty", "empty"),
-    "truncated": (V.truncated_clip, "truncated", "truncated"),
-    "not_video": (V.text_file, "not a video", "not_a_video"),
-    "audio_only": (V.audio_only, "no video stream", "no_video_stream"),
-    "song_with_cover_art": (V.cover_art_only, "only an attached picture", "no_video_stream"),
+    "missing": (tv.missing_path, "not found", "not_found"),
+    "zero_bytes": (tv.empty_file, "empty", "empty"),
+    "truncated": (tv.truncated_clip, "truncated", "truncated"),
+    "not_video": (tv.text_file, "not a video", "not_a_video"),
+    "audio_only": (tv.audio_only, "no video stream", "no_video_stream"),
+    "song_with_cover_art": (tv.cover_art_only, "only an attached picture", "no_video_stream"),
 }
 
 
@@ -104,15 +104,15 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tm
 def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ray_local, tmp_path, monkeypatch):
     from ray import cloudpickle
 
-    import crash_udf
     from pipeline.stages import inter as stages
+    from tests.helpers import crash_udf
 
     cloudpickle.register_pickle_by_value(crash_udf)  # Ray's workers need not import tests/
     monkeypatch.setattr(stages, "InterExtractor", crash_udf.CrashingExtractor)
     paths = {}
     for name in ("a", "b", "crash", "c", "d"):
         (tmp_path / name).mkdir()
-        paths[name] = V.write_video(tmp_path / name / f"{name}.mp4", 20, 64, 48)
+        paths[name] = tv.write_video(tmp_path / name / f"{name}.mp4", 20, 64, 48)
     manifest = _manifest(paths)
     cache = str(tmp_path / "cache")
     summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
@@ -126,23 +126,21 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     assert (table.drop(index="crash")["status"] == "ok").all()
 
 
-def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_row(ray_local, tmp_path):
+def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_row(ray_local, tmp_path, http_catalog):
     """A CDN catalog: a plain HTTP server on loopback that sends Last-Modified but no ETag. Its videos
     are identified by Last-Modified and size; one served with neither gets an error row, and the run
     goes on (it used to abort before any video was scored)."""
-    from http_server import FileServer
-
     from pipeline.io.storage import content_key
 
-    V.write_video(tmp_path / "a.mp4", 20, 64, 48)
-    V.write_video(tmp_path / "b.mp4", 24, 64, 48)
-    with FileServer(tmp_path) as url:
-        manifest = _manifest({"a": f"{url}/a.mp4", "b": f"{url}/b.mp4", "unversioned": f"{url}/noversion/a.mp4",
-                              "gone": f"{url}/nothing.mp4", "local": V.write_video(tmp_path / "c.mp4", 20, 64, 48)})
-        key = content_key(f"{url}/a.mp4")
-        assert key.startswith("obj:mtime=") and key.endswith(f"size={(tmp_path / 'a.mp4').stat().st_size}")
-        cache = str(tmp_path / "cache")
-        summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
+    tv.write_video(tmp_path / "a.mp4", 20, 64, 48)
+    tv.write_video(tmp_path / "b.mp4", 24, 64, 48)
+    url = http_catalog  # serves tmp_path
+    manifest = _manifest({"a": f"{url}/a.mp4", "b": f"{url}/b.mp4", "unversioned": f"{url}/noversion/a.mp4",
+                          "gone": f"{url}/nothing.mp4", "local": tv.write_video(tmp_path / "c.mp4", 20, 64, 48)})
+    key = content_key(f"{url}/a.mp4")
+    assert key.startswith("obj:mtime=") and key.endswith(f"size={(tmp_path / 'a.mp4').stat().st_size}")
+    cache = str(tmp_path / "cache")
+    summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
     assert (summary.videos, summary.done, summary.failed) == (5, 3, 2)
     table = load_table(cache).set_index("video_id")
     assert sorted(table.index) == ["a", "b", "gone", "local", "unversioned"]
@@ -193,7 +191,7 @@ def test_resume_after_kill_midway(ray_local, tmp_path):
     for i in range(6):
         sub = d / f"v{i}"
         sub.mkdir()
-        paths[f"v{i}"] = V.normal_clip(sub, num_frames=40)
+        paths[f"v{i}"] = tv.normal_clip(sub, num_frames=40)
     manifest = tmp_path / "manifest.csv"
     _manifest(paths).to_csv(manifest, index=False)
     cache = tmp_path / "cache"
@@ -213,7 +211,7 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, tmp_pat
     d = tmp_path / "catalog"
     d.mkdir()
     for i in range(3):
-        V.write_video(d / f"v{i}.mp4", num_frames=40 + 5 * i)
+        tv.write_video(d / f"v{i}.mp4", num_frames=40 + 5 * i)
     state = str(tmp_path / "state")
     args = ["rescore", "--input", str(d), "--state", state, "--preset", "tiny", "--actors", "1", "--batch-size", "2"]
     assert cli(args) == 0
@@ -225,8 +223,8 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, tmp_pat
 
     (d / "v0.mp4").unlink()  # deleted
     time.sleep(0.01)
-    V.write_video(d / "v1.mp4", num_frames=70)  # changed
-    V.write_video(d / "v3.mp4", num_frames=50)  # new
+    tv.write_video(d / "v1.mp4", num_frames=70)  # changed
+    tv.write_video(d / "v3.mp4", num_frames=50)  # new
     assert cli(args) == 0
     run = pd.read_json(Path(state) / "published" / "run.json", typ="series")
     assert (run["new"], run["changed"], run["unchanged"], run["dropped"]) == (1, 1, 1, 1)
@@ -247,7 +245,7 @@ def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path, capsys):
     local = tmp_path / "src"
     local.mkdir()
     for i in range(3):
-        V.write_video(local / f"s{i}.mp4", num_frames=40)
+        tv.write_video(local / f"s{i}.mp4", num_frames=40)
         fs.put(str(local / f"s{i}.mp4"), f"catalog/videos/s{i}.mp4")
     (local / "bad.mp4").write_bytes(b"")
     fs.put(str(local / "bad.mp4"), "catalog/videos/bad.mp4")
@@ -287,7 +285,7 @@ def test_resume_after_kill_on_s3(ray_local, s3_endpoint, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(5):
-        V.write_video(src / f"r{i}.mp4", num_frames=40)
+        tv.write_video(src / f"r{i}.mp4", num_frames=40)
         fs.put(str(src / f"r{i}.mp4"), f"resume/videos/r{i}.mp4")
     so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
     proc = cli_subprocess(["extract-inter", "--input", "s3://resume/videos/", "--cache", "s3://resume/cache",

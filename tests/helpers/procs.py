@@ -6,9 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def cli_subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:

@@ -1,0 +1,48 @@
+"""The command line only overrides what the user passed: every default lives in the library's dataclasses
+(RunOptions, ModelSpec, TrainConfig, TrainRun, LossConfig) once (issue 14 point 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jobs.cli import build_parser, spec_and_options, train_config
+from model.losses import LossConfig
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.training.config import TrainConfig, TrainRun
+
+
+def _args(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_score_without_options_is_the_library_defaults():
+    spec, opts = spec_and_options(_args("score", "--input", "m.csv", "--output", "o", "--cache", "c"), {})
+    assert spec == ModelSpec()
+    assert opts == RunOptions()
+
+
+def test_score_options_override_only_what_was_passed():
+    spec, opts = spec_and_options(_args("score", "--input", "m.csv", "--output", "o", "--cache", "c", "--batch-size", "3",
+                                        "--precision", "bf16", "--progress-seconds", "5"), {"anon": True})
+    assert spec == dataclasses.replace(ModelSpec(), precision="bf16")
+    assert opts == dataclasses.replace(RunOptions(), batch_size=3, progress_s=5.0, storage_options={"anon": True})
+
+
+def test_train_without_options_is_the_reference_recipe():
+    cfg, run = train_config(_args("train", "--input", "m.csv", "--output", "o"), {})
+    assert cfg == TrainConfig() and run == TrainRun()
+
+
+def test_train_protocol_splits_is_the_library_protocol():
+    cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--protocol", "splits"), {})
+    assert cfg == TrainConfig.small_dataset_protocol()
+    assert (cfg.epochs, cfg.batch_size, cfg.freeze_backbone, cfg.reinit_head) == (10, 16, True, True)
+
+
+def test_train_options_override_only_what_was_passed():
+    cfg, run = train_config(_args("train", "--input", "m.csv", "--output", "o", "--loss", "margin", "--epochs", "3",
+                                  "--align-groups", "--rank-zscore", "--workers", "2", "--no-guardian"), {})
+    want = dataclasses.replace(TrainConfig(), epochs=3, align_groups=True, guardian=False,
+                               loss=LossConfig(kind="margin", rank_zscore=True))
+    assert cfg == want
+    assert run == dataclasses.replace(TrainRun(), workers=2)

@@ -1,0 +1,78 @@
+"""Stores written before the restructure of issue 14 stay valid: tests/fixtures/store_v0 holds an inter
+cache and a score table written by commit bf3e76f (`make_store_v0.py` beside them says how), on two
+small videos with the micro model. The new code reads them, derives the same keys (so a re-run skips
+every video) and computes the same rows."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.io.shards import ShardStore
+from pipeline.io.storage import make_key
+from pipeline.stages.driver import StageActor, keyed_manifest, load_table, pending_rows
+from pipeline.stages.inter import InterExtractor
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.stages.scoring import Scorer
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store_v0"
+SEED, CLIPS = 5, 2  # what make_store_v0.py ran with
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A copy of the fixture as the working directory (its rows name the videos by relative URIs), with
+    each video's mtime put back to what its rows recorded (a git checkout sets new ones)."""
+    d = tmp_path / "store_v0"
+    shutil.copytree(FIXTURE, d)
+    monkeypatch.chdir(d)
+    inter, scores = load_table("inter"), load_table("scores")
+    for uri, ck in zip(inter["uri"], inter["content_key"]):
+        ns = int(re.search(r"mtime_ns=(\d+)", ck).group(1))
+        os.utime(uri, ns=(ns, ns))
+    return inter, scores
+
+
+def test_old_store_reads_and_its_keys_are_the_new_codes(store):
+    inter, scores = store
+    assert len(inter) == len(scores) == 2 and (scores["status"] == "ok").all()
+    spec = ModelSpec(checkpoint="micro.pt")
+    versions = spec.versions()
+    assert set(inter["inter_version"]) == {versions["inter"]}
+    assert set(scores["model_version"]) == {versions["score"]}
+    manifest = scores[["video_id", "uri", "mos", "dataset"]]
+    rows = keyed_manifest(manifest, versions["inter"], {})
+    assert sorted(rows["key"]) == sorted(inter["key"])
+    todo, skipped = pending_rows(rows, ShardStore("inter"), retry_errors=False)
+    assert todo.empty and skipped == 2  # a re-run of stage 1 computes nothing
+    rows = keyed_manifest(manifest, versions["score"], {}, extra=(CLIPS,))
+    todo, skipped = pending_rows(rows, ShardStore("scores"), retry_errors=False)
+    assert todo.empty and skipped == 2
+    assert list(scores["inter_key"]) == [make_key(u, c, versions["inter"])
+                                         for u, c in zip(scores["uri"], scores["content_key"])]
+
+
+def test_new_code_computes_the_same_rows(store):
+    inter, scores = store
+    spec = ModelSpec(checkpoint="micro.pt")
+    versions = spec.versions()
+    manifest = scores[["video_id", "uri", "mos", "dataset"]]
+    rows = keyed_manifest(manifest, versions["inter"], {})
+    StageActor(InterExtractor(spec, RunOptions(seed=SEED), versions["inter"]), "new_inter")(rows)
+    rows = keyed_manifest(manifest, versions["score"], {}, extra=(CLIPS,))
+    rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
+    StageActor(Scorer(spec, "new_inter", RunOptions(seed=SEED, clips=CLIPS), versions["score"]), "new_scores")(rows)
+    old_i, new_i = inter.set_index("key"), load_table("new_inter").set_index("key")
+    old_s, new_s = scores.set_index("key"), load_table("new_scores").set_index("key")
+    assert list(new_i.columns) == list(old_i.columns) and list(new_s.columns) == list(old_s.columns)
+    for k in old_i.index:
+        np.testing.assert_allclose(new_i.loc[k, "embedding"], old_i.loc[k, "embedding"], rtol=1e-6, atol=1e-7)
+    for k in old_s.index:
+        np.testing.assert_allclose(new_s.loc[k, "clip_scores"], old_s.loc[k, "clip_scores"], rtol=1e-6, atol=1e-7)
+        assert new_s.loc[k, "score"] == pytest.approx(old_s.loc[k, "score"], rel=1e-6)
