@@ -16,6 +16,7 @@ or a directory or glob of videos; every URI may be local or s3://. On a cluster:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -89,6 +90,15 @@ def _preset(name: str) -> str:
 
     if name not in PRESETS:
         raise argparse.ArgumentTypeError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return name
+
+
+def _recipe(name: str) -> str:
+    """A named TrainConfig of pipeline/training/config.py RECIPES."""
+    from pipeline.training.config import RECIPES
+
+    if name not in RECIPES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return name
 
 
@@ -280,6 +290,9 @@ def _add_train(sub: Any) -> None:
                    "youtube_ugc, csv")
     p.add_argument("--videos", help="with --dataset: the folder or URI prefix holding the videos")
     p.add_argument("--protocol", choices=["standard", "splits"], default="standard")
+    p.add_argument("--recipe", type=_recipe, metavar="NAME",
+                   help="the TrainConfig the other options change (pipeline/training/config.py RECIPES; default: "
+                   "reference, or splits with --protocol splits; demo: the shipped demo model's)")
     p.add_argument("--n-splits", type=int, default=10, help="--protocol splits: number of random splits")
     p.add_argument("--train-fraction", type=float, default=0.8, help="--protocol splits: training share")
     g = p.add_argument_group("model")
@@ -351,12 +364,12 @@ def _read_input(spec: str, args: argparse.Namespace, so: dict[str, Any]) -> Any:
 def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any]:
     """TrainConfig and TrainRun from `securevqa train` arguments: the library's defaults (the reference
     recipe, or the small-dataset protocol's with --protocol splits) with what the user passed on top."""
-    from model.losses import LossConfig
-    from pipeline.training.config import TrainConfig, TrainRun
+    from pipeline.training.config import RECIPES, TrainRun
 
     splits = args.protocol == "splits"
-    loss = LossConfig(**_given(kind=args.loss, batch_weight=args.batch_weight, margin=args.margin),
-                      **({"rank_zscore": True} if args.rank_zscore else {}))
+    base = RECIPES[args.recipe or ("splits" if splits else "reference")]
+    loss = dataclasses.replace(base.loss, **_given(kind=args.loss, batch_weight=args.batch_weight, margin=args.margin),
+                               **({"rank_zscore": True} if args.rank_zscore else {}))
     given = _given(
         preset=args.preset, init_checkpoint=args.init, intra_pretrained=args.intra_pretrained,
         inter_checkpoint=args.inter_checkpoint, epochs=args.epochs, batch_size=args.batch_size, head_lr=args.head_lr,
@@ -366,7 +379,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,
         guardian=False if args.no_guardian else None)
-    cfg = (TrainConfig.small_dataset_protocol if splits else TrainConfig)(loss=loss, **given)
+    cfg = dataclasses.replace(base, loss=loss, **given)
     run = TrainRun(storage_options=so, **_given(
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, threads=args.threads,
         loader_workers=args.loader_workers, cache_uri=args.cache, frame_cache=args.frame_cache))

@@ -37,8 +37,10 @@ from model.registry import REGISTRY_FILE, Weights, install_weights
 
 DEMO_WEIGHTS = "tiny-demo"  # the registry entry --install updates
 
-# docs/training.md ("The demo model") says why each value.
-RECIPE = [
+# The recipe is the library's (pipeline/training/config.py DEMO_RECIPE); docs/training.md says why each value.
+RECIPE = ["--recipe", "demo"]
+# What runs started before the recipe moved into the library recorded (run D): the same TrainConfig.
+LEGACY_RECIPE = [
     "--preset", "tiny-cpu", "--epochs", "30", "--batch-size", "8", "--group-by", "source", "--group-size", "2",
     "--align-groups", "--loss", "margin", "--margin", "0.1", "--batch-weight", "0.1", "--grad-clip", "1.0",
     "--head-lr", "1e-3", "--backbone-lr", "5e-4", "--warmup-epochs", "2", "--ema-decay", "0.995",
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     # A run continues only on the training set and recipe it started with.
     setup = {"extra_content": extra_dir is not None, "recipe": RECIPE, "extra_args": extra}
     setup_file = out / "run" / "demo_model.json"
+    if setup_file.exists() and json.loads(setup_file.read_text()) == {**setup, "recipe": LEGACY_RECIPE}:
+        setup["recipe"] = LEGACY_RECIPE  # a run started before the recipe moved into the library: continue it
     if setup_file.exists() and json.loads(setup_file.read_text()) != setup:
         raise SystemExit(f"{out / 'run'} was started with {setup_file.read_text()}; this command asks for {setup}: "
                          "pass the same options, or another --out to start a new run")
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     run = ["--threads", str(args.threads), "--cpus-per-worker", "1", "--loader-workers", "1", "--seed", str(args.seed),
            "--frame-cache", str(out / "frames")]
     code = cli(["train", "--input", str(manifest), "--output", str(out / "run"), "--cache", str(out / "inter"),
-                *RECIPE, *run, *extra])
+                *setup["recipe"], *run, *extra])
     train_s = time.perf_counter() - t1
     if args.save_state:
         save_run_state(out / "run", Path(args.save_state))

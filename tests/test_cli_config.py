@@ -46,3 +46,15 @@ def test_train_options_override_only_what_was_passed():
                                loss=LossConfig(kind="margin", rank_zscore=True))
     assert cfg == want
     assert run == dataclasses.replace(TrainRun(), workers=2)
+
+
+def test_demo_recipe_is_the_librarys_and_the_legacy_arguments_give_the_same_config():
+    from jobs.demo_model import LEGACY_RECIPE, RECIPE
+    from pipeline.training.config import DEMO_RECIPE
+
+    base = ("train", "--input", "m.csv", "--output", "o")
+    named, _ = train_config(_args(*base, *RECIPE), {})
+    legacy, _ = train_config(_args(*base, *LEGACY_RECIPE), {})
+    assert named == DEMO_RECIPE == legacy  # run D, started with the argument list, resumes unchanged
+    tweaked, _ = train_config(_args(*base, *RECIPE, "--epochs", "31"), {})
+    assert tweaked == dataclasses.replace(DEMO_RECIPE, epochs=31)

@@ -86,6 +86,7 @@ class Head:
         env.update({
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node IP 127.0.0.1: nothing listens beyond loopback
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # SIGTERM stops at once (no 30 s drain)
             # The job's `python` is whatever the head's PATH finds: this interpreter (the venv's).
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         })
@@ -177,7 +178,9 @@ def test_ray_job_submit_runs_the_score_job(head, tmp_path):
     pd.DataFrame({"video_id": list(paths), "uri": [str(p) for p in paths.values()]}).to_csv(manifest, index=False)
     cache, out = tmp_path / "inter", tmp_path / "scores"  # absolute: the job runs in its unpacked working_dir
 
+    t0 = time.monotonic()
     client = head.client()
+    t_client = time.monotonic()
     job = head.submit(
         client,
         entrypoint=f"python -m jobs.score --input {manifest} --cache {cache} --output {out} "
@@ -197,6 +200,8 @@ def test_ray_job_submit_runs_the_score_job(head, tmp_path):
         if not client.get_job_status(job).is_terminal():
             client.stop_job(job)
     assert f"score: {N_VIDEOS} videos: {N_VIDEOS} done, 0 failed" in logs, logs[-3000:]
+    print(f"TIMING head+client {t_client - t0:.1f}s, submit {started - t_client:.1f}s, job {time.monotonic() - started:.1f}s")
+    print("\n".join(l for l in logs.splitlines() if l.startswith(("extract-inter:", "score:"))))
 
     table = load_table(str(out))
     assert sorted(table["video_id"]) == sorted(paths), table[["video_id", "status"]]

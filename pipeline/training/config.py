@@ -80,3 +80,21 @@ class TrainRun:
     # Local folder where every training video is decoded once (pipeline/training/frame_cache.py); None: decode
     # the sampled frames on the fly every step.
     frame_cache: str | None = None
+
+
+# The demo model's recipe (`make demo-model`, docs/training.md "The demo model" says why each value): the
+# CPU-sized preset, batches of 2 contents x 4 versions sharing clip offsets and fragments, a pairwise
+# margin loss within contents, the fast pathway's BatchNorm calibrated on 32 training videos, and the
+# texture-statistics target that teaches the randomly initialised Swin to measure local energy.
+DEMO_RECIPE = TrainConfig(
+    preset="tiny-cpu", epochs=30, batch_size=8, group_column="source", group_size=2, align_groups=True,
+    loss=LossConfig(kind="margin", margin=0.1, batch_weight=0.1), grad_clip=1.0, head_lr=1e-3, backbone_lr=5e-4,
+    warmup_epochs=2, ema_decay=0.995, val_clips=2, head_dropout=0.1, calibrate_inter=32, texture_weight=1.0,
+)
+
+# Named starting points of `securevqa train --recipe NAME`; the options a user passes change fields of it.
+RECIPES: dict[str, TrainConfig] = {
+    "reference": TrainConfig(),
+    "splits": TrainConfig.small_dataset_protocol(),
+    "demo": DEMO_RECIPE,
+}
