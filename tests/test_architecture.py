@@ -85,3 +85,17 @@ def test_library_code_logs_instead_of_printing():
 def test_modules_stay_readable():
     long = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert set(long) <= set(ONE_CONCEPT), f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_code_cites_sections_of_docs_design_that_exist():
+    import re
+
+    headings = set(re.findall(r"^#+ (\d+(?:\.\d+)*)\b", (ROOT / "docs" / "design.md").read_text(), flags=re.M))
+    cited, stale = set(), []
+    for path in [*_modules(), *sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]:
+        text = path.read_text()
+        cited |= {(str(path.relative_to(ROOT)), s.rstrip(".")) for s in re.findall(r"design\.md §(\d+(?:\.\d+)*)", text)}
+        stale += [str(path.relative_to(ROOT))] * bool(re.search(r"\bDESIGN \d", text))
+    missing = sorted(c for c in cited if c[1] not in headings)
+    assert cited and not missing, f"citations of sections docs/design.md does not have: {missing}"
+    assert not stale, f"citations of a document outside the repository: {stale}"

@@ -4,9 +4,10 @@ job submission client (what the `ray job submit` CLI calls).
 
 The head is a real `ray start --head` process with its job server (the `job` extra, `ray[default]`): on
 loopback, on free ports, in its own temp dir, with token authentication on and a token of its own (passed to
-the head in RAY_AUTH_TOKEN and to the client as a header, so ~/.ray/auth_token is never read or written).
-It never touches the session's `ray_local` cluster, and it is stopped in a `finally`: SIGTERM to `ray start
---block` (Ray drains and stops what it started), then SIGKILL for any process of its tree still alive.
+the head in RAY_AUTH_TOKEN and to the client as a header: the test needs no ~/.ray/auth_token and writes none).
+It never touches the session's `ray_local` cluster (never `ray stop`, which would stop every Ray on the
+machine), and it is stopped in a `finally`: SIGTERM to `ray start --block` (Ray stops what it started), then
+SIGKILL for any process of its tree still alive.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from tests.helpers import videos as tv
 pytestmark = pytest.mark.slow
 
 N_VIDEOS = 3
-HEAD_START_S = 180  # `ray start --head` with its dashboard: 45-60 s on 2 busy cores
-JOB_S = 600  # upload, runtime env, both stages on 3 tiny videos: about 1-3 min on 2 busy cores
+HEAD_START_S = 180  # `ray start --head` until its job agent takes jobs: 20-60 s on 2 busy cores
+JOB_S = 600  # upload, runtime env, both stages on 3 tiny videos: about 2 min on 2 busy cores
 
 
 def _job_server_missing() -> str | None:
@@ -138,7 +139,7 @@ class Head:
 
         procs = _tree(self.proc.pid)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # drains (up to 30 s), then stops its processes
+            self.proc.send_signal(signal.SIGTERM)  # stops the processes it started (no drain: see env)
             try:
                 self.proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
@@ -178,13 +179,11 @@ def test_ray_job_submit_runs_the_score_job(head, tmp_path):
     pd.DataFrame({"video_id": list(paths), "uri": [str(p) for p in paths.values()]}).to_csv(manifest, index=False)
     cache, out = tmp_path / "inter", tmp_path / "scores"  # absolute: the job runs in its unpacked working_dir
 
-    t0 = time.monotonic()
     client = head.client()
-    t_client = time.monotonic()
     job = head.submit(
         client,
         entrypoint=f"python -m jobs.score --input {manifest} --cache {cache} --output {out} "
-                   "--preset tiny --clips 1 --actors 1 --threads 1 --seed 0",
+                   "--preset tiny --clips 1 --actors 1 --threads 2 --seed 0",
         runtime_env={"working_dir": str(REPO),
                      "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}})
     started = time.monotonic()
@@ -197,11 +196,12 @@ def test_ray_job_submit_runs_the_score_job(head, tmp_path):
         assert status == JobStatus.SUCCEEDED, \
             f"job {job}: {status} after {time.monotonic() - started:.0f} s\n{logs[-6000:]}"
     finally:
-        if not client.get_job_status(job).is_terminal():
-            client.stop_job(job)
+        try:
+            if not client.get_job_status(job).is_terminal():
+                client.stop_job(job)
+        except Exception:  # the head is gone: Head.stop() cleans up what is left
+            pass
     assert f"score: {N_VIDEOS} videos: {N_VIDEOS} done, 0 failed" in logs, logs[-3000:]
-    print(f"TIMING head+client {t_client - t0:.1f}s, submit {started - t_client:.1f}s, job {time.monotonic() - started:.1f}s")
-    print("\n".join(l for l in logs.splitlines() if l.startswith(("extract-inter:", "score:"))))
 
     table = load_table(str(out))
     assert sorted(table["video_id"]) == sorted(paths), table[["video_id", "status"]]
