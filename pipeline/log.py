@@ -61,7 +61,13 @@ def quiet_ray_logs(level: int = logging.INFO) -> None:
     if "ray.data" in sys.modules:
         import ray.data
 
-        ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = sys.stderr.isatty()
+        # Ray Data's memory-issue detector repeats one 8-line warning (an actor holds a model: more memory
+        # than Ray reserved for it) every few seconds of a stage, 14 times in one demo run; --verbose keeps it.
+        memory = getattr(getattr(ctx, "issue_detectors_config", None), "high_memory_detector_config", None)
+        if memory is not None and hasattr(memory, "detection_time_interval_s"):
+            memory.detection_time_interval_s = -1
 
 
 def driver_level() -> int:
