@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.demo import build as demo_build
-from pipeline.demo.encode import encode as demo_encode
+from pipeline.demo import codec as demo_codec
 from pipeline.demo import labels as demo_labels
 from pipeline.demo import sources as demo_sources
 from pipeline.demo.build import TRAINING_COLUMNS, build_demo_set, build_training_set
@@ -248,7 +248,7 @@ def test_film_still_is_a_moving_antialiased_view():
     # a still camera at 2 photo px per output px shows the photo downscaled with antialiasing
     still = CameraPath(cx=np.full(2, 256.0), cy=np.full(2, 256.0), scale=np.full(2, 2.0), angle=np.zeros(2))
     view = film_still(photo, still, (256, 256)).float()
-    ref = demo_encode.resize(photo[None], 256, 256).float()
+    ref = demo_codec.resize(photo[None], 256, 256).float()
     assert (view[0] - ref[0]).abs().max() <= 1.0 and torch.equal(view[0], view[1])
 
 
@@ -280,6 +280,7 @@ def test_training_labels_fall_with_strength_for_every_type(trained):
     assert df.mos.min() < 2.0 and (df[df.level > 0].mos < 5).all()
 
 
+@pytest.mark.slow  # worker processes (and 15 s of CPU)
 def test_training_set_is_deterministic_and_seed_moves_the_camera(trained, tmp_path):
     _, df = trained
     again = _build_training(tmp_path / "again", workers=2)  # built in 2 processes: the same bytes
@@ -302,7 +303,7 @@ def test_training_rebuild_is_a_no_op(trained, monkeypatch):
     def no_encoding(*a, **k):
         raise AssertionError("encoded although the build was complete")
 
-    monkeypatch.setattr(demo_encode, "write_video", no_encoding)
+    monkeypatch.setattr(demo_codec, "write_video", no_encoding)
     pd.testing.assert_frame_equal(_build_training(out), df)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert json.loads((out / "demo_params.json").read_text())["splits"] == {

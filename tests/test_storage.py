@@ -189,12 +189,12 @@ def test_resume_after_crash_before_manifest(store_root, monkeypatch):
     root, opts = store_root
     keys = ["v1", "v2"]
     st = ShardStore(root, opts)
-    import pipeline.io.storage as storage
+    import pipeline.io.shards as shards
 
     def killed(*a, **k):
         raise KeyboardInterrupt("killed before the manifest")
 
-    monkeypatch.setattr(storage, "exclusive_write", killed)
+    monkeypatch.setattr(shards, "exclusive_write", killed)
     with pytest.raises(KeyboardInterrupt):
         st.commit(None, _table(keys), keys)
     monkeypatch.undo()

@@ -1,5 +1,6 @@
 """Demo and training sets built from content that installed packages ship (docs/training_data.md):
-`sources`, the virtual `camera` that films photographs, `distortions`, `encode`, `labels`, and `build`.
+`sources`, the virtual `camera` that films photographs, `distortions`, `codec` (encoders and frame
+helpers), `labels`, and `build`.
 `python -m jobs.build_data` builds a set from the command line."""
 
 from pipeline.demo.build import (

@@ -138,7 +138,7 @@ from pipeline.io.video import probe, read_frames
 
 from .camera import MOTION_STREAM, camera_path, film_still
 from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort
-from .encode import CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize
+from .codec import CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize
 from .labels import (
     MOS_CENTER,
     MOS_WIDTH,

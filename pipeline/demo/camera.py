@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encode import CHUNK, to_uint8
+from .codec import CHUNK, to_uint8
 from .sources import STILL_FPS
 
 # Virtual camera (output pixels and frames at 25 fps; see camera_path)

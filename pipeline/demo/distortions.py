@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encode import CHUNK, CLEAN_CRF, even, fixed_q_options, map_chunks, resize, roundtrip, x264_options
+from .codec import CHUNK, CLEAN_CRF, even, fixed_q_options, map_chunks, resize, roundtrip, x264_options
 
 DEFAULT_DISTORTIONS: dict[str, tuple[float, ...]] = {
     "h264": (30, 38, 44, 51),  # CRF

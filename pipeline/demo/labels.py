@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .distortions import filter_valid, gaussian_kernel
-from .encode import CHUNK
+from .codec import CHUNK
 
 MOS_CENTER = 0.80
 MOS_WIDTH = 0.08
