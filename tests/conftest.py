@@ -1,17 +1,22 @@
 """Fixtures that start something (a local Ray, moto's S3 server, an HTTP server), and the `slow` rule.
 
-A test is `slow` when it starts Ray, a subprocess or a server: every test using one of SLOW_FIXTURES is
-marked here, and the few that start one themselves carry `@pytest.mark.slow` (or `pytestmark`).
+A test is `slow` when it starts Ray, a subprocess or a server, or computes for more than ~5 s: every test
+using one of SLOW_FIXTURES is marked here; the others carry `@pytest.mark.slow` (or `pytestmark`).
 `make test-fast` (`pytest -m "not slow"`) skips them; `make test` runs everything.
 Helpers that are not fixtures are imported from the tests.helpers package (tests/helpers/__init__.py).
 """
 
 import os
 
-import pytest
-import torch
+# Before torch loads OpenMP (and for every process the tests start): a thread waiting for the others
+# sleeps instead of spinning. Spinning, two intra-op threads on two cores that another process also uses
+# (a CI runner's neighbours, a training run) made small-model tests 15-30x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tests.helpers.http_server import FileServer
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.helpers.http_server import FileServer  # noqa: E402
 
 # Every Ray the tests start (here and in subprocesses) binds to 127.0.0.1, never the host's address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -68,3 +73,11 @@ def http_catalog(tmp_path):
     ranges and Last-Modified, no ETag; files under /noversion/ come without Last-Modified either."""
     with FileServer(tmp_path) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def micro_ckpt(tmp_path_factory):
+    """The micro model's checkpoint (tests/helpers/micro.py), for `ModelSpec(checkpoint=...)` and `--checkpoint`."""
+    from tests.helpers.micro import micro_checkpoint
+
+    return micro_checkpoint(tmp_path_factory.mktemp("micro") / "micro.pt")

@@ -150,6 +150,7 @@ def diverse_clips(n: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.cat(out)[:, None]
 
 
+@pytest.mark.slow  # 32 clips at 224 px twice: about a minute of CPU, most of it emulated bf16
 def test_bf16_scores_agree_with_fp32():
     """Precision option: bf16 ranks a set of clips like fp32 (Spearman >= 0.999)."""
     vqa, _ = tiny_models(seed=3)

@@ -6,6 +6,7 @@ from model import create_model, make_generator
 from model.transforms import grid_fragments, guardian_map, resize_frames, skip_sample_indices
 from pipeline.stages.inference import inter_segments, score_frames
 from pipeline.demo.synthetic import moving_pattern
+from tests.helpers.micro import micro_model
 
 
 def test_no_generator_means_fresh_entropy_not_torchs_default_seed():
@@ -42,13 +43,16 @@ def test_inter_segments_equal_direct_resize():
 
 
 def test_score_frames_replays_with_a_seed_and_skips_fast_pathway_with_cached_embedding():
-    frames = moving_pattern(num_frames=48, height=96, width=128)  # short (wraps) and small (upsampled)
-    vqa, inter = create_model("tiny")
+    # the micro model: every branch, milliseconds a forward (the tiny preset took 15 s of CPU here)
+    vqa, inter = micro_model()
+    s = vqa.cfg.sampling
+    assert 12 < s.clip_len * s.frame_interval and 48 < s.fragment_size
+    frames = moving_pattern(num_frames=12, height=48, width=64)  # short (wraps) and small (upsampled)
     a = score_frames(frames, vqa, inter, num_clips=2, generator=make_generator(3))
     b = score_frames(frames, vqa, inter, num_clips=2, generator=make_generator(3))
     assert a == b and len(a.clip_scores) == 2
     calls = []
     inter.register_forward_hook(lambda *args: calls.append(1))
-    emb = torch.zeros(16, vqa.cfg.inter_dim)
+    emb = torch.zeros(s.inter_segments, vqa.cfg.inter_dim)
     score_frames(frames, vqa, inter, num_clips=1, generator=make_generator(3), inter_embedding=emb)
     assert not calls, "a cached inter embedding must skip the fast pathway"
