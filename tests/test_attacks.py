@@ -240,7 +240,8 @@ def test_white_box_eot_averages_defender_draws(micro):
 # ----------------------------------------------------------------------------- replay
 
 
-@pytest.mark.parametrize("spec", ["black-box:gamma=5", "white-box:steps=3", "white-box:steps=2,eot=2,objective=video"])
+@pytest.mark.parametrize("spec", [pytest.param("black-box:gamma=5", marks=pytest.mark.slow),  # 7 s of CPU
+                                  "white-box:steps=3", "white-box:steps=2,eot=2,objective=video"])
 def test_attacks_replay_from_seed(micro, spec):
     vqa, inter = micro
     scorer = DefendedVQA(vqa, inter, Defenses())  # randomised: replay needs both generators
@@ -332,6 +333,7 @@ def _segments(video: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
     return r[:, idx].permute(1, 0, 2, 3, 4)
 
 
+@pytest.mark.slow  # 216 forward passes: 6 s of CPU
 def test_guardian_draws_average(micro):
     vqa, inter = micro
     video = grid_frames(3, 64, 64)[None]

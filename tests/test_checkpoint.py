@@ -89,6 +89,7 @@ def test_mmaction_video_swin_initialises_backbone(tmp_path):
             assert torch.equal(v, donor.intra.state_dict()[k]), k
 
 
+@pytest.mark.slow  # two tiny models scoring at 224 px: 6 s of CPU
 def test_own_format_roundtrip_scores_identically(tmp_path):
     torch.manual_seed(0)
     vqa, inter = SecureVQA(TINY).eval(), InterEmbedder(TINY)

@@ -20,6 +20,7 @@ def random_clips(b: int, k: int = 1, t: int = 32, size: int = 224, seed: int = 0
     return torch.randint(0, 256, (b, k, 3, t, size, size), generator=g, dtype=torch.uint8)
 
 
+@pytest.mark.slow  # 6 clips at 224 px: 7 s of CPU
 def test_shapes_and_score():
     vqa, inter = tiny_models()
     segments = random_clips(2, 16, t=32, size=64)  # fast pathway accepts any size; 224 in production

@@ -74,6 +74,7 @@ def test_standardisation_is_fitted_once_and_kept_in_the_state():
     assert bool(other.fitted) and torch.equal(other.std, head.std)
 
 
+@pytest.mark.slow  # 13 training steps: 7 s of CPU
 def test_the_texture_target_trains_the_backbone_and_lowers_its_own_loss():
     vqa = build_model(TrainConfig(preset="tiny-cpu", head_dropout=0.0), seed=0)
     vqa.train()
