@@ -1,6 +1,6 @@
 """Scale benchmark (`make bench`): the pipeline over N, 4N and 16N tiny videos on this machine's Ray.
 
-The videos are 8-frame 64x48 clips and the model the micro test model (tests/micro.py: every branch
+The videos are 8-frame 64x48 clips and the model the micro test model (tests/helpers/micro.py: every branch
 of the architecture, milliseconds per video), so what is measured is the pipeline around the model:
 stat and keying in the driver, Ray Data scheduling, actor calls, per-shard commits, reading the
 results back. For each N, both stages run in a fresh process (its own local Ray) and report:
@@ -34,12 +34,12 @@ import pandas as pd
 from bench.bench_pipeline import _run_cli, _stage_seconds
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the test videos and the micro model
+sys.path.insert(0, str(REPO))  # tests.helpers: the test videos and the micro model
 
 
 def make_videos(work: Path, n: int) -> Path:
     """n distinct files (hard links of one clip get one content key each: size + mtime + path)."""
-    import videos as V
+    from tests.helpers import videos as V
 
     src = work / "clip.mp4"
     if not src.exists():
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per N (medians are reported)")
     p.add_argument("--work", default="bench_output/scale")
     args = p.parse_args(argv)
-    from micro import micro_checkpoint
+    from tests.helpers.micro import micro_checkpoint
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,7 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     from ray import cloudpickle
 
     from pipeline.stages import inter as stages
+    from pipeline.stages.driver import CRASHED
     from tests.helpers import crash_udf
 
     cloudpickle.register_pickle_by_value(crash_udf)  # Ray's workers need not import tests/
@@ -120,7 +121,7 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     assert "1 failed (1 crashed their worker)" in summary.line()
     table = load_table(cache).set_index("video_id")
     assert sorted(table.index) == sorted(paths) and table["key"].is_unique
-    assert table.loc["crash", "status"] == "error" and table.loc["crash", "error"] == stages.CRASHED
+    assert table.loc["crash", "status"] == "error" and table.loc["crash", "error"] == CRASHED
     assert table.loc["crash", "error_code"] == "decoder_crashed"
     assert table.loc["crash", "uri"] == str(paths["crash"])
     assert (table.drop(index="crash")["status"] == "ok").all()
