@@ -229,7 +229,7 @@ def test_install_updates_the_registry_entry_not_the_package(tmp_path, ckpt, caps
     assert w.preset == "tiny-cpu"  # the checkpoint's own config
     assert w.metrics["srcc"] == 0.9 and w.metrics["n_videos"] == 39 and "bigbuckbunny" in w.metrics["per_content"]
     assert w.recipe["commit"] == "f" * 40 and w.recipe["seed"] == 0 and w.recipe["train_minutes"] == 600.0
-    assert w.recipe["command"] == "python -m jobs.demo_model --install" and "--texture-weight" in w.recipe["train_args"]
+    assert w.recipe["command"] == "python -m jobs.demo_model --install" and "--recipe demo" in w.recipe["train_args"]
     assert "1350 clips" in w.data and w.notes == package_entry.notes  # not given: kept
     assert _same_state(create_model(weights=w)[0], create_model(checkpoint=str(ckpt))[0])
     assert "installed" in capsys.readouterr().out
