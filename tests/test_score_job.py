@@ -10,19 +10,23 @@ import pandas as pd
 import pytest
 
 from jobs.cli import main as cli
-from pipeline.stages.options import ModelSpec, RunOptions
-from pipeline.stages.inter import extract_inter
-from pipeline.stages.driver import load_table
-from pipeline.stages.scoring import score
 from pipeline.io.shards import ShardStore
+from pipeline.stages.driver import load_table
+from pipeline.stages.inter import extract_inter
+from pipeline.stages.options import ModelSpec, RunOptions
+from pipeline.stages.scoring import score
 from tests.helpers import videos as tv
+from tests.helpers.micro import MICRO
 from tests.helpers.procs import cli_subprocess, kill_tree
 
-SPEC = ModelSpec(preset="tiny")
+# The resume tests kill a job after its first commit: the tiny preset's seconds a video let the kill land
+# midway. The other tests score with the micro model (the `spec` fixture): every branch, far less compute.
+TINY = ModelSpec(preset="tiny")
+CLIPS = MICRO.sampling.test_clips
 
 GOOD = {  # name -> writer; each must come out with status ok
     "normal": tv.normal_clip,
-    "short_wraps": tv.short_clip,
+    "short_wraps": lambda d: tv.write_video(d / "short.mp4", 12, 160, 96),  # < one micro clip (8 x 2 frames)
     "tiny_64x48": tv.tiny_clip,
     "portrait": tv.portrait_clip,
     "rotated": tv.rotated_clip,
@@ -53,6 +57,11 @@ def _manifest(paths: dict[str, Path]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
+def spec(micro_ckpt) -> ModelSpec:
+    return ModelSpec(checkpoint=str(micro_ckpt))
+
+
+@pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> pd.DataFrame:
     d = tmp_path_factory.mktemp("zoo")
     paths = {}
@@ -67,10 +76,10 @@ def zoo(tmp_path_factory) -> pd.DataFrame:
     return _manifest(paths)
 
 
-def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tmp_path):
+def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, spec, zoo, tmp_path):
     opts = RunOptions(actors=1, batch_size=4, seed=0)
     cache, out = str(tmp_path / "cache"), str(tmp_path / "scores")
-    s2, s1 = score(zoo, cache, out, SPEC, opts)
+    s2, s1 = score(zoo, cache, out, spec, opts)
     assert (s1.videos, s1.done, s1.failed) == (len(zoo), len(GOOD), len(BAD))
     assert (s2.videos, s2.done, s2.failed) == (len(zoo), len(GOOD), len(BAD))
     table = load_table(out).set_index("video_id")
@@ -78,7 +87,7 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tm
     for name in GOOD:
         row = table.loc[name]
         assert row["status"] == "ok" and pd.isna(row["error"]), (name, row["error"])
-        assert len(row["clip_scores"]) == 4 and abs(row["score"] - sum(row["clip_scores"]) / 4) < 1e-6
+        assert len(row["clip_scores"]) == CLIPS and abs(row["score"] - sum(row["clip_scores"]) / CLIPS) < 1e-6
     for name, (_, words, code) in BAD.items():
         row = table.loc[name]
         assert row["status"] == "error" and pd.isna(row["score"]), name
@@ -94,14 +103,14 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, zoo, tm
 
     # Re-running either stage recomputes nothing and duplicates no row.
     shards = (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests()))
-    s2b, s1b = score(zoo, cache, out, SPEC, opts)
+    s2b, s1b = score(zoo, cache, out, spec, opts)
     assert (s1b.skipped, s1b.done + s1b.failed) == (len(zoo), 0)
     assert (s2b.skipped, s2b.done + s2b.failed) == (len(zoo), 0)
     assert (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests())) == shards
     assert len(load_table(out)) == len(zoo)
 
 
-def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ray_local, tmp_path, monkeypatch):
+def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ray_local, spec, tmp_path, monkeypatch):
     from ray import cloudpickle
 
     from pipeline.stages import inter as stages
@@ -116,7 +125,7 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
         paths[name] = tv.write_video(tmp_path / name / f"{name}.mp4", 20, 64, 48)
     manifest = _manifest(paths)
     cache = str(tmp_path / "cache")
-    summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
+    summary = extract_inter(manifest, cache, spec, RunOptions(actors=1, batch_size=2, seed=0))
     assert (summary.done, summary.failed, summary.crashed) == (4, 1, 1)
     assert "1 failed (1 crashed their worker)" in summary.line()
     table = load_table(cache).set_index("video_id")
@@ -127,7 +136,8 @@ def test_a_video_that_crashes_its_worker_gets_an_error_row_and_costs_no_other(ra
     assert (table.drop(index="crash")["status"] == "ok").all()
 
 
-def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_row(ray_local, tmp_path, http_catalog):
+def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_row(ray_local, spec, tmp_path,
+                                                                                  http_catalog):
     """A CDN catalog: a plain HTTP server on loopback that sends Last-Modified but no ETag. Its videos
     are identified by Last-Modified and size; one served with neither gets an error row, and the run
     goes on (it used to abort before any video was scored)."""
@@ -141,7 +151,7 @@ def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_r
     key = content_key(f"{url}/a.mp4")
     assert key.startswith("obj:mtime=") and key.endswith(f"size={(tmp_path / 'a.mp4').stat().st_size}")
     cache = str(tmp_path / "cache")
-    summary = extract_inter(manifest, cache, SPEC, RunOptions(actors=1, batch_size=2, seed=0))
+    summary = extract_inter(manifest, cache, spec, RunOptions(actors=1, batch_size=2, seed=0))
     assert (summary.videos, summary.done, summary.failed) == (5, 3, 2)
     table = load_table(cache).set_index("video_id")
     assert sorted(table.index) == ["a", "b", "gone", "local", "unversioned"]
@@ -152,20 +162,20 @@ def test_http_sources_are_first_class_and_an_unidentifiable_one_costs_only_its_r
     assert table.loc["gone", "error_code"] == "not_found"
 
 
-def test_seed_replays_scores_and_no_seed_draws_fresh(ray_local, zoo, tmp_path):
+def test_seed_replays_scores_and_no_seed_draws_fresh(ray_local, spec, zoo, tmp_path):
     ok = zoo[zoo["video_id"].isin(["normal", "short_wraps"])]
     runs = {}
     for name, seed in (("a", 5), ("b", 5), ("c", None)):
-        score(ok, str(tmp_path / f"cache_{name}"), str(tmp_path / f"out_{name}"), SPEC,
+        score(ok, str(tmp_path / f"cache_{name}"), str(tmp_path / f"out_{name}"), spec,
               RunOptions(actors=1, batch_size=2, seed=seed))
         runs[name] = load_table(str(tmp_path / f"out_{name}")).set_index("video_id")["score"]
     assert runs["a"].equals(runs["b"])
     assert not runs["a"].equals(runs["c"])
 
 
-def test_score_without_inter_cache_marks_videos_instead_of_computing(ray_local, zoo, tmp_path):
+def test_score_without_inter_cache_marks_videos_instead_of_computing(ray_local, spec, zoo, tmp_path):
     one = zoo[zoo["video_id"] == "normal"]
-    s2, s1 = score(one, str(tmp_path / "cache"), str(tmp_path / "out"), SPEC, RunOptions(actors=1),
+    s2, s1 = score(one, str(tmp_path / "cache"), str(tmp_path / "out"), spec, RunOptions(actors=1),
                    compute_missing_inter=False)
     assert s1 is None and s2.failed == 1
     assert "no inter embedding" in load_table(str(tmp_path / "out"))["error"].iloc[0]
@@ -200,7 +210,7 @@ def test_resume_after_kill_midway(ray_local, tmp_path):
                             "--actors", "1", "--batch-size", "1"])
     committed = _kill_after_first_commit(proc, ShardStore(str(cache)))
     assert committed < 6, "the job must have been killed midway"
-    summary = extract_inter(_manifest(paths), str(cache), SPEC, RunOptions(actors=1, batch_size=2))
+    summary = extract_inter(_manifest(paths), str(cache), TINY, RunOptions(actors=1, batch_size=2))
     assert summary.skipped >= committed and summary.done == 6 - summary.skipped
     table = load_table(str(cache))
     assert sorted(table["video_id"]) == sorted(paths)  # every video exactly once
@@ -208,13 +218,14 @@ def test_resume_after_kill_midway(ray_local, tmp_path):
     assert len(keys) == len(set(keys)) == 6, "no video committed twice"
 
 
-def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, tmp_path):
+def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, spec, tmp_path):
     d = tmp_path / "catalog"
     d.mkdir()
     for i in range(3):
         tv.write_video(d / f"v{i}.mp4", num_frames=40 + 5 * i)
     state = str(tmp_path / "state")
-    args = ["rescore", "--input", str(d), "--state", state, "--preset", "tiny", "--actors", "1", "--batch-size", "2"]
+    args = ["rescore", "--input", str(d), "--state", state, "--checkpoint", spec.checkpoint, "--actors", "1",
+            "--batch-size", "2"]
     assert cli(args) == 0
     first = pd.read_parquet(Path(state) / "published" / "scores.parquet")
     assert sorted(first["video_id"]) == ["v0", "v1", "v2"] and (first["status"] == "ok").all()
@@ -236,7 +247,7 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, tmp_pat
     assert (Path(state) / "published" / "report" / "report.json").exists()
 
 
-def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path, capsys):
+def test_full_flow_on_s3(ray_local, spec, s3_endpoint, tmp_path, capsys):
     import s3fs
 
     so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
@@ -255,7 +266,7 @@ def test_full_flow_on_s3(ray_local, s3_endpoint, tmp_path, capsys):
     with fs.open("catalog/manifest.csv", "w") as f:
         manifest.to_csv(f, index=False)
     io = ["--endpoint-url", s3_endpoint, "--storage-option", "key=testing", "--storage-option", "secret=testing"]
-    run = ["--preset", "tiny", "--actors", "1", "--batch-size", "2", *io]
+    run = ["--checkpoint", spec.checkpoint, "--actors", "1", "--batch-size", "2", *io]
     assert cli(["extract-inter", "--input", "s3://catalog/manifest.csv", "--cache", "s3://vqa/inter", *run]) == 0
     assert cli(["score", "--input", "s3://catalog/manifest.csv", "--cache", "s3://vqa/inter",
                 "--output", "s3://vqa/scores", *run]) == 0
@@ -296,7 +307,7 @@ def test_resume_after_kill_on_s3(ray_local, s3_endpoint, tmp_path):
     assert committed < 5
     from pipeline.io.manifest import read_manifest
 
-    summary = extract_inter(read_manifest("s3://resume/videos/", so), "s3://resume/cache", SPEC,
+    summary = extract_inter(read_manifest("s3://resume/videos/", so), "s3://resume/cache", TINY,
                             RunOptions(storage_options=so, actors=1, batch_size=2))
     assert summary.skipped >= committed and summary.done + summary.skipped == 5
     keys = [k for m in ShardStore("s3://resume/cache", so).manifests() for k in m["keys"]]
