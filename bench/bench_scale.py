@@ -2,7 +2,7 @@
 
 The videos are 8-frame 64x48 clips and the model the micro test model (tests/helpers/micro.py: every branch
 of the architecture, milliseconds per video), so what is measured is the pipeline around the model:
-stat and keying in the driver, Ray Data scheduling, actor calls, per-shard commits, reading the
+stat and keying in the driver, Ray Data scheduling, actor calls, per-batch commits, reading the
 results back. For each N, both stages run in a fresh process (its own local Ray) and report:
 
 - seconds per stage, split by a least-squares line over N, 4N, 16N into a fixed start cost (model
@@ -10,11 +10,12 @@ results back. For each N, both stages run in a fresh process (its own local Ray)
   consecutive sizes (delta videos / delta seconds) must stay flat;
 - the orchestration overhead per video: stage seconds x actors minus the decode and model seconds the
   actors recorded, over N (the fixed start included, so an upper bound that falls as N grows);
-- the steady rate between the first and the last committed shard (manifest timestamps): the stage's
-  throughput without its start, which must not fall as N grows;
+- the steady rate between the first and the last commit (the Delta log's commit timestamps): the
+  stage's throughput without its start, which must not fall as N grows;
 - peak RSS of the job's whole process tree (driver, Ray, actors), sampled every 0.2 s;
-- the driver's time to list a finished output's shard manifests (the "what is done" check every
-  re-run starts with), which grows with the number of shards.
+- the driver's time to read a finished output's committed keys (the "what is done" check every
+  re-run starts with), which grows with the number of commits until the table is compacted
+  (bench/bench_tables.py measures the tables themselves).
 
 Flat throughput, overhead and memory across N, 4N, 16N is the claim; the ratios are printed.
 """
@@ -60,7 +61,7 @@ def make_videos(work: Path, n: int) -> Path:
 
 def run_once(work: Path, n: int, checkpoint: Path, batch: int, actors: int) -> dict:
     from pipeline.stages.driver import load_table
-    from pipeline.io.shards import ShardStore
+    from pipeline.io.table import KeyedTable
 
     manifest = make_videos(work, n)
     run = work / f"run_{n}_{time.time_ns()}"
@@ -74,29 +75,29 @@ def run_once(work: Path, n: int, checkpoint: Path, batch: int, actors: int) -> d
     work1 = float((inter["decode_s"] + inter["model_s"]).sum())
     work2 = float((scores["decode_s"] + scores["model_s"]).sum())
     t = time.perf_counter()
-    shards = len(ShardStore(str(run / "scores")).manifests())
+    KeyedTable(str(run / "scores")).committed_keys()
     list_s = time.perf_counter() - t
-    steady1, steady2 = _steady_rate(ShardStore(str(run / "inter"))), _steady_rate(ShardStore(str(run / "scores")))
+    commits = sum(1 for h in KeyedTable(str(run / "scores")).history() if "securevqa.keys" in h)
+    steady1, steady2 = _steady_rate(KeyedTable(str(run / "inter"))), _steady_rate(KeyedTable(str(run / "scores")))
     shutil.rmtree(manifest.parent / f"videos_{n}")
     return {
-        "videos": n, "shards_per_stage": shards, "extract_inter_s": s1, "score_s": s2, "job_wall_s": wall,
+        "videos": n, "commits_per_stage": commits, "extract_inter_s": s1, "score_s": s2, "job_wall_s": wall,
         "extract_inter_videos_per_s": n / s1, "score_videos_per_s": n / s2,
         "extract_inter_overhead_ms_per_video": 1000 * (s1 * actors - work1) / n,
         "score_overhead_ms_per_video": 1000 * (s2 * actors - work2) / n,
         "extract_inter_work_ms_per_video": 1000 * work1 / n, "score_work_ms_per_video": 1000 * work2 / n,
-        "peak_rss_mb": peak / 2**20, "list_manifests_s": list_s,
+        "peak_rss_mb": peak / 2**20, "read_keys_s": list_s,
         "extract_inter_steady_videos_per_s": steady1, "score_steady_videos_per_s": steady2,
     }
 
 
-def _steady_rate(store) -> float:
-    """Videos per second between the first and the last committed shard (manifest timestamps): the
+def _steady_rate(table) -> float:
+    """Videos per second between the first and the last commit (the log's commit timestamps, ms): the
     stage's rate once running, without its fixed start."""
-    ms = store.manifests()
-    t = sorted((m["created_ns"], m["num_rows"]) for m in ms)
+    t = sorted((h["timestamp"], len(json.loads(h["securevqa.keys"]))) for h in table.history() if "securevqa.keys" in h)
     if len(t) < 2 or t[-1][0] == t[0][0]:
-        return float("nan")  # one shard: no interval to measure (use a larger N)
-    return sum(n for _, n in t[1:]) / ((t[-1][0] - t[0][0]) / 1e9)
+        return float("nan")  # one commit: no interval to measure (use a larger N)
+    return sum(n for _, n in t[1:]) / ((t[-1][0] - t[0][0]) / 1e3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,14 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     for n in (args.n, 4 * args.n, 16 * args.n):
         runs = [run_once(work, n, ckpt, args.batch_size, args.actors) for _ in range(args.repeats)]
         r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-        r.update(videos=n, shards_per_stage=runs[0]["shards_per_stage"])
+        r.update(videos=n, commits_per_stage=runs[0]["commits_per_stage"])
         results.append(r)
         print(f"N={n:6d}: stage 1 {r['extract_inter_videos_per_s']:6.1f} videos/s, stage 2 "
-              f"{r['score_videos_per_s']:6.1f} videos/s (steady, first to last shard: "
+              f"{r['score_videos_per_s']:6.1f} videos/s (steady, first to last commit: "
               f"{r['extract_inter_steady_videos_per_s']:.1f} / {r['score_steady_videos_per_s']:.1f}); overhead per video {r['extract_inter_overhead_ms_per_video']:.1f}"
               f" / {r['score_overhead_ms_per_video']:.1f} ms (work {r['extract_inter_work_ms_per_video']:.1f} / "
               f"{r['score_work_ms_per_video']:.1f} ms); peak RSS {r['peak_rss_mb']:.0f} MB; "
-              f"{r['shards_per_stage']} shards listed in {r['list_manifests_s']:.2f} s", flush=True)
+              f"{r['commits_per_stage']} commits; committed keys read in {r['read_keys_s']:.2f} s", flush=True)
     summary = {}
     for stage, key in (("extract-inter", "extract_inter"), ("score", "score")):
         xs, ys = [r["videos"] for r in results], [r[f"{key}_s"] for r in results]
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         steady = [r[f"{key}_steady_videos_per_s"] for r in results]
         summary[stage]["steady_videos_per_s"] = steady
         summary[stage]["steady_flatness"] = steady[-1] / steady[0]
-        print(f"{stage}: steady videos/s (first to last shard) {' -> '.join(f'{v:.1f}' for v in steady)} "
+        print(f"{stage}: steady videos/s (first to last commit) {' -> '.join(f'{v:.1f}' for v in steady)} "
               f"(16N/N x{steady[-1] / steady[0]:.2f})")
     mem = [r["peak_rss_mb"] for r in results]
     summary["peak_rss_mb"] = mem

@@ -7,6 +7,8 @@
     securevqa train   --input IN --output URI [--val IN | --protocol splits]
     securevqa attack  --input IN --output URI [--defenses ...] [--attack SPEC ...]
     securevqa weights [--json]     the named weights that --weights NAME loads (model/registry.py)
+    securevqa vacuum  URI [--retention-hours H]   compact a table's files, delete what no version needs
+    securevqa migrate URI          convert a shard store (before the Delta format) into a Delta table
 
 IN is a manifest (CSV, Parquet, JSON lines; a `uri` column, optional `video_id`, `mos`, `dataset`)
 or a directory or glob of videos; every URI may be local or s3://. On a cluster:
@@ -81,6 +83,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    "default moving video stream, never cover art; the row's `stream` column says which was read)")
     r.add_argument("--progress-seconds", type=float,
                    help="seconds between progress lines (done, failed, rate, time left) of a running stage (default 60)")
+    r.add_argument("--compact-every", type=int, metavar="N",
+                   help="compact the output table every N commits while a stage runs, 0 never (default 100; "
+                   "docs/tables.md)")
     r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
@@ -158,8 +163,31 @@ def spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any,
                       **_given(actors=args.actors, batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor,
                                actors_per_gpu=args.actors_per_gpu, forward_videos=args.forward_videos,
                                cpus_per_actor=args.cpus_per_actor, threads=args.threads, clips=args.clips,
-                               seed=args.seed, progress_s=args.progress_seconds, stream=args.stream))
+                               seed=args.seed, progress_s=args.progress_seconds, stream=args.stream,
+                               compact_every=args.compact_every))
     return spec, opts
+
+
+def _table_version(text: str) -> int | str:
+    """--as-of/--compare-to: a table version (digits) or an ISO 8601 time (a date alone means 00:00 UTC)."""
+    if text.isdigit():
+        return int(text)
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a version number nor an ISO 8601 time") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat()
+
+
+def _versioned(load: Any, uri: str, so: dict[str, Any], at: int | str | None) -> tuple[str, Any]:
+    """(label, table) of `uri` at a version or time (None: the latest)."""
+    if at is None:
+        return "latest", load(uri, so)
+    if isinstance(at, int):
+        return f"version {at}", load(uri, so, version=at)
+    return at, load(uri, so, as_of=at)
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -185,13 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_io(p)
     p = sub.add_parser("report", help="dataset-level figures, Markdown report and plots from a score table")
-    p.add_argument("--scores", required=True)
+    p.add_argument("--scores", required=True, help="a score table: Delta table, Parquet folder or file")
     p.add_argument("--output", required=True)
+    p.add_argument("--as-of", type=_table_version, metavar="VERSION|TIME",
+                   help="report the Delta table as it was: a version number or an ISO 8601 time, e.g. 2026-11-29 "
+                   "or 2026-11-29T03:00:00Z (default: the latest version)")
+    p.add_argument("--compare-to", type=_table_version, metavar="VERSION|TIME",
+                   help="add what changed since this version or time: videos new, dropped, changed, by how much")
     _add_io(p)
     p = sub.add_parser("rescore", help="nightly: score only new or changed videos, publish the full table")
     p.add_argument("--input", required=True)
     p.add_argument("--state", required=True)
+    p.add_argument("--history-days", type=_positive_int,
+                   help="how long earlier nights of the catalog table stay readable (default 30)")
+    p.add_argument("--no-maintenance", action="store_true",
+                   help="skip compacting and vacuuming the state's tables at the end (docs/tables.md)")
     _add_model(p)
+    _add_io(p)
+    p = sub.add_parser("vacuum", help="table maintenance: compact small files (optimize), then delete files no "
+                       "version within the retention needs, uncommitted ones included (vacuum)")
+    p.add_argument("tables", nargs="+", metavar="URI", help="Delta tables (an output, a cache, a catalog table)")
+    p.add_argument("--retention-hours", type=int, metavar="H",
+                   help="keep files younger than H hours (default: the table's own retention, 7 days; below 168 "
+                   "time travel further back than H hours breaks)")
+    p.add_argument("--no-optimize", action="store_true", help="vacuum only")
+    p.add_argument("--dry-run", action="store_true", help="list what vacuum would delete; change nothing")
+    _add_io(p)
+    p = sub.add_parser("migrate", help="convert shard stores written before the Delta format into Delta tables, "
+                       "in place (same rows, keys and columns)")
+    p.add_argument("tables", nargs="+", metavar="URI")
+    p.add_argument("--dry-run", action="store_true", help="count the rows and files; change nothing")
     _add_io(p)
     _add_train(sub)
     _add_attack(sub)
@@ -202,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_weights(args: argparse.Namespace) -> int:
-    from model.registry import DEFAULT_WEIGHTS, UNTRAINED_PRESET, list_weights, weights_table
+    from model.registry import (
+        DEFAULT_WEIGHTS,
+        UNTRAINED_PRESET,
+        list_weights,
+        weights_table,
+    )
 
     if args.json:
         print(json.dumps([{**w.to_dict(), "location": w.location, "status": w.status} for w in list_weights()],
@@ -243,8 +299,8 @@ def _add_attack(sub: Any) -> None:
 def _attack(args: argparse.Namespace, so: dict[str, Any]) -> int:
     from model.security.attacks import AttackSpec
     from model.security.defense import ABLATION, Defenses
-    from pipeline.security.attack import AttackPlan, run_attacks
     from pipeline.io.manifest import read_manifest
+    from pipeline.security.attack import AttackPlan, run_attacks
 
     try:
         defenses = ABLATION if args.ablation else tuple(Defenses.parse(d) for d in args.defenses)
@@ -414,7 +470,6 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
 
 def _init_ray(address: str | None) -> None:
     import ray
-
     import ray.data  # noqa: F401  (imported before quiet_ray_logs: importing it configures its loggers)
 
     from pipeline.log import driver_level, quiet_ray_logs
@@ -433,10 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     """The `securevqa` command. A mistake in what the user gave (a manifest, a path) prints one line
     saying what is wrong and exits 2, as argparse does for a bad flag; no traceback."""
     from pipeline.io.manifest import ManifestError
+    from pipeline.io.table import TableError
 
     try:
         return _main(argv)
-    except (ManifestError, FileNotFoundError) as e:
+    except (ManifestError, TableError, FileNotFoundError) as e:
         print(f"securevqa: error: {e}", file=sys.stderr)
         return 2
 
@@ -460,8 +516,28 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "attack":
         return _attack(args, so)
     if args.command == "report":
-        result = build_report(load_scores(args.scores, so), args.output, so)
-        print(json.dumps({k: result.get(k) for k in ("n_videos", "n_ok", "n_failed", "srcc", "plcc")}))
+        label, scores = _versioned(load_scores, args.scores, so, args.as_of)
+        compare = None if args.compare_to is None else _versioned(load_scores, args.scores, so, args.compare_to)
+        result = build_report(scores, args.output, so, compare_to=compare, label=label)
+        keys = ("n_videos", "n_ok", "n_failed", "srcc", "plcc")
+        summary = {k: result.get(k) for k in keys}
+        if compare is not None:
+            c = result["comparison"]
+            summary["changed_since"] = {k: c[k] for k in ("labels", "new", "dropped", "scored_in_both", "changed")}
+        print(json.dumps(summary))
+        return 0
+    if args.command == "vacuum":
+        from pipeline.io.table import maintain
+
+        for uri in args.tables:
+            print(json.dumps(maintain(uri, so, optimize=not args.no_optimize, retention_hours=args.retention_hours,
+                                      dry_run=args.dry_run)))
+        return 0
+    if args.command == "migrate":
+        from pipeline.io.migrate import migrate
+
+        for uri in args.tables:
+            print(json.dumps(migrate(uri, so, dry_run=args.dry_run)))
         return 0
 
     from pipeline.stages.inter import extract_inter
@@ -484,7 +560,8 @@ def _main(argv: list[str] | None = None) -> int:
     elif args.command == "rescore":
         from pipeline.stages.rescore import rescore
 
-        run = rescore(manifest, args.state, spec, opts)
+        run = rescore(manifest, args.state, spec, opts, maintenance=not args.no_maintenance,
+                      **_given(history_days=args.history_days))
         print(f"rescore: {run['catalog_videos']} videos in the catalog: {run['new']} new, {run['changed']} changed, "
               f"{run['unchanged']} unchanged, {run['dropped']} dropped; scored {run['scored_this_run']}, "
               f"{run['failed']} failed, in {run['seconds']:.1f} s")

@@ -11,9 +11,9 @@ import pytest
 from jobs.cli import main as cli
 from model.security.attacks import AttackSpec, score_reversed_targets
 from model.security.defense import Defenses
+from pipeline.io.table import KeyedTable
 from pipeline.security.attack import AttackPlan, run_attacks
 from pipeline.stages.options import ModelSpec, RunOptions
-from pipeline.io.shards import ShardStore
 from tests.helpers import videos as tv
 from tests.helpers.micro import micro_checkpoint
 
@@ -44,7 +44,7 @@ def test_attack_job_results_targets_summary_and_resume(ray_local, labelled, tmp_
     assert (s.attack.videos, s.attack.done, s.attack.failed) == (20, 20, 0)
     assert "gone left out: file not found" in caplog.text  # a warning of the securevqa.security logger
 
-    res = ShardStore(f"{out}/results").read_table().to_pandas()
+    res = KeyedTable(f"{out}/results").read().to_pandas()
     assert len(res) == 20 and set(res["video_id"]) == {f"v{i}" for i in range(5)}
     for col in ("clean_score", "adv_score", "target", "linf", "rms", "queries", "q_mos", "seconds"):
         assert res[col].notna().all(), col
@@ -90,7 +90,7 @@ def test_attack_seed_replays_results(ray_local, labelled, tmp_path):
     tables = []
     for name in ("a", "b"):
         run_attacks(manifest.head(4), str(tmp_path / name), spec, plan, RunOptions(actors=1, seed=7, batch_size=4))
-        t = ShardStore(str(tmp_path / name / "results")).read_table().to_pandas().sort_values("video_id")
+        t = KeyedTable(str(tmp_path / name / "results")).read().to_pandas().sort_values("video_id")
         tables.append(t[["clean_score", "adv_score", "target", "queries", "rms"]].reset_index(drop=True))
     pd.testing.assert_frame_equal(tables[0], tables[1])
 
@@ -138,7 +138,7 @@ def test_attack_job_on_s3(ray_local, s3_endpoint, labelled, tmp_path, capsys):
     for name in ("summary.md", "summary.csv", "summary.json", "clean_vs_adv.png"):
         assert fs.exists(f"attackset/out/{name}"), name
     so = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
-    res = ShardStore("s3://attackset/out/results", so).read_table().to_pandas()
+    res = KeyedTable("s3://attackset/out/results", so).read().to_pandas()
     assert len(res) == 16 and (res["status"] == "ok").all()
     assert (res.loc[res["attack"] == "none", "queries"] == 0).all()
     assert cli(args) == 0  # again: nothing left to do

@@ -12,14 +12,14 @@ import torch
 
 from model import make_generator
 from model.device import autocast, select_device, to_device, uses_autocast
+from pipeline.io.storage import make_key
+from pipeline.io.table import KeyedTable
+from pipeline.stages.batching import forward_grouped, videos_per_forward
+from pipeline.stages.driver import StageActor, keyed_manifest
 from pipeline.stages.inter import InterExtractor
 from pipeline.stages.options import ModelSpec, RunOptions
-from pipeline.stages.scoring import Scorer
 from pipeline.stages.resources import actors_per_gpu, auto_actors_per_gpu, plan_actors
-from pipeline.stages.batching import forward_grouped, videos_per_forward
-from pipeline.stages.driver import keyed_manifest, StageActor
-from pipeline.io.storage import make_key
-from pipeline.io.shards import ShardStore
+from pipeline.stages.scoring import Scorer
 from tests.helpers import videos as tv
 from tests.helpers.micro import MICRO, micro_checkpoint, micro_model
 
@@ -221,8 +221,8 @@ def _stage_rows(ckpt: Path, manifest: pd.DataFrame, root: Path, forward_videos: 
     rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
     summary = StageActor(Scorer(spec, str(root / "cache"), opts, versions["score"]), str(root / "out"))(rows)
     assert list(summary["key"]) == list(rows["key"])
-    scores = ShardStore(str(root / "out")).read_table().to_pandas().set_index("video_id")
-    inter = ShardStore(str(root / "cache")).read_table().to_pandas().set_index("video_id")
+    scores = KeyedTable(str(root / "out")).read().to_pandas().set_index("video_id")
+    inter = KeyedTable(str(root / "cache")).read().to_pandas().set_index("video_id")
     return scores.join(inter[["embedding"]])
 
 
@@ -302,13 +302,13 @@ def test_actors_per_gpu(decode, model, cpus_per_gpu, cpus_per_actor, expected):
 def test_auto_actors_per_gpu_reads_last_runs_timings(tmp_path):
     import pyarrow as pa
 
-    store = ShardStore(str(tmp_path / "scores"))
+    store = KeyedTable(str(tmp_path / "scores"))
     k, why = auto_actors_per_gpu(store, {"CPU": 16, "GPU": 2}, 1.0)
     assert k == 2 and "no timings" in why
     n = 10
     t = pa.table({"key": [f"k{i}" for i in range(n)], "status": ["ok"] * (n - 1) + ["error"],
                   "decode_s": [0.9] * (n - 1) + [99.0], "model_s": [0.3] * n})
-    store.commit(None, t, t["key"].to_pylist())
+    store.commit(t)
     k, why = auto_actors_per_gpu(store, {"CPU": 16, "GPU": 2}, 1.0)
     assert k == 4 and "9 earlier rows" in why  # (0.9 + 0.3) / 0.3 = 4; the failed row is ignored
     assert auto_actors_per_gpu(store, {"CPU": 6, "GPU": 2}, 1.0)[0] == 2  # 3 CPUs per GPU, one for Ray Data
@@ -317,7 +317,7 @@ def test_auto_actors_per_gpu_reads_last_runs_timings(tmp_path):
 
 
 def test_cli_passes_gpu_options_through():
-    from jobs.cli import spec_and_options, build_parser
+    from jobs.cli import build_parser, spec_and_options
 
     args = build_parser().parse_args(["score", "--input", "x", "--cache", "c", "--output", "o", "--device", "cpu",
                                       "--actors-per-gpu", "auto", "--forward-videos", "8", "--precision", "bf16"])

@@ -37,7 +37,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from pipeline.io.shards import ShardStore
+from pipeline.io.table import KeyedTable
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -283,7 +283,7 @@ def start_problems(opts: Any, pool: GpuPool, where: str) -> list[str]:
     with mock.patch.object(ray, "cluster_resources", return_value=cold), contextlib.redirect_stdout(io.StringIO()):
         try:
             with tempfile.TemporaryDirectory() as empty:  # a stage output with nothing committed yet
-                _, resources = driver.pool_strategy(opts, ShardStore(empty), "check")
+                _, resources = driver.pool_strategy(opts, KeyedTable(empty), "check")
         except ValueError as e:
             return [(f"{where}: at job start the cluster has {cold or 'no CPUs or GPUs'} ({pool.where} starts at "
                      f"{pool.min_nodes} nodes) and the stage refuses to plan: {e}")]

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.metrics import quality_metrics
+from pipeline.io.table import KeyedTable
 from pipeline.report.build import build_report
-from pipeline.report.summary import load_scores, summarize
-from pipeline.io.shards import ShardStore
+from pipeline.report.summary import compare_scores, load_scores, summarize
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
@@ -171,7 +171,7 @@ def test_odd_values(tmp_path):
     assert "bad \\| pipe" in md and "second line" not in md and "several model versions" in md
 
 
-def test_load_scores_parquet_dir_and_shardstore(tmp_path):
+def test_load_scores_parquet_dir_and_delta_table(tmp_path):
     df = synthetic_scores(n=10)
     t = pa.Table.from_pandas(df, preserve_index=False)
     pq.write_table(t, tmp_path / "one.parquet")
@@ -182,9 +182,10 @@ def test_load_scores_parquet_dir_and_shardstore(tmp_path):
     pq.write_table(t.slice(4), d / "b.parquet")
     (d / "_SUCCESS").write_text("")
     assert sorted(load_scores(str(d))["video_id"]) == sorted(df.video_id)
-    store = ShardStore(str(tmp_path / "store"))
-    store.commit(None, t.slice(0, 5), df.video_id[:5].tolist())
-    store.commit(None, t.slice(5), df.video_id[5:].tolist())
+    store = KeyedTable(str(tmp_path / "store"))
+    t = t.append_column("key", t.column("video_id"))
+    store.commit(t.slice(0, 5))
+    store.commit(t.slice(5))
     loaded = load_scores(str(tmp_path / "store"))
     assert sorted(loaded["video_id"]) == sorted(df.video_id) and "key" in loaded
     rep = summarize(loaded)
@@ -228,3 +229,56 @@ def test_failures_are_grouped_by_kind_not_by_message(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "9 of 12 videos failed, 2 kind(s) of failure" in md and "| `truncated` | 6 |" in md
     assert "the file does not exist" in md
+
+
+def _table(scores: dict[str, float], failed: tuple[str, ...] = ()) -> pd.DataFrame:
+    return pd.DataFrame({"video_id": list(scores), "key": list(scores), "score": list(scores.values()),
+                         "status": ["error" if v in failed else "ok" for v in scores],
+                         "mos": [1.0 + i for i in range(len(scores))]})
+
+
+def test_compare_scores_counts_new_dropped_and_changed_videos():
+    before = _table({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0})
+    after = _table({"b": 2.0, "c": 3.5, "d": 3.0, "e": 5.0})
+    c = compare_scores(before, after)
+    assert (c["new"], c["dropped"], c["in_both"], c["scored_in_both"], c["changed"]) == (1, 1, 3, 3, 2)
+    assert c["delta"]["mean"] == pytest.approx((0.0 + 0.5 - 1.0) / 3)
+    assert c["delta"]["max_abs"] == pytest.approx(1.0)
+    assert [e["video_id"] for e in c["largest_changes"]] == ["d", "c"]  # largest first
+    failed = compare_scores(before, _table({"b": 2.0, "c": 3.5, "d": 3.0}, failed=("c",)))
+    assert (failed["scored_in_both"], failed["changed"], failed["status_changed"]) == (2, 1, 1)
+
+
+def test_report_compares_two_versions_of_a_delta_table(tmp_path, capsys):
+    from jobs.cli import main as cli
+
+    uri = str(tmp_path / "catalog")
+    table = KeyedTable(uri)
+    v1 = table.overwrite(pa.Table.from_pandas(_table({"a": 1.0, "b": 2.0, "c": 3.0}), preserve_index=False))
+    table.overwrite(pa.Table.from_pandas(_table({"a": 1.0, "b": 2.5, "d": 4.0}), preserve_index=False))
+    assert cli(["report", "--scores", uri, "--output", str(tmp_path / "rep"), "--compare-to", str(v1)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["changed_since"] == {"labels": [f"version {v1}", "latest"], "new": 1, "dropped": 1,
+                                       "scored_in_both": 2, "changed": 1}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"## Changes from version {v1} to latest" in md and "score_change.png" in md
+    assert (tmp_path / "rep" / "score_change.png").stat().st_size > 1000
+    # --as-of the first version reports that version's rows
+    assert cli(["report", "--scores", uri, "--output", str(tmp_path / "old"), "--as-of", str(v1)]) == 0
+    assert json.loads((tmp_path / "old" / "report.json").read_text())["n_videos"] == 3
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_videos"] == 3
+
+
+def test_report_time_travel_errors_say_what_is_wrong(tmp_path, capsys):
+    from jobs.cli import main as cli
+
+    pq.write_table(pa.Table.from_pandas(_table({"a": 1.0})), tmp_path / "plain.parquet")
+    assert cli(["report", "--scores", str(tmp_path / "plain.parquet"), "--output", str(tmp_path / "r"),
+                "--as-of", "3"]) == 2
+    assert "not a Delta table" in capsys.readouterr().err
+    uri = str(tmp_path / "t")
+    KeyedTable(uri).overwrite(pa.Table.from_pandas(_table({"a": 1.0}), preserve_index=False))
+    assert cli(["report", "--scores", uri, "--output", str(tmp_path / "r"), "--as-of", "7"]) == 2
+    assert "has no version 7" in capsys.readouterr().err
+    assert cli(["report", "--scores", uri, "--output", str(tmp_path / "r"), "--as-of", "2001-01-01"]) == 2
+    assert "as of 2001-01-01" in capsys.readouterr().err

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
 from jobs.cli import main as cli
-from pipeline.io.shards import ShardStore
+from pipeline.io.table import KeyedTable
 from pipeline.stages.driver import load_table
 from pipeline.stages.inter import extract_inter
 from pipeline.stages.options import ModelSpec, RunOptions
 from pipeline.stages.scoring import score
 from tests.helpers import videos as tv
+from tests.helpers.engines import ENGINES
 from tests.helpers.micro import MICRO
 from tests.helpers.procs import cli_subprocess, kill_tree
 
@@ -102,11 +105,11 @@ def test_every_video_gets_one_row_and_bad_videos_cost_nothing(ray_local, spec, z
     assert table.loc["webm_live", "fps"] == pytest.approx(24.85, rel=0.01)
 
     # Re-running either stage recomputes nothing and duplicates no row.
-    shards = (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests()))
+    shards = (KeyedTable(cache).version(), KeyedTable(out).version())
     s2b, s1b = score(zoo, cache, out, spec, opts)
     assert (s1b.skipped, s1b.done + s1b.failed) == (len(zoo), 0)
     assert (s2b.skipped, s2b.done + s2b.failed) == (len(zoo), 0)
-    assert (len(ShardStore(cache).manifests()), len(ShardStore(out).manifests())) == shards
+    assert (KeyedTable(cache).version(), KeyedTable(out).version()) == shards
     assert len(load_table(out)) == len(zoo)
 
 
@@ -181,17 +184,28 @@ def test_score_without_inter_cache_marks_videos_instead_of_computing(ray_local, 
     assert "no inter embedding" in load_table(str(tmp_path / "out"))["error"].iloc[0]
 
 
-def _kill_after_first_commit(proc: subprocess.Popen, store: ShardStore, timeout: float = 240) -> int:
+def _kill_after_first_commit(proc: subprocess.Popen, table: KeyedTable, timeout: float = 240) -> int:
+    """Kill the job (its whole process tree) once its output has committed rows; returns how many."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        committed = len(store.manifests())
+        committed = len(table.read(["key"]))
         if committed:
             kill_tree(proc)
             return committed
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
     proc.kill()
-    raise AssertionError(f"no shard committed before the job ended or timed out:\n{out[-3000:]}")
+    raise AssertionError(f"nothing committed before the job ended or timed out:\n{out[-3000:]}")
+
+
+def _one_row_per_video_for_every_engine(uri: str, so: dict | None, videos: int, s3_endpoint: str | None = None):
+    """DuckDB, Polars and deltalake read exactly the project's own rows: one per video."""
+    ours = KeyedTable(uri, so).read().to_pandas().sort_values("key").reset_index(drop=True)
+    assert len(ours) == ours["key"].nunique() == ours["video_id"].nunique() == videos, "no video committed twice"
+    for name, read in ENGINES.items():
+        theirs = read(uri, s3_endpoint)
+        pd.testing.assert_frame_equal(theirs[["key", "video_id", "status"]], ours[["key", "video_id", "status"]],
+                                      check_dtype=False, obj=name)
 
 
 @pytest.mark.slow
@@ -208,14 +222,13 @@ def test_resume_after_kill_midway(ray_local, tmp_path):
     cache = tmp_path / "cache"
     proc = cli_subprocess(["extract-inter", "--input", str(manifest), "--cache", str(cache), "--preset", "tiny",
                             "--actors", "1", "--batch-size", "1"])
-    committed = _kill_after_first_commit(proc, ShardStore(str(cache)))
+    committed = _kill_after_first_commit(proc, KeyedTable(str(cache)))
     assert committed < 6, "the job must have been killed midway"
     summary = extract_inter(_manifest(paths), str(cache), TINY, RunOptions(actors=1, batch_size=2))
     assert summary.skipped >= committed and summary.done == 6 - summary.skipped
     table = load_table(str(cache))
     assert sorted(table["video_id"]) == sorted(paths)  # every video exactly once
-    keys = [k for m in ShardStore(str(cache)).manifests() for k in m["keys"]]
-    assert len(keys) == len(set(keys)) == 6, "no video committed twice"
+    _one_row_per_video_for_every_engine(str(cache), None, 6)
 
 
 def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, spec, tmp_path):
@@ -226,12 +239,14 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, spec, t
     state = str(tmp_path / "state")
     args = ["rescore", "--input", str(d), "--state", state, "--checkpoint", spec.checkpoint, "--actors", "1",
             "--batch-size", "2"]
-    assert cli(args) == 0
-    first = pd.read_parquet(Path(state) / "published" / "scores.parquet")
+    catalog = str(Path(state) / "published" / "scores")  # a Delta table, one version per night
+    assert cli([*args, "--history-days", "14"]) == 0
+    first = load_table(catalog)
     assert sorted(first["video_id"]) == ["v0", "v1", "v2"] and (first["status"] == "ok").all()
     assert cli(args) == 0  # same catalog: nothing to compute
     run = pd.read_json(Path(state) / "published" / "run.json", typ="series")
     assert (run["scored_this_run"], run["embedded_this_run"], run["unchanged"]) == (0, 0, 3)
+    night2 = run["catalog_version"]
 
     (d / "v0.mp4").unlink()  # deleted
     time.sleep(0.01)
@@ -240,11 +255,26 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, spec, t
     assert cli(args) == 0
     run = pd.read_json(Path(state) / "published" / "run.json", typ="series")
     assert (run["new"], run["changed"], run["unchanged"], run["dropped"]) == (1, 1, 1, 1)
+    assert run["maintenance"]["files_after"] == 3  # each of the three tables compacted into one file
     assert run["scored_this_run"] == 2
-    table = pd.read_parquet(Path(state) / "published" / "scores.parquet")
+    table = load_table(catalog)
     assert sorted(table["video_id"]) == ["v1", "v2", "v3"] and table["uri"].is_unique
     assert table.set_index("video_id").loc["v1", "num_frames"] == 70
     assert (Path(state) / "published" / "report" / "report.json").exists()
+
+    # History: the night before is still there (Delta time travel), and the report compares the two.
+    before = load_table(catalog, version=night2).set_index("video_id")
+    assert sorted(before.index) == ["v0", "v1", "v2"] and before.loc["v1", "num_frames"] == 45
+    assert before.loc["v2", "score"] == table.set_index("video_id").loc["v2", "score"]
+    assert KeyedTable(catalog).history(1)[0]["operation"] == "WRITE"
+    props = DeltaTable(catalog).metadata().configuration
+    assert props["delta.logRetentionDuration"] == "interval 30 days"  # the last run's (default) retention
+    assert cli(["report", "--scores", catalog, "--output", str(tmp_path / "rep"), "--compare-to", str(night2)]) == 0
+    change = json.loads((tmp_path / "rep" / "report.json").read_text())["comparison"]
+    assert (change["new"], change["dropped"], change["in_both"]) == (1, 1, 2)
+    assert change["changed"] == int((before.loc[["v1", "v2"], "score"]
+                                     != table.set_index("video_id").loc[["v1", "v2"], "score"]).sum())
+    assert (tmp_path / "rep" / "score_change.png").exists()
 
 
 def test_full_flow_on_s3(ray_local, spec, s3_endpoint, tmp_path, capsys):
@@ -303,12 +333,11 @@ def test_resume_after_kill_on_s3(ray_local, s3_endpoint, tmp_path):
     proc = cli_subprocess(["extract-inter", "--input", "s3://resume/videos/", "--cache", "s3://resume/cache",
                             "--preset", "tiny", "--actors", "1", "--batch-size", "1", "--endpoint-url", s3_endpoint,
                             "--storage-option", "key=testing", "--storage-option", "secret=testing"])
-    committed = _kill_after_first_commit(proc, ShardStore("s3://resume/cache", so))
+    committed = _kill_after_first_commit(proc, KeyedTable("s3://resume/cache", so))
     assert committed < 5
     from pipeline.io.manifest import read_manifest
 
     summary = extract_inter(read_manifest("s3://resume/videos/", so), "s3://resume/cache", TINY,
                             RunOptions(storage_options=so, actors=1, batch_size=2))
     assert summary.skipped >= committed and summary.done + summary.skipped == 5
-    keys = [k for m in ShardStore("s3://resume/cache", so).manifests() for k in m["keys"]]
-    assert len(keys) == len(set(keys)) == 5
+    _one_row_per_video_for_every_engine("s3://resume/cache", so, 5, s3_endpoint)

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.io.shards import ShardStore
+from pipeline.io.table import KeyedTable
 from pipeline.security.attack import CLEAN_SCHEMA, RESULT_SCHEMA, Attacker, CleanScorer
 from pipeline.stages.driver import StageActor
 from pipeline.stages.inter import INTER_SCHEMA, InterExtractor
@@ -65,10 +65,10 @@ def test_stage_actor_sets_up_once_processes_and_commits_one_shard(tmp_path):
     actor = StageActor(_Double(RunOptions(threads=1)), str(tmp_path / "out"))
     summary = actor(batch)
     assert summary.to_dict("list") == {"key": ["a", "b"], "status": ["ok", "error"]}
-    table = ShardStore(str(tmp_path / "out")).read_table().to_pandas().set_index("key")
+    table = KeyedTable(str(tmp_path / "out")).read().to_pandas().set_index("key")
     assert table.loc["a", "y"] == 3.0 and table.loc["b", "error"] == "negative"
     assert list(table.reset_index().columns) == _Double.schema.names
-    assert len(ShardStore(str(tmp_path / "out")).manifests()) == 1
+    assert KeyedTable(str(tmp_path / "out")).version() == 1
 
 
 def test_new_row_takes_the_identity_from_the_manifest_row():

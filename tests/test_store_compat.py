@@ -1,7 +1,8 @@
-"""Stores written before the restructure of issue 14 stay valid: tests/fixtures/store_v0 holds an inter
-cache and a score table written by commit bf3e76f (`make_store_v0.py` beside them says how), on two
-small videos with the micro model. The new code reads them, derives the same keys (so a re-run skips
-every video) and computes the same rows."""
+"""Stores written before the Delta format stay usable: tests/fixtures/store_v0 holds an inter cache and a
+score table in the shard-store format (written by commit bf3e76f, the same format as the code before
+the Delta change; `make_store_v0.py` beside them says how), on two small videos with the micro model.
+`securevqa migrate` converts them in place; the new code then reads the same rows, derives the same
+keys (so a re-run skips every video) and computes the same rows."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.io.shards import ShardStore
 from pipeline.io.storage import make_key
+from jobs.cli import main as cli
+from pipeline.io.migrate import read_shard_store
+from pipeline.io.table import KeyedTable
 from pipeline.stages.driver import StageActor, keyed_manifest, load_table, pending_rows
 from pipeline.stages.inter import InterExtractor
 from pipeline.stages.options import ModelSpec, RunOptions
@@ -32,7 +35,13 @@ def store(tmp_path, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
     d = tmp_path / "store_v0"
     shutil.copytree(FIXTURE, d)
     monkeypatch.chdir(d)
+    before = {name: read_shard_store(name).to_pandas() for name in ("inter", "scores")}
+    assert cli(["migrate", "inter", "scores"]) == 0
+    assert not (d / "inter" / "_manifests").exists() and not (d / "scores" / "data").exists()
     inter, scores = load_table("inter"), load_table("scores")
+    for name, table in (("inter", inter), ("scores", scores)):  # the same rows, keys and columns
+        pd.testing.assert_frame_equal(table.sort_values("key").reset_index(drop=True), before[name],
+                                      check_dtype=False)
     for uri, ck in zip(inter["uri"], inter["content_key"]):
         ns = int(re.search(r"mtime_ns=(\d+)", ck).group(1))
         os.utime(uri, ns=(ns, ns))
@@ -49,10 +58,10 @@ def test_old_store_reads_and_its_keys_are_the_new_codes(store):
     manifest = scores[["video_id", "uri", "mos", "dataset"]]
     rows = keyed_manifest(manifest, versions["inter"], {})
     assert sorted(rows["key"]) == sorted(inter["key"])
-    todo, skipped = pending_rows(rows, ShardStore("inter"), retry_errors=False)
+    todo, skipped = pending_rows(rows, KeyedTable("inter"), retry_errors=False)
     assert todo.empty and skipped == 2  # a re-run of stage 1 computes nothing
     rows = keyed_manifest(manifest, versions["score"], {}, extra=(CLIPS,))
-    todo, skipped = pending_rows(rows, ShardStore("scores"), retry_errors=False)
+    todo, skipped = pending_rows(rows, KeyedTable("scores"), retry_errors=False)
     assert todo.empty and skipped == 2
     assert list(scores["inter_key"]) == [make_key(u, c, versions["inter"])
                                          for u, c in zip(scores["uri"], scores["content_key"])]

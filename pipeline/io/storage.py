@@ -30,7 +30,7 @@ URI/video id and the model/config version, e.g. with :func:`make_key`):
 share it (S3 ``ListObjectsV2`` returns sizes and ETags, 1000 per request), concurrent HEADs
 otherwise, ``os.stat`` locally.
 
-The shard store built on these is in :mod:`pipeline.io.shards`.
+The Delta tables every stage writes are in :mod:`pipeline.io.table`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import hashlib
 import os
 import posixpath
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -272,72 +271,6 @@ def make_key(*parts: Any) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()[:32]
-
-
-# --------------------------------------------------------------------------------------------------
-# exclusive create
-
-
-def exclusive_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Create ``path`` with ``data`` only if it does not exist; ``FileExistsError`` otherwise.
-
-    Local: a complete temporary file is hard-linked into place (atomic and exclusive). Elsewhere:
-    ``fs.open(path, "xb")`` (s3fs sends ``If-None-Match: *``). ``data`` must not be empty: s3fs
-    writes an empty file with an unconditional touch, i.e. *not* exclusively.
-    """
-    if not data:
-        raise ValueError("exclusive_write needs non-empty data")
-    if is_local(fs):
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{os.path.basename(path)}-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, path)  # FileExistsError if someone else got there first
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        _fsync_dir(parent)
-        return
-    try:
-        with fs.open(path, "xb") as f:
-            f.write(data)
-    except FileExistsError:
-        raise
-    except OSError as e:  # some backends report the failed precondition as a generic error
-        if "precondition" in str(e).lower():
-            raise FileExistsError(path) from e
-        raise
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """`data` as the file at `path` of `fs`, durable (fsync) on local disks before it returns."""
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # durable before the manifest that names it
-        return
-    fs.pipe_file(path, data)
 
 
 def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:

@@ -33,8 +33,8 @@ import pandas as pd
 
 from pipeline.io.storage import filesystem, is_local, join_uri
 
-from .plots import plot_score_hist, plot_score_vs_mos
-from .summary import METRIC_KEYS, summarize
+from .plots import plot_score_change, plot_score_hist, plot_score_vs_mos
+from .summary import METRIC_KEYS, compare_scores, summarize
 
 # --------------------------------------------------------------------------------------------------
 # markdown
@@ -130,8 +130,32 @@ def render_markdown(rep: Mapping[str, Any], files: Mapping[str, str]) -> str:
         L += [f"[Predicted score vs MOS]({files['score_vs_mos']}):", "", f"![Predicted score vs MOS]({files['score_vs_mos']})", ""]
     else:
         L += ["No score-vs-MOS plot (no scored video has a MOS).", ""]
+    if "comparison" in rep:
+        L += _comparison_md(rep["comparison"], files)
     L += ["Machine-readable summary: [report.json](report.json)", ""]
     return "\n".join(L)
+
+
+def _comparison_md(c: Mapping[str, Any], files: Mapping[str, str]) -> list[str]:
+    before, after = c["labels"]
+    L = [f"## Changes from {_md(before)} to {_md(after)}", "",
+         "| | videos |", "|---|---:|", f"| {_md(before)} | {c['videos_before']} |", f"| {_md(after)} | {c['videos_after']} |",
+         f"| new | {c['new']} |", f"| dropped | {c['dropped']} |", f"| scored in both | {c['scored_in_both']} |",
+         f"| score changed by more than {c['tolerance']:g} | {c['changed']} |",
+         f"| became scored or failed | {c['status_changed']} |", ""]
+    d = c.get("delta")
+    if d:
+        L += [f"Change of score (later - earlier) over the {c['scored_in_both']} videos scored in both: mean "
+              f"{_num(d['mean'])}, median {_num(d['median'])}, mean absolute {_num(d['mean_abs'])}, 95th percentile "
+              f"of the absolute change {_num(d['abs_q95'])}, largest {_num(d['max_abs'])}.", ""]
+    if c.get("largest_changes"):
+        L += ["| video | before | after | change |", "|---|---:|---:|---:|"]
+        L += [f"| `{_md(e['video_id'])}` | {_num(e['before'])} | {_num(e['after'])} | {_num(e['delta'])} |"
+              for e in c["largest_changes"]]
+        L.append("")
+    if "score_change" in files:
+        L += [f"![Score change]({files['score_change']})", ""]
+    return L
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,12 +169,18 @@ def build_report(
     *,
     n_boot: int = 0,
     seed: int = 0,
+    compare_to: tuple[str, pd.DataFrame] | None = None,
+    label: str = "now",
 ) -> dict[str, Any]:
     """Write plots, ``report.md`` and ``report.json`` into ``output_uri``; return the JSON content.
 
     ``n_boot > 0`` adds bootstrap 95% intervals of the metrics (costs ``n_boot`` metric evaluations
-    per dataset; keep it off for very large tables)."""
+    per dataset; keep it off for very large tables). ``compare_to`` = (label, earlier table) adds a
+    section on what changed since (`summary.compare_scores`, ``score_change.png``); `label` names
+    `scores` in it (e.g. its date)."""
     rep = summarize(scores, n_boot=n_boot, seed=seed)
+    if compare_to is not None:
+        rep["comparison"] = {**compare_scores(compare_to[1], scores), "labels": [compare_to[0], label]}
     fs, root = filesystem(output_uri, storage_options)
     if is_local(fs):
         fs.makedirs(root, exist_ok=True)
@@ -168,6 +198,11 @@ def build_report(
     if scatter is not None:
         files["score_vs_mos"] = "score_vs_mos.png"
         put("score_vs_mos.png", scatter)
+    if compare_to is not None:
+        change = plot_score_change(compare_to[1], scores, rep["comparison"], (compare_to[0], label))
+        if change is not None:
+            files["score_change"] = "score_change.png"
+            put("score_change.png", change)
     files["report_md"] = "report.md"
     put("report.md", render_markdown(rep, files).encode())
     files["report_json"] = "report.json"

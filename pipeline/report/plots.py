@@ -109,3 +109,33 @@ def plot_score_vs_mos(scores: pd.DataFrame, summary: Mapping[str, Any] | None = 
             h.set_sizes([30])
             h.set_alpha(1.0)
     return figure_png(fig)
+
+
+def plot_score_change(before: pd.DataFrame, after: pd.DataFrame, comparison: Mapping[str, Any],
+                      labels: tuple[str, str]) -> bytes | None:
+    """PNG bytes of each video's score in the later table (y) against the earlier one (x), matched by
+    video_id, with the diagonal (no change); videos that changed by more than the comparison's
+    tolerance in colour. None if no video was scored in both."""
+    b = normalise(before).drop_duplicates("video_id", keep="last").set_index("video_id")
+    a = normalise(after).drop_duplicates("video_id", keep="last").set_index("video_id")
+    both = a.index.intersection(b.index)
+    both = both[a.loc[both, "ok"].to_numpy() & b.loc[both, "ok"].to_numpy()]
+    if not len(both):
+        return None
+    x, y = b.loc[both, "score"].to_numpy(), a.loc[both, "score"].to_numpy()
+    moved = np.abs(y - x) > comparison["tolerance"]
+    fig, ax = _new_figure()
+    size = float(np.clip(3000 / len(both), 4, 30))
+    colors = palette(2)
+    ax.scatter(x[~moved], y[~moved], s=size, color="0.6", edgecolors="none", label=f"unchanged ({(~moved).sum()})")
+    ax.scatter(x[moved], y[moved], s=size, color=colors[1], edgecolors="none", label=f"changed ({moved.sum()})")
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, linestyle="--", label="no change")
+    ax.set_xlabel(f"score, {labels[0]}")
+    ax.set_ylabel(f"score, {labels[1]}")
+    d = comparison.get("delta") or {}
+    mean_abs = d.get("mean_abs")
+    ax.set_title(f"Score change: {comparison['changed']} of {len(both)} videos changed"
+                 + (f", mean |change| {mean_abs:.3g}" if mean_abs is not None else ""), fontsize=11)
+    ax.legend(fontsize=9)
+    return figure_png(fig)

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.metrics import bootstrap_ci, quality_metrics
-from pipeline.io.shards import ShardStore
 from pipeline.io.storage import filesystem, is_local, join_uri
+from pipeline.io.table import KeyedTable, TableError
 
 NO_DATASET = "(none)"
 N_EXAMPLES = 3  # example videos (id and message) per kind of failure
@@ -26,15 +26,25 @@ METRIC_KEYS = ("srcc", "plcc", "krcc", "rmse")
 # loading
 
 
-def load_scores(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Read a score table: a :class:`ShardStore` root (has ``_manifests/``), a directory of Parquet
-    files (searched recursively; names starting with ``_`` or ``.`` skipped), or one Parquet file."""
+def load_scores(uri: str, storage_options: Mapping[str, Any] | None = None, *, version: int | None = None,
+                as_of: str | None = None) -> pd.DataFrame:
+    """Read a score table: a Delta table (has ``_delta_log/``; at a `version` or as of an ISO 8601
+    timestamp `as_of` when given: time travel), a directory of Parquet files (searched recursively;
+    names starting with ``_`` or ``.`` skipped), or one Parquet file. Raises FileNotFoundError, and
+    TableError for `version`/`as_of` on plain Parquet, a missing version, or a shard store not
+    converted yet (`securevqa migrate`)."""
     fs, path = filesystem(uri, storage_options)
     if not is_local(fs):
         fs.invalidate_cache(path)
     if fs.isdir(path):
+        if fs.exists(join_uri(path, "_delta_log")):
+            return KeyedTable(uri, storage_options).read(version=version, as_of=as_of).to_pandas()
         if fs.exists(join_uri(path, "_manifests")):
-            return ShardStore(uri, storage_options).read_table().to_pandas()
+            raise TableError(f"{uri} is a shard store written before the Delta format: convert it with "
+                             f"`securevqa migrate {uri}`")
+    if version is not None or as_of is not None:
+        raise TableError(f"{uri} is not a Delta table: it has no versions to travel to")
+    if fs.isdir(path):
         files = sorted(
             f for f in fs.find(path)
             if f.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in f[len(path):].split("/") if part)
@@ -159,6 +169,36 @@ def _group(df: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
             for k in METRIC_KEYS:
                 lo, hi = bootstrap_ci(k, ok["score"].to_numpy(), ok["mos"].to_numpy(), n_boot=n_boot, seed=seed)
                 out[f"{k}_ci95"] = [_f(lo), _f(hi)]
+    return out
+
+
+def compare_scores(before: pd.DataFrame, after: pd.DataFrame, *, tolerance: float = 1e-6,
+                   examples: int = 10) -> dict[str, Any]:
+    """How a score table changed between two versions (e.g. two nights of the catalog table), matched
+    by ``video_id``: videos new, dropped and in both; of those scored in both, how many changed by more
+    than `tolerance` (score units), and the change's distribution (after - before: mean, median, mean
+    and max absolute, quantiles of the absolute change); the largest changes as examples. No I/O."""
+    b, a = normalise(before), normalise(after)
+    b = b.drop_duplicates("video_id", keep="last").set_index("video_id")
+    a = a.drop_duplicates("video_id", keep="last").set_index("video_id")
+    both = a.index.intersection(b.index)
+    ok = both[(a.loc[both, "ok"].to_numpy()) & (b.loc[both, "ok"].to_numpy())]
+    delta = (a.loc[ok, "score"] - b.loc[ok, "score"]).astype("float64")
+    changed = delta[delta.abs() > tolerance]
+    out: dict[str, Any] = {
+        "videos_before": len(b), "videos_after": len(a), "new": int(len(a.index.difference(b.index))),
+        "dropped": int(len(b.index.difference(a.index))), "in_both": int(len(both)),
+        "scored_in_both": int(len(ok)), "changed": int(len(changed)), "tolerance": tolerance,
+        "status_changed": int((a.loc[both, "ok"] != b.loc[both, "ok"]).sum()),
+    }
+    if len(delta):
+        absd = delta.abs().to_numpy()
+        out["delta"] = {"mean": _f(delta.mean()), "median": _f(delta.median()), "mean_abs": _f(absd.mean()),
+                        "max_abs": _f(absd.max()),
+                        **{f"abs_{k}": _f(np.quantile(absd, q)) for k, q in _QUANTILES.items() if k != "q05"}}
+        top = changed.reindex(changed.abs().sort_values(ascending=False).index).head(examples)
+        out["largest_changes"] = [{"video_id": str(v), "before": _f(b.at[v, "score"]), "after": _f(a.at[v, "score"]),
+                                   "delta": _f(d)} for v, d in top.items()]
     return out
 
 

@@ -1,6 +1,6 @@
 """Security evaluation job: attack a labelled set of videos under each defense configuration.
 
-Shape of a run (docs/design.md §3), on the same machinery as the scoring stages (keys, shards, actor pool):
+Shape of a run (docs/design.md §3), on the same machinery as the scoring stages (keys, Delta tables, actor pool):
 
 1. clean: every (video, defenses) pair is scored by `DefendedVQA` on the frames the attack will see
    (the first `max_frames`), into OUTPUT/clean;
@@ -33,8 +33,8 @@ from model import make_generator
 from model.rng import derive_seed
 from model.security.attacks import AttackSpec, attack_video, normalised_mos, perturbation_norms, score_reversed_targets
 from model.security.defense import DefendedVQA, Defenses
-from pipeline.io.shards import ShardStore
 from pipeline.io.storage import make_key
+from pipeline.io.table import KeyedTable
 from pipeline.stages.batching import open_video
 from pipeline.stages.driver import StageSummary, failure, keyed_manifest, run
 from pipeline.stages.options import ModelSpec, RunOptions
@@ -220,10 +220,10 @@ def _labelled(manifest: pd.DataFrame, max_videos: int | None) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _committed(rows: pd.DataFrame, store: ShardStore, columns: list[str]) -> pd.DataFrame:
-    """`rows` with their committed `columns`; a row the store lacks (an actor lost mid-run) gets status
+def _committed(rows: pd.DataFrame, table: KeyedTable, columns: list[str]) -> pd.DataFrame:
+    """`rows` with their committed `columns`; a row the table lacks (an actor lost mid-run) gets status
     'error' and is reported, never silently dropped."""
-    t = store.read_table(columns=["key", *columns]).to_pandas()
+    t = table.rows_for(rows["key"], columns=["key", *columns]).to_pandas()
     out = rows.merge(t, on="key", how="left")
     missing = out["status"].isna()
     out.loc[missing, "status"], out.loc[missing, "error"] = "error", "not committed (re-run to compute it)"
@@ -249,7 +249,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
     rows["key"] = [make_key(u, c, version, "clean", d, plan.max_frames, clips, *opts.key_extra())
                    for u, c, d in zip(rows["uri"], rows["content_key"], rows["defenses"])]
     clean_summary = run(CleanScorer(spec, opts, version, plan.max_frames), rows, f"{base}/clean")
-    store = ShardStore(f"{base}/clean", so)
+    store = KeyedTable(f"{base}/clean", so)
 
     # 2. targets per defense configuration, over the videos that scored
     t0 = time.perf_counter()
@@ -281,7 +281,7 @@ def run_attacks(manifest: pd.DataFrame, output_uri: str, spec: ModelSpec, plan: 
                                              arows["target"])]
     attack_summary = run(Attacker(spec, opts, version, plan.max_frames), arows, f"{base}/results")
     attack_summary.seconds += targets_s
-    rstore = ShardStore(f"{base}/results", so)
+    rstore = KeyedTable(f"{base}/results", so)
 
     # 4. summary of this plan's rows
     results = _committed(arows, rstore, ["adv_score", "linf", "rms", "queries", "frames", "status", "error", "seconds"])

@@ -8,11 +8,11 @@ Shape of a run (same code on a laptop and under `ray job submit` on a GPU cluste
 2. The remaining rows (paths, never frames) go through `map_batches` on an actor pool. Each actor
    loads its model once (one GPU each where the cluster has GPUs), decodes inside the actor only the
    frames the sampler asks for, catches every per-video failure into `status`/`error`, and commits
-   its batch as one Parquet shard through `ShardStore` (data file first, manifest last with exclusive
-   create). The actor returns a few summary columns only.
+   its batch as one version of the output's Delta table (`pipeline.io.table.KeyedTable.commit`: a key
+   committed once, by anyone, is never committed again). The actor returns a few summary columns only.
 3. The driver folds the summaries into progress and a one-line summary.
 
-Every output is a `ShardStore` root; readers see whole shards only and one row per key.
+Every output is a Delta table with one row per key, which any Delta reader can query.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from pipeline.io.shards import ShardStore, shard_id_for
 from pipeline.io.storage import make_key, stat_many
+from pipeline.io.table import KeyedTable, maintain
 from pipeline.io.video import ERROR_CODES as VIDEO_ERROR_CODES
 from pipeline.io.video import VideoDecodeError
 from pipeline.log import configure_worker
@@ -115,21 +115,20 @@ def keyed_manifest(manifest: pd.DataFrame, version: str, storage_options: Mappin
     return out
 
 
-def pending_rows(rows: pd.DataFrame, store: ShardStore, retry_errors: bool) -> tuple[pd.DataFrame, int]:
-    committed = store.committed_keys()
-    if retry_errors and committed:
-        t = store.read_table(columns=[store.key_column, "status"]).to_pandas()
-        committed -= set(t.loc[t["status"] != "ok", store.key_column])
+def pending_rows(rows: pd.DataFrame, table: KeyedTable, retry_errors: bool) -> tuple[pd.DataFrame, int]:
+    """The rows of `rows` whose keys `table` has not committed (with `retry_errors`: has not committed
+    with status ok), and how many were skipped. `table.read_version` is then the version this saw."""
+    committed = table.committed_keys(status="ok" if retry_errors else None)
     todo = rows[~rows["key"].isin(committed)]
     return todo, len(rows) - len(todo)
 
 
-def pool_strategy(opts: RunOptions, store: ShardStore, stage: str) -> tuple[Any, dict[str, Any]]:
+def pool_strategy(opts: RunOptions, table: KeyedTable, stage: str) -> tuple[Any, dict[str, Any]]:
     import ray
 
     cluster = ray.cluster_resources()
     if opts.actors_per_gpu == "auto":
-        k, why = auto_actors_per_gpu(store, cluster, opts.cpus_per_actor)
+        k, why = auto_actors_per_gpu(table, cluster, opts.cpus_per_actor)
         log.info(f"{stage}: {k} actor(s) per GPU ({why})")
         opts = replace(opts, actors_per_gpu=k)
     plan = plan_actors(opts, cluster)
@@ -158,9 +157,9 @@ def _is_crash(exc: BaseException) -> bool:
     return False
 
 
-def run_stage(todo: pd.DataFrame, stage: Stage, output_uri: str, summary: StageSummary, store: ShardStore) -> None:
-    """Run `stage` over `todo` with Ray Data: an actor pool of `StageActor`s committing to `store`
-    (the shard store at `output_uri`).
+def run_stage(todo: pd.DataFrame, stage: Stage, output_uri: str, summary: StageSummary, table: KeyedTable) -> None:
+    """Run `stage` over `todo` with Ray Data: an actor pool of `StageActor`s committing to `table` (the
+    Delta table at `output_uri`, whose `since` is the version `todo` was computed at).
 
     Worker processes that die are restarted and their batches retried (CRASH_RETRIES per actor). If
     the pool still fails, the first videos not finished yet (the ones the pool was on) are retried one
@@ -171,55 +170,58 @@ def run_stage(todo: pd.DataFrame, stage: Stage, output_uri: str, summary: StageS
     if "stat_error" in todo:  # failed before any worker could see them: their rows come from here
         unknown = todo[todo["stat_error"].notna()]
         if len(unknown):
-            store.commit(_driver_shard(unknown["key"]), _error_rows(unknown, stage.schema,
-                                                                    unknown["stat_error"].tolist(), "io_error"),
-                         unknown["key"].tolist())
+            table.commit(_error_rows(unknown, stage.schema, unknown["stat_error"].tolist(), "io_error"),
+                         upsert=stage.opts.retry_errors)
             summary.failed += len(unknown)
             todo = todo[todo["stat_error"].isna()]
     if todo.empty:
         return
     opts = stage.opts
-    compute, resources = stage.resources(store)
-    before = store.committed_keys()  # with --retry-errors, keys of earlier error rows are in here
+    compute, resources = stage.resources(table)
+    before = table.committed_keys()  # with --retry-errors, keys of earlier error rows are in here
     seen: set[str] = set()
     left = todo
     crashed = False
     progress = Progress(summary.stage, len(todo), opts.progress_s)
     while len(left):
         try:
-            run_pool(left, stage, output_uri, compute, resources, summary, progress, seen)
+            run_pool(left, stage, output_uri, table.since, compute, resources, summary, progress, seen)
             break
         except Exception as exc:
             if not _is_crash(exc):
                 raise
         crashed = True
-        done_now = seen | (store.committed_keys() - before)
+        done_now = seen | (table.committed_keys() - before)
         left = left[~left["key"].isin(done_now)]
         window = left.iloc[:2 * opts.batch_size * max(1, compute.max_size or 1)]
         log.warning(f"{summary.stage}: a worker died {CRASH_RETRIES + 1} times; retrying {len(window)} of the {len(left)} "
               "videos not finished yet one at a time, then the rest as before")
-        _isolate(window, stage, output_uri, resources, summary, store)
+        _isolate(window, stage, output_uri, resources, summary, table)
         seen.update(window["key"])
         left = left.iloc[len(window):]
-    if crashed:  # batches may have committed without the driver seeing them: count from the store
-        table = store.read_table(columns=[store.key_column, "status"]).to_pandas()
-        table = table[table[store.key_column].isin(set(todo["key"]))]
-        summary.done = int((table["status"] == "ok").sum())
-        summary.failed = len(unknown) + int((table["status"] != "ok").sum())
+    if crashed:  # batches may have committed without the driver seeing them: count from the table
+        rows = table.rows_for(todo["key"], columns=[table.key_column, "status"]).to_pandas()
+        summary.done = int((rows["status"] == "ok").sum())
+        summary.failed = len(unknown) + int((rows["status"] != "ok").sum())
 
 
-def run_pool(todo: pd.DataFrame, stage: Stage, output_uri: str, compute: Any, resources: dict[str, Any],
-             summary: StageSummary, progress: Progress, seen: set[str]) -> None:
+def run_pool(todo: pd.DataFrame, stage: Stage, output_uri: str, since: int | None, compute: Any,
+             resources: dict[str, Any], summary: StageSummary, progress: Progress, seen: set[str]) -> None:
     import ray
 
     opts = stage.opts
     ds = ray.data.from_pandas(todo.reset_index(drop=True))
     # Keep blocks the size of a shard so actors start early and commit often.
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
-    out = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "output_uri": output_uri},
+    out = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "output_uri": output_uri, "since": since},
                          batch_size=opts.batch_size, batch_format="pandas",
                          compute=compute, max_restarts=CRASH_RETRIES, max_task_retries=CRASH_RETRIES, **resources)
+    batches = 0
     for batch in out.iter_batches(batch_format="pandas", batch_size=None):
+        batches += 1
+        if opts.compact_every and batches % opts.compact_every == 0:  # while the actors go on committing
+            done = maintain(output_uri, opts.storage_options, vacuum=False)
+            log.debug("%s: compacted %s", stage.name, done.get("optimize"))
         seen.update(batch["key"])
         ok = int((batch["status"] == "ok").sum())
         summary.done += ok
@@ -230,7 +232,7 @@ def run_pool(todo: pd.DataFrame, stage: Stage, output_uri: str, compute: Any, re
 
 
 def _isolate(left: pd.DataFrame, stage: Stage, output_uri: str, resources: dict[str, Any], summary: StageSummary,
-             store: ShardStore) -> None:
+             table: KeyedTable) -> None:
     """One video per actor call: a call whose actor dies marks that video CRASHED (a row of `stage.schema`
     from what the manifest row knows) and a fresh actor takes the next one. An actor that cannot start
     raises: that is no video's fault."""
@@ -242,7 +244,7 @@ def _isolate(left: pd.DataFrame, stage: Stage, output_uri: str, resources: dict[
     for i in range(len(left)):
         one = left.iloc[[i]].reset_index(drop=True)
         if actor is None:
-            actor = actor_cls.remote(stage=stage, output_uri=output_uri)
+            actor = actor_cls.remote(stage=stage, output_uri=output_uri, since=table.since)
             ray.get(actor.__ray_ready__.remote())  # a failing constructor raises here, not as a crash
         try:
             ray.get(actor.__call__.remote(one))
@@ -251,17 +253,11 @@ def _isolate(left: pd.DataFrame, stage: Stage, output_uri: str, resources: dict[
                 raise
             actor = None
             summary.crashed += 1
-            store.commit(_driver_shard(one["key"]), _error_rows(one, stage.schema, [CRASHED], "decoder_crashed"),
-                         one["key"].tolist())
+            # If the actor committed the video before it died, the table keeps that row (a key is committed once).
+            table.commit(_error_rows(one, stage.schema, [CRASHED], "decoder_crashed"), upsert=stage.opts.retry_errors)
         line = progress.update(i + 1, summary.crashed)
         if line:
             log.info(line)
-
-
-def _driver_shard(keys: Iterable[str]) -> str:
-    """Shard id of rows the driver writes: never the id a worker's later shard of the same keys gets
-    (`pipeline.io.shards.shard_id_for`), or a retried video's good row would count as already committed."""
-    return f"driver-{shard_id_for(keys)}"
 
 
 # Row columns the driver copies from the manifest into the rows it writes (identity and labels only:
@@ -320,36 +316,43 @@ def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame({"key": [r["key"] for r in rows], "status": [r["status"] for r in rows]})
 
 
-def load_table(uri: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """A stage's output (a ShardStore root) as one DataFrame, one row per key."""
-    return ShardStore(uri, storage_options).read_table().to_pandas()
+def load_table(uri: str, storage_options: Mapping[str, Any] | None = None, *, version: int | None = None,
+               as_of: str | None = None) -> pd.DataFrame:
+    """A stage's output (a Delta table) as one DataFrame, one row per key; at a `version` or as of a
+    timestamp (`KeyedTable.read`). Raises FileNotFoundError if there is no table at `uri`."""
+    return KeyedTable(uri, storage_options).read(version=version, as_of=as_of).to_pandas()
 
 
 class StageActor:
     """The Ray Data actor of every stage: `stage.setup()` once, then per batch `stage.process`, the rows
-    committed as one shard of `output_uri`; returns the (key, status) summary the driver counts."""
+    committed as one version of the Delta table at `output_uri` (keys committed after version `since`,
+    by anyone, are left out); returns the (key, status) summary the driver counts."""
 
-    def __init__(self, stage: Stage, output_uri: str) -> None:
+    def __init__(self, stage: Stage, output_uri: str, since: int | None = None) -> None:
         configure_worker(stage.log_level)
         torch.set_num_threads(stage.opts.threads or max(1, int(stage.opts.cpus_per_actor)))
         self.stage = stage
         stage.setup()
-        self.store = ShardStore(output_uri, stage.opts.storage_options)
+        self.table = KeyedTable(output_uri, stage.opts.storage_options, since=since)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = self.stage.process(batch)
-        self.store.commit(None, pa.Table.from_pylist(rows, schema=self.stage.schema), [r["key"] for r in rows])
+        self.table.commit(pa.Table.from_pylist(rows, schema=self.stage.schema), upsert=self.stage.opts.retry_errors)
         return summary_frame(rows)
 
 
 def run(stage: Stage, rows: pd.DataFrame, output_uri: str) -> StageSummary:
-    """Run `stage` over keyed manifest `rows` (a `key` column: `driver.keyed_manifest`) into the shard
-    store at `output_uri`: keys already committed are skipped (all but failed ones with
-    `RunOptions.retry_errors`), the rest computed on an actor pool. Returns the stage's summary."""
+    """Run `stage` over keyed manifest `rows` (a `key` column: `driver.keyed_manifest`) into the Delta
+    table at `output_uri` (created with the stage's schema if missing): keys already committed are
+    skipped (all but failed ones with `RunOptions.retry_errors`), the rest computed on an actor pool.
+    Returns the stage's summary."""
     t0 = time.perf_counter()
-    store = ShardStore(output_uri, stage.opts.storage_options)
-    todo, skipped = pending_rows(rows, store, stage.opts.retry_errors)
+    KeyedTable(output_uri, stage.opts.storage_options).create(stage.schema)
+    reader = KeyedTable(output_uri, stage.opts.storage_options)
+    todo, skipped = pending_rows(rows, reader, stage.opts.retry_errors)
+    # Commits from here on check every version after the one the pending keys were read at.
+    table = KeyedTable(output_uri, stage.opts.storage_options, since=reader.read_version)
     summary = StageSummary(stage.name, videos=len(rows), skipped=skipped, keys=rows["key"].tolist())
-    run_stage(todo, stage, output_uri, summary, store)
+    run_stage(todo, stage, output_uri, summary, table)
     summary.seconds = time.perf_counter() - t0
     return summary

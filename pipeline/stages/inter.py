@@ -14,7 +14,7 @@ import torch
 from model import make_generator
 from model.device import to_device
 from model.rng import derive_seed
-from pipeline.io.shards import ShardStore
+from pipeline.io.table import KeyedTable
 from pipeline.stages.inference import inter_segments
 
 from .batching import Prepared, forward_grouped, open_video, prepare_all, video_facts, videos_per_forward, worker_label
@@ -87,17 +87,24 @@ def extract_inter(manifest: pd.DataFrame, cache_uri: str, spec: ModelSpec, opts:
 
 
 class InterCache:
-    """Read side of the stage-1 cache: embeddings for a set of keys, reading only the shards holding them."""
+    """Read side of the stage-1 cache: embeddings for a set of keys, reading only the data files holding
+    them (an index of key -> data file of the table's version when the cache is opened, built once)."""
+
+    COLUMNS = ("key", "embedding", "segments", "status", "error", "error_code")
 
     def __init__(self, cache_uri: str, storage_options: Mapping[str, Any]) -> None:
-        self.store = ShardStore(cache_uri, storage_options)
-        self._where: dict[str, str] = {}
-        for m in self.store.manifests():  # oldest first: a newer shard wins, as in read_table
-            for k in m["keys"]:
-                self._where[k] = m["file"]
+        self.table = KeyedTable(cache_uri, storage_options)
+        if not self.table.exists():
+            self._files: dict[str, Any] = {}
+            self._where: dict[str, str] = {}
+            return
+        self._dataset = self.table.dataset()
+        self._files = {f.path: f for f in self._dataset.get_fragments()}
+        index = self._dataset.to_table(columns=["key", "__filename"])
+        self._where = dict(zip(index.column("key").to_pylist(), index.column("__filename").to_pylist()))
 
     def lookup(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
 
         wanted: dict[str, list[str]] = {}
         for k in keys:
@@ -105,10 +112,8 @@ class InterCache:
                 wanted.setdefault(self._where[k], []).append(k)
         out: dict[str, dict[str, Any]] = {}
         for file, ks in wanted.items():
-            t = self.store.read_shard(file)  # shards of older versions lack error_code
-            t = t.select([c for c in ("key", "embedding", "segments", "status", "error", "error_code")
-                          if c in t.column_names])
-            t = t.filter(pc.is_in(t["key"], pa.array(ks)))
+            t = self._files[file].to_table(schema=self._dataset.schema, columns=list(self.COLUMNS),
+                                           filter=pads.field("key").isin(pa.array(ks)))
             for row in t.to_pylist():
                 out[row["key"]] = row
         return out

@@ -76,7 +76,7 @@ def model_version(module: SecureVQA | InterEmbedder, guardian: bool) -> str:
 class RunOptions:
     storage_options: dict[str, Any] = field(default_factory=dict)
     actors: int | None = None  # None: one per GPU, else one per 2 CPUs
-    batch_size: int = 8  # videos per shard
+    batch_size: int = 8  # videos per actor call and per commit
     gpus_per_actor: float | None = None  # None: 1 / actors_per_gpu where the cluster has GPUs, else 0
     actors_per_gpu: int | str | None = None  # actors sharing a GPU (None: 1; "auto": `auto_actors_per_gpu`)
     forward_videos: int | None = None  # videos per forward pass (None: the whole batch on a GPU, 1 on CPU)
@@ -87,6 +87,9 @@ class RunOptions:
     retry_errors: bool = False  # recompute rows that failed last time (e.g. transient I/O)
     progress_s: float = 60.0  # seconds between progress lines of a running stage (0: every batch)
     stream: int | None = None  # video stream to read in every file (None: the default moving one; video.py)
+    # Commits between compactions of the output table while a stage runs (0: never): delta-rs' commit
+    # time grows with the table's file count (docs/tables.md), compaction keeps it flat.
+    compact_every: int = 100
 
     def key_extra(self) -> tuple[str, ...]:
         """What besides the file and model versions tells rows apart: a chosen stream is other input."""

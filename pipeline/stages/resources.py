@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.io.shards import ShardStore
+from pipeline.io.table import KeyedTable
 
 from .options import RunOptions
 
@@ -74,18 +74,18 @@ def actors_per_gpu(decode_s: float, model_s: float, *, cpus_per_gpu: float, cpus
     return max(1, min(want, cpu_cap, max_per_gpu))
 
 
-def auto_actors_per_gpu(store: ShardStore, cluster: Mapping[str, float], cpus_per_actor: float,
+def auto_actors_per_gpu(table: KeyedTable, cluster: Mapping[str, float], cpus_per_actor: float,
                         min_rows: int = 8) -> tuple[int, str]:
     """`actors_per_gpu` from the medians of the stage's own earlier rows (last night's run: decode_s and
-    model_s are recorded per video; the newest 64 shards) and the cluster's CPUs per GPU; decode = model
+    model_s are recorded per video; a sample of 2,048 rows) and the cluster's CPUs per GPU; decode = model
     time assumed when there is no history yet."""
     gpus = cluster.get("GPU", 0)
     if not gpus:
         raise ValueError("--actors-per-gpu auto needs the cluster's GPUs at start and it has none (a GPU group "
                          "scaled to zero?): give a number, e.g. --actors-per-gpu 2, so the pool asks for GPUs")
     cpus_per_gpu = cluster.get("CPU", 0) / gpus
-    try:  # the newest shards are enough for medians, and a catalog's store holds tens of thousands
-        t = store.read_table(columns=["status", "decode_s", "model_s"], newest=64).to_pandas()
+    try:  # a sample is enough for medians, and a catalog's table holds millions of rows
+        t = table.read(columns=["status", "decode_s", "model_s"], limit=2048).to_pandas()
     except (KeyError, ValueError, pa.ArrowInvalid):  # a store without timings (the attack job's)
         t = None
     ok = t[t["status"] == "ok"] if t is not None else None

@@ -5,7 +5,7 @@ runs once per actor (load the model) and a `process` that turns a batch of manif
 rows, one per input row, catching every per-video failure into the row. `extract-inter`, `score` and
 the attack job's clean scoring and attacks are stages. `driver.run` is the driver for all of them: keys
 already committed are skipped, the rest go to an actor pool (`driver.StageActor`: setup once, process each
-batch, commit it as one shard), a worker that dies is isolated to its video (`driver.run_stage`),
+batch, commit it as one version of the output table), a worker that dies is isolated to its video (`driver.run_stage`),
 progress lines show the time left, and a `StageSummary` gives the one-line summary.
 
 Row schemas are built from column groups (`rows.row_schema`), and rows from their schema
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.io.shards import ShardStore
+from pipeline.io.table import KeyedTable
 from pipeline.log import driver_level
 
 from .driver import pool_strategy
@@ -43,10 +43,10 @@ class Stage(ABC):
         self.opts = opts
         self.log_level = driver_level()  # the actors log at the driver's level (pipeline.log)
 
-    def resources(self, store: ShardStore) -> tuple[Any, dict[str, Any]]:
+    def resources(self, table: KeyedTable) -> tuple[Any, dict[str, Any]]:
         """Ray Data's compute strategy for the actor pool and what each actor reserves (num_cpus,
         num_gpus), from the run options and the cluster (`resources.plan_actors`)."""
-        return pool_strategy(self.opts, store, self.name)
+        return pool_strategy(self.opts, table, self.name)
 
     def setup(self) -> None:
         """Once per actor, before its first batch (load the model here). Default: nothing."""

@@ -15,8 +15,8 @@ import torch
 from model import make_generator, save_checkpoint
 from model.rng import derive_seed
 from model.securevqa import guard_per_video
-from pipeline.io.shards import ShardStore
 from pipeline.io.storage import filesystem, is_local, join_uri, write_bytes
+from pipeline.io.table import KeyedTable
 from pipeline.log import driver_level
 from pipeline.stages.batching import open_video
 from pipeline.stages.driver import keyed_manifest
@@ -44,7 +44,7 @@ def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], 
                 so: Mapping[str, Any], group_column: str | None = None) -> list[dict[str, Any]]:
     """Rows with their inter-cache key; videos whose stage 1 failed are dropped, and named."""
     keyed = keyed_manifest(df, versions["inter"], so)
-    status = ShardStore(cache_uri, so).read_table(columns=["key", "status", "error"]).to_pandas()
+    status = KeyedTable(cache_uri, so).rows_for(keyed["key"], columns=["key", "status", "error"]).to_pandas()
     status = status.set_index("key")
     ok = keyed["key"].map(lambda k: k in status.index and status.at[k, "status"] == "ok")
     for r in keyed[~ok].itertuples(index=False):

@@ -33,10 +33,10 @@ def main(work: Path) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.stages.options import ModelSpec, RunOptions
+    from pipeline.io.table import KeyedTable
     from pipeline.stages.driver import load_table
+    from pipeline.stages.options import ModelSpec, RunOptions
     from pipeline.stages.scoring import score
-    from pipeline.io.shards import ShardStore
 
     paths = []
     for i in range(N_VIDEOS):
@@ -53,14 +53,14 @@ def main(work: Path) -> dict:
     resources = ray.cluster_resources()
 
     out = str(work / "scores")
-    store = ShardStore(out)
+    store = KeyedTable(out)
     removed: dict = {}
 
     def remove_a_busy_node() -> None:
         """Once stage 2 has committed a few shards, remove a worker node that is running an actor."""
         deadline = time.time() + 600
         while time.time() < deadline and not removed:
-            if len(store.manifests()) >= 3:
+            if (store.version() or 0) >= 3:  # three batches committed
                 t = store.read_table(columns=["worker"]).to_pandas()
                 busy = {w.split()[0].removeprefix("node=") for w in t["worker"]}
                 for node in workers:
@@ -84,7 +84,7 @@ def main(work: Path) -> dict:
     finally:
         watcher.join(timeout=1)
     table = load_table(out)
-    raw_rows = sum(m["num_rows"] for m in store.manifests())
+    raw_rows = len(KeyedTable(out).read())  # every row any reader sees
     deadline = time.time() + 30  # the GCS marks a removed node dead after its health checks time out
     while removed and sum(n["Alive"] for n in ray.nodes()) > 3 and time.time() < deadline:
         time.sleep(0.5)
