@@ -32,7 +32,9 @@ def test_node_removed_midway_every_video_once(tmp_path):
     # ... and the job still completed: every video once, all scored
     assert r["rows"] == r["unique_videos"] == r["ok"] == n and r["expected_keys_present"]
     assert f"score: {n} videos: {n} done, 0 failed" in r["score_line"]
-    assert r["raw_rows"] >= n  # a batch in flight on the lost node may be committed twice; readers see it once
+    # A batch in flight on the lost node is computed again elsewhere; its keys are committed once, so
+    # every reader of the Delta table (not only ours) sees each video once.
+    assert r["raw_rows"] == n
     # rows came from more than one node, each actor holding a Ray GPU while torch (rightly) runs on the CPU
     nodes = {w.split()[0] for w in r["workers"]}
     assert len(nodes) >= 2 and f"node={r['removed']['node']}" in nodes

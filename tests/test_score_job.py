@@ -265,6 +265,7 @@ def test_rescore_scores_only_new_or_changed_and_drops_deleted(ray_local, spec, t
     # History: the night before is still there (Delta time travel), and the report compares the two.
     before = load_table(catalog, version=night2).set_index("video_id")
     assert sorted(before.index) == ["v0", "v1", "v2"] and before.loc["v1", "num_frames"] == 45
+    assert before.loc["v1", "score"] == first.set_index("video_id").loc["v1", "score"]  # the earlier score
     assert before.loc["v2", "score"] == table.set_index("video_id").loc["v2", "score"]
     assert KeyedTable(catalog).history(1)[0]["operation"] == "WRITE"
     props = DeltaTable(catalog).metadata().configuration
