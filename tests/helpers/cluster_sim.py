@@ -61,7 +61,7 @@ def main(work: Path) -> dict:
         deadline = time.time() + 600
         while time.time() < deadline and not removed:
             if (store.version() or 0) >= 3:  # three batches committed
-                t = store.read_table(columns=["worker"]).to_pandas()
+                t = store.read(columns=["worker"]).to_pandas()
                 busy = {w.split()[0].removeprefix("node=") for w in t["worker"]}
                 for node in workers:
                     if node.node_id[:12] in busy:
