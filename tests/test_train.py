@@ -124,6 +124,13 @@ TINY = dict(preset="tiny", batch_size=4, head_lr=3e-3, backbone_lr=3e-4, warmup_
             val_clips=1, seed=7)
 
 
+@pytest.fixture(scope="module")
+def micro(micro_ckpt) -> dict:
+    """TINY's recipe on the micro model (tests/helpers/micro.py, its checkpoint's config wins over the
+    preset): for the tests that check a run's state, resume and bookkeeping, not that it learns."""
+    return {**TINY, "init_checkpoint": str(micro_ckpt)}
+
+
 @pytest.mark.slow
 def test_short_run_learns_and_selects_the_best_checkpoint(ray_local, sets, tmp_path):
     out = tmp_path / "run"
@@ -177,7 +184,8 @@ def _wait_for_first_epoch(proc, out: Path, timeout: float = 400) -> None:
 def test_resume_after_kill_continues_with_the_same_state(ray_local, sets, tmp_path):
     """Killed after its first epoch and started again, a run ends exactly where an uninterrupted run ends:
     same step, same weights, same optimizer moments, same EMA."""
-    data = sets["train"].head(12)
+    # The tiny model, not the micro one: an epoch must last long enough for the kill to land after it.
+    data = sets["train"].head(8)
     manifest = tmp_path / "train.csv"
     data.to_csv(manifest, index=False)
     cfg = TrainConfig(epochs=2, **{**TINY, "batch_size": 4})
@@ -195,23 +203,23 @@ def test_resume_after_kill_continues_with_the_same_state(ray_local, sets, tmp_pa
     train(data, str(killed), cfg, TrainRun(workers=1, loader_workers=0, cache_uri=sets["cache"]))
 
     a, b = _latest_state(whole), _latest_state(killed)
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 6)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 4)
     for part in ("model", "ema"):
         sa, sb = (a[part] if part == "model" else a[part]["module"]), (b[part] if part == "model" else b[part]["module"])
         for k in sa:
             torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-6, msg=f"{part} {k}")
-    assert a["ema"]["num_updates"] == b["ema"]["num_updates"] == 6
+    assert a["ema"]["num_updates"] == b["ema"]["num_updates"] == 4
     for i, st in a["optimizer"]["state"].items():
         for k in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(b["optimizer"]["state"][i][k], st[k], rtol=0, atol=1e-6)
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
     assert [r["train_loss"] for r in a["history"]] == pytest.approx([r["train_loss"] for r in b["history"]], abs=1e-6)
 
 
 @pytest.mark.slow
-def test_small_dataset_protocol_reports_mean_and_std_over_splits(ray_local, sets, tmp_path):
+def test_small_dataset_protocol_reports_mean_and_std_over_splits(ray_local, sets, micro, tmp_path):
     data = pd.concat([sets["train"], sets["val"]]).reset_index(drop=True)
-    cfg = TrainConfig(epochs=1, freeze_backbone=True, reinit_head=True, **{**TINY, "batch_size": 8})
+    cfg = TrainConfig(epochs=1, freeze_backbone=True, reinit_head=True, **{**micro, "batch_size": 8})
     summary = train_splits(data, str(tmp_path / "p"), cfg, TrainRun(workers=1, cache_uri=sets["cache"]), n_splits=2, train_fraction=0.8)
     assert len(summary["splits"]) == 2
     srcc = [s["val_ema_srcc"] for s in summary["splits"]]
@@ -229,11 +237,11 @@ def test_small_dataset_protocol_reports_mean_and_std_over_splits(ray_local, sets
 
 
 @pytest.mark.slow
-def test_two_worker_ddp_run_on_gloo(ray_local, sets, tmp_path):
+def test_two_worker_ddp_run_on_gloo(ray_local, sets, micro, tmp_path):
     """Two Ray Train workers (DDP over gloo, as on a multi-GPU cluster but on CPU): each takes half of the
     global batch, the run completes, rank 0 publishes a model that loads, and the weights moved."""
     data = sets["train"].head(12)
-    cfg = TrainConfig(epochs=1, **{**TINY, "batch_size": 4})
+    cfg = TrainConfig(epochs=1, **{**micro, "batch_size": 4})
     out = tmp_path / "ddp"
     h = train(data, str(out), cfg, TrainRun(workers=2, cpus_per_worker=0.5, threads=1, loader_workers=0,
                                             cache_uri=sets["cache"]))
@@ -245,7 +253,7 @@ def test_two_worker_ddp_run_on_gloo(ray_local, sets, tmp_path):
     moved = [k for k in start if k.startswith("head.") and not torch.equal(state["model"][k], start[k])]
     assert moved, "no head weight changed: the DDP step did not apply"
     vqa, _ = create_model(checkpoint=str(out / "last.pt"))
-    assert vqa.cfg.name == "tiny"
+    assert vqa.cfg.name == "micro"
 
 
 def test_inter_calibration_is_saved_once_and_read_back(sets, tmp_path):
