@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.io.table import KeyedTable
 from pipeline.security.attack import CLEAN_SCHEMA, RESULT_SCHEMA, Attacker, CleanScorer
-from pipeline.stages.driver import StageActor
+from pipeline.stages.driver import StageActor, pending_rows
 from pipeline.stages.inter import INTER_SCHEMA, InterExtractor
 from pipeline.stages.options import RunOptions
 from pipeline.stages.rows import IDENTITY_COLUMNS, STATUS_COLUMNS, build_row, row_schema
@@ -69,6 +69,23 @@ def test_stage_actor_sets_up_once_processes_and_commits_one_shard(tmp_path):
     assert table.loc["a", "y"] == 3.0 and table.loc["b", "error"] == "negative"
     assert list(table.reset_index().columns) == _Double.schema.names
     assert KeyedTable(str(tmp_path / "out")).version() == 1
+
+
+def test_retry_errors_replaces_the_failed_row_and_keeps_one_row_per_key(tmp_path):
+    """--retry-errors: the driver hands only the failed keys to the actors, and their commit replaces
+    the error row in the same table version (no reader sees the key twice)."""
+    out = str(tmp_path / "out")
+    batch = pd.DataFrame({"key": ["a", "b"], "video_id": ["1", "2"], "uri": ["u1", "u2"],
+                          "content_key": ["c1", "c2"], "x": [1.5, -1.0]})
+    StageActor(_Double(RunOptions(threads=1)), out)(batch)
+    reader = KeyedTable(out)
+    todo, skipped = pending_rows(batch.assign(x=[1.5, 4.0]), reader, retry_errors=True)
+    assert list(todo["key"]) == ["b"] and skipped == 1
+    assert pending_rows(batch, KeyedTable(out), retry_errors=False)[0].empty  # without the flag: all done
+    StageActor(_Double(RunOptions(threads=1, retry_errors=True)), out, since=reader.read_version)(todo)
+    table = KeyedTable(out).read().to_pandas()
+    assert sorted(table["key"]) == ["a", "b"]
+    assert table.set_index("key").loc["b", "y"] == 8.0 and (table["status"] == "ok").all()
 
 
 def test_new_row_takes_the_identity_from_the_manifest_row():
