@@ -184,10 +184,13 @@ def _table_version(text: str) -> int | str:
 def _versioned(load: Any, uri: str, so: dict[str, Any], at: int | str | None) -> tuple[str, Any]:
     """(label, table) of `uri` at a version or time (None: the latest)."""
     if at is None:
-        return "latest", load(uri, so)
+        df = load(uri, so)
+        v = df.attrs.get("table_version")
+        return ("latest" if v is None else f"version {v} (latest)"), df
     if isinstance(at, int):
         return f"version {at}", load(uri, so, version=at)
-    return at, load(uri, so, as_of=at)
+    df = load(uri, so, as_of=at)
+    return f"{at} (version {df.attrs.get('table_version')})", df
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -199,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="securevqa", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("extract-inter", help="stage 1: cache inter (fast pathway) embeddings as Parquet")
+    p = sub.add_parser("extract-inter", help="stage 1: cache inter (fast pathway) embeddings (a Delta table)")
     p.add_argument("--input", required=True)
     p.add_argument("--cache", required=True)
     _add_model(p)
@@ -519,7 +522,7 @@ def _main(argv: list[str] | None = None) -> int:
         label, scores = _versioned(load_scores, args.scores, so, args.as_of)
         compare = None if args.compare_to is None else _versioned(load_scores, args.scores, so, args.compare_to)
         result = build_report(scores, args.output, so, compare_to=compare, label=label)
-        keys = ("n_videos", "n_ok", "n_failed", "srcc", "plcc")
+        keys = ("table", "n_videos", "n_ok", "n_failed", "srcc", "plcc")
         summary = {k: result.get(k) for k in keys}
         if compare is not None:
             c = result["comparison"]

@@ -258,10 +258,13 @@ def test_report_compares_two_versions_of_a_delta_table(tmp_path, capsys):
     table.overwrite(pa.Table.from_pandas(_table({"a": 1.0, "b": 2.5, "d": 4.0}), preserve_index=False))
     assert cli(["report", "--scores", uri, "--output", str(tmp_path / "rep"), "--compare-to", str(v1)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["changed_since"] == {"labels": [f"version {v1}", "latest"], "new": 1, "dropped": 1,
+    latest = f"version {v1 + 1} (latest)"
+    assert printed["table"] == latest
+    assert printed["changed_since"] == {"labels": [f"version {v1}", latest], "new": 1, "dropped": 1,
                                        "scored_in_both": 2, "changed": 1}
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert f"## Changes from version {v1} to latest" in md and "score_change.png" in md
+    assert f"## Changes from version {v1} to {latest}" in md and "score_change.png" in md
+    assert f"Table: {latest}." in md
     assert (tmp_path / "rep" / "score_change.png").stat().st_size > 1000
     # --as-of the first version reports that version's rows
     assert cli(["report", "--scores", uri, "--output", str(tmp_path / "old"), "--as-of", str(v1)]) == 0
@@ -279,6 +282,10 @@ def test_report_time_travel_errors_say_what_is_wrong(tmp_path, capsys):
     uri = str(tmp_path / "t")
     KeyedTable(uri).overwrite(pa.Table.from_pandas(_table({"a": 1.0}), preserve_index=False))
     assert cli(["report", "--scores", uri, "--output", str(tmp_path / "r"), "--as-of", "7"]) == 2
-    assert "has no version 7" in capsys.readouterr().err
+    assert "has no version 7: its latest is 1" in capsys.readouterr().err
+    assert cli(["report", "--scores", str(tmp_path / "nope"), "--output", str(tmp_path / "r")]) == 2
+    assert "the path does not exist" in capsys.readouterr().err
+    assert cli(["vacuum", str(tmp_path / "plain.parquet")]) == 2
+    assert "no Delta table at" in capsys.readouterr().err
     assert cli(["report", "--scores", uri, "--output", str(tmp_path / "r"), "--as-of", "2001-01-01"]) == 2
     assert "as of 2001-01-01" in capsys.readouterr().err

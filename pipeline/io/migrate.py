@@ -55,9 +55,15 @@ def read_shard_store(uri: str, storage_options: Mapping[str, Any] | None = None)
 
 def migrate(uri: str, storage_options: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> dict[str, Any]:
     """Convert the shard store at `uri` into a Delta table in place (module docstring). Returns the rows
-    and files involved. Raises TableError if `uri` is not an unconverted shard store."""
+    and files involved; a Delta table already is left alone (``already_delta``). Raises
+    FileNotFoundError for a path that does not exist, TableError for a folder that is neither."""
+    fs, path = filesystem(uri, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{uri}: the path does not exist")
+    if fs.exists(join_uri(path, "_delta_log")) and not fs.exists(join_uri(path, "_manifests")):
+        return {"uri": uri, "already_delta": True, "rows": 0, "old_files": 0, "dry_run": dry_run}
     if not is_shard_store(uri, storage_options):
-        raise TableError(f"{uri} is not a shard store (no _manifests/, or already a Delta table)")
+        raise TableError(f"{uri} is not a shard store (no _manifests/ folder)")
     rows = read_shard_store(uri, storage_options)
     fs, root = filesystem(uri, storage_options)
     old = [p for d in ("_manifests", "data") if fs.exists(join_uri(root, d))

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -159,6 +159,10 @@ class KeyedTable:
                 self._dt = DeltaTable(self.uri, storage_options=self.delta_options)
             except TableNotFoundError:
                 return None
+            except DeltaError as exc:  # a path that is a file, or no folder at all
+                if "location" in str(exc).lower() or "not exist" in str(exc).lower():
+                    return None
+                raise
         else:
             self._dt.update_incremental()
         return self._dt
@@ -222,6 +226,7 @@ class KeyedTable:
         `columns` when they are given; otherwise raises FileNotFoundError."""
         if version is not None or as_of is not None:
             dt = self._travel(version, as_of)
+            self.read_version = dt.version()
         else:
             maybe = self._table()
             if maybe is None:
@@ -233,7 +238,13 @@ class KeyedTable:
             self.read_version = dt.version()
         ds = dt.to_pyarrow_dataset()
         cols = None if columns is None else list(columns)
-        return ds.head(limit, columns=cols) if limit is not None else ds.to_table(columns=cols)
+        try:
+            return ds.head(limit, columns=cols) if limit is not None else ds.to_table(columns=cols)
+        except (OSError, DeltaError) as exc:
+            if dt is self._dt:
+                raise
+            raise TableError(f"{self.uri}: the data files of version {dt.version()} are gone (a vacuum with a "
+                             f"retention shorter than its age removed them); read a later version") from exc
 
     def _travel(self, version: int | None, as_of: datetime | str | None) -> DeltaTable:
         self._require()
@@ -246,13 +257,16 @@ class KeyedTable:
             if when.astimezone(UTC) < created:  # delta-rs would give the first version instead
                 raise TableError(f"{self.uri} has nothing as of {as_of}: its oldest version kept is "
                                  f"{first['version']}, of {created.isoformat(timespec='seconds')}")
+        latest = self.version()
+        if version is not None and latest is not None and version > latest:
+            raise TableError(f"{self.uri} has no version {version}: its latest is {latest}")
         try:
             dt.load_as_version(version if version is not None else _timestamp(as_of))
         except Exception as exc:  # delta-rs raises its generic error for a version or time it lacks
             first = min(h["version"] for h in dt.history())
             what = f"version {version}" if version is not None else f"a version as of {as_of}"
-            raise TableError(f"{self.uri} has no {what}: it keeps versions {first} to {self.version()} "
-                             f"(vacuum and log retention remove older ones) ({exc})") from exc
+            raise TableError(f"{self.uri} has no {what} any more: it keeps versions {first} to {latest} "
+                             "(log retention removes older ones)") from exc
         return dt
 
     def committed_keys(self, *, status: str | None = None, exclude_status: str | None = None) -> set[str]:

@@ -53,6 +53,8 @@ def render_markdown(rep: Mapping[str, Any], files: Mapping[str, str]) -> str:
     """``report.md`` from a :func:`summarize` result and the names of the plots written."""
     L: list[str] = ["# Quality score report", ""]
     versions = rep.get("model_versions") or {}
+    if rep.get("table") and rep["table"] != "now":
+        L += [f"Table: {_md(rep['table'])}.", ""]
     L.append(f"Generated {rep['generated_at']}. Model version(s): "
              + (", ".join(f"`{_md(v)}` ({c} videos)" for v, c in versions.items()) if versions else "unknown") + ".")
     if len(versions) > 1:
@@ -179,6 +181,7 @@ def build_report(
     section on what changed since (`summary.compare_scores`, ``score_change.png``); `label` names
     `scores` in it (e.g. its date)."""
     rep = summarize(scores, n_boot=n_boot, seed=seed)
+    rep["table"] = label
     if compare_to is not None:
         rep["comparison"] = {**compare_scores(compare_to[1], scores), "labels": [compare_to[0], label]}
     fs, root = filesystem(output_uri, storage_options)

@@ -38,7 +38,10 @@ def load_scores(uri: str, storage_options: Mapping[str, Any] | None = None, *, v
         fs.invalidate_cache(path)
     if fs.isdir(path):
         if fs.exists(join_uri(path, "_delta_log")):
-            return KeyedTable(uri, storage_options).read(version=version, as_of=as_of).to_pandas()
+            table = KeyedTable(uri, storage_options)
+            df = table.read(version=version, as_of=as_of).to_pandas()
+            df.attrs["table_version"] = table.read_version  # which version `as_of` resolved to
+            return df
         if fs.exists(join_uri(path, "_manifests")):
             raise TableError(f"{uri} is a shard store written before the Delta format: convert it with "
                              f"`securevqa migrate {uri}`")
@@ -54,7 +57,7 @@ def load_scores(uri: str, storage_options: Mapping[str, Any] | None = None, *, v
         tables = [pq.read_table(f, filesystem=fs) for f in files]
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
     if not fs.exists(path):
-        raise FileNotFoundError(uri)
+        raise FileNotFoundError(f"no score table at {uri}: the path does not exist")
     return pq.read_table(path, filesystem=fs).to_pandas()
 
 
