@@ -67,7 +67,8 @@ def _cpu() -> str:
 def grow(uri: str, commits: int, start: int, compact_every: int = 0) -> list[float]:
     """Commit `commits` batches after the first `start` ones, compacting every `compact_every` commits
     as a stage's driver does (0: never); seconds per commit."""
-    from pipeline.io.table import KeyedTable, maintain
+    from pipeline.io.maintenance import maintain
+    from pipeline.io.table import KeyedTable
 
     table = KeyedTable(uri)
     out = []
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default="bench_output/tables")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    from pipeline.io.table import local_files, maintain
+    from pipeline.io.maintenance import local_files, maintain
 
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)

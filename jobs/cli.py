@@ -530,7 +530,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
         return 0
     if args.command == "vacuum":
-        from pipeline.io.table import maintain
+        from pipeline.io.maintenance import maintain
 
         for uri in args.tables:
             print(json.dumps(maintain(uri, so, optimize=not args.no_optimize, retention_hours=args.retention_hours,

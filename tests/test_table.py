@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.table import KeyedTable, TableError, maintain
+from pipeline.io.maintenance import maintain
+from pipeline.io.table import KeyedTable, TableError
 from tests.helpers.engines import ENGINES
 
 SCHEMA = pa.schema([("key", pa.string()), ("score", pa.float64()), ("status", pa.string()),

@@ -30,7 +30,8 @@ URI/video id and the model/config version, e.g. with :func:`make_key`):
 share it (S3 ``ListObjectsV2`` returns sizes and ETags, 1000 per request), concurrent HEADs
 otherwise, ``os.stat`` locally.
 
-The Delta tables every stage writes are in :mod:`pipeline.io.table`.
+The Delta tables every stage writes are in :mod:`pipeline.io.table`; :func:`delta_storage_options`
+gives them the same storage options in delta-rs' spelling.
 """
 
 from __future__ import annotations
@@ -285,3 +286,38 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def delta_storage_options(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The project's storage options (pipeline/io/storage.py: ``endpoint_url``, ``region``, ``key``,
+    ``secret``, ``token``, ``profile``, or s3fs' ``client_kwargs``) as delta-rs object-store options.
+
+    On S3 commits use conditional writes (``conditional_put=etag``: If-None-Match on the next log
+    version), which AWS S3, MinIO and moto support; a store without them needs delta-rs' DynamoDB
+    locking (pass ``AWS_S3_LOCKING_PROVIDER`` and its table in `storage_options`). Options already in
+    delta-rs' spelling (upper case, or ``conditional_put``) are passed unchanged. Credentials and
+    endpoint otherwise come from the standard AWS environment variables, as for s3fs.
+    """
+    opts = dict(storage_options or {})
+    if "://" not in uri or not uri.split("://", 1)[0].lower().startswith("s3"):
+        return {k: str(v) for k, v in opts.items() if k.isupper()}
+    names = {"endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION", "region_name": "AWS_REGION",
+             "key": "AWS_ACCESS_KEY_ID", "access_key_id": "AWS_ACCESS_KEY_ID", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+             "secret": "AWS_SECRET_ACCESS_KEY", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+             "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN",
+             "session_token": "AWS_SESSION_TOKEN", "aws_session_token": "AWS_SESSION_TOKEN", "profile": "AWS_PROFILE"}
+    out: dict[str, str] = {}
+    client_kwargs = opts.pop("client_kwargs", None) or {}
+    for k, v in {**{f"{k}": v for k, v in client_kwargs.items()}, **opts}.items():
+        if k in names:
+            out[names[k]] = str(v)
+        elif k.isupper() or k == "conditional_put":
+            out[k] = str(v)
+    endpoint = out.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    if endpoint.startswith("http://"):
+        out.setdefault("AWS_ALLOW_HTTP", "true")
+    if "AWS_REGION" not in out and not os.environ.get("AWS_REGION"):
+        out["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    if "AWS_S3_LOCKING_PROVIDER" not in out:
+        out.setdefault("conditional_put", "etag")
+    return out

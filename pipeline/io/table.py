@@ -45,14 +45,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from .storage import filesystem, is_local, join_uri
+from .storage import delta_storage_options, filesystem, join_uri
 
 log = logging.getLogger("securevqa.io.table")
 
@@ -72,41 +67,6 @@ def retention_properties(file_retention: str = DEFAULT_FILE_RETENTION,
     """The table properties that bound time travel: data files a newer version replaced are kept for
     `file_retention` (vacuum removes them after), log entries for `log_retention` (Delta intervals)."""
     return {"delta.deletedFileRetentionDuration": file_retention, "delta.logRetentionDuration": log_retention}
-
-
-def delta_storage_options(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The project's storage options (pipeline/io/storage.py: ``endpoint_url``, ``region``, ``key``,
-    ``secret``, ``token``, ``profile``, or s3fs' ``client_kwargs``) as delta-rs object-store options.
-
-    On S3 commits use conditional writes (``conditional_put=etag``: If-None-Match on the next log
-    version), which AWS S3, MinIO and moto support; a store without them needs delta-rs' DynamoDB
-    locking (pass ``AWS_S3_LOCKING_PROVIDER`` and its table in `storage_options`). Options already in
-    delta-rs' spelling (upper case, or ``conditional_put``) are passed unchanged. Credentials and
-    endpoint otherwise come from the standard AWS environment variables, as for s3fs.
-    """
-    opts = dict(storage_options or {})
-    if "://" not in uri or not uri.split("://", 1)[0].lower().startswith("s3"):
-        return {k: str(v) for k, v in opts.items() if k.isupper()}
-    names = {"endpoint_url": "AWS_ENDPOINT_URL", "region": "AWS_REGION", "region_name": "AWS_REGION",
-             "key": "AWS_ACCESS_KEY_ID", "access_key_id": "AWS_ACCESS_KEY_ID", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
-             "secret": "AWS_SECRET_ACCESS_KEY", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
-             "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN",
-             "session_token": "AWS_SESSION_TOKEN", "aws_session_token": "AWS_SESSION_TOKEN", "profile": "AWS_PROFILE"}
-    out: dict[str, str] = {}
-    client_kwargs = opts.pop("client_kwargs", None) or {}
-    for k, v in {**{f"{k}": v for k, v in client_kwargs.items()}, **opts}.items():
-        if k in names:
-            out[names[k]] = str(v)
-        elif k.isupper() or k == "conditional_put":
-            out[k] = str(v)
-    endpoint = out.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or ""
-    if endpoint.startswith("http://"):
-        out.setdefault("AWS_ALLOW_HTTP", "true")
-    if "AWS_REGION" not in out and not os.environ.get("AWS_REGION"):
-        out["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    if "AWS_S3_LOCKING_PROVIDER" not in out:
-        out.setdefault("conditional_put", "etag")
-    return out
 
 
 class TableError(ValueError):
@@ -205,6 +165,11 @@ class KeyedTable:
                                    ("delta.logRetentionDuration", log_retention)) if v and current.get(k) != v}
         if props:  # only a change is a commit: a nightly job that says the same thing adds no version
             dt.alter.set_table_properties(props)
+
+    def delta_table(self) -> DeltaTable:
+        """The latest version as delta-rs' DeltaTable (for what this class does not wrap). Raises
+        FileNotFoundError if there is no table, TableError for a shard store not converted yet."""
+        return self._require()
 
     def _require(self) -> DeltaTable:
         dt = self._table()
@@ -418,40 +383,3 @@ def _legacy_hint(uri: str, storage_options: Mapping[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - a hint only
         pass
     return ""
-
-
-# --------------------------------------------------------------------------------------------------
-# maintenance
-
-
-def maintain(uri: str, storage_options: Mapping[str, Any] | None = None, *, optimize: bool = True,
-             vacuum: bool = True, retention_hours: int | None = None, dry_run: bool = False,
-             target_size: int | None = None) -> dict[str, Any]:
-    """Compact small files (Delta's optimize) and delete files no version still in the retention
-    window needs, including data files never committed (Delta's full vacuum). `retention_hours`:
-    None keeps the table's own `delta.deletedFileRetentionDuration` (7 days unless changed); files
-    younger than it are kept, so a run writing right now loses nothing. Returns what was done."""
-    table = KeyedTable(uri, storage_options)
-    dt = table._require()
-    out: dict[str, Any] = {"uri": table.uri, "version_before": dt.version(),
-                           "files_before": len(dt.file_uris())}
-    if optimize and not dry_run:
-        metrics = dt.optimize.compact(target_size=target_size)
-        out["optimize"] = {k: metrics.get(k) for k in ("numFilesAdded", "numFilesRemoved", "totalConsideredFiles")}
-    if vacuum:
-        enforce = retention_hours is None or retention_hours >= 168
-        removed = dt.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=enforce,
-                            full=True)
-        out["vacuum"] = {"removed" if not dry_run else "would_remove": len(removed), "files": sorted(removed)[:20]}
-    dt.update_incremental()
-    out["version_after"], out["files_after"] = dt.version(), len(dt.file_uris())
-    return out
-
-
-def local_files(uri: str) -> int:
-    """Parquet files under a local table's folder, committed or not (for benchmarks and tests)."""
-    path = _table_uri(uri)
-    fs, _ = filesystem(path)
-    assert is_local(fs)
-    return sum(1 for folder, _, files in os.walk(path) if "_delta_log" not in folder
-               for f in files if f.endswith(".parquet"))

@@ -28,8 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from pipeline.io.maintenance import maintain
 from pipeline.io.storage import make_key, stat_many
-from pipeline.io.table import KeyedTable, maintain
+from pipeline.io.table import KeyedTable
 from pipeline.io.video import ERROR_CODES as VIDEO_ERROR_CODES
 from pipeline.io.video import VideoDecodeError
 from pipeline.log import configure_worker

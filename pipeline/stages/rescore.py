@@ -10,7 +10,7 @@ State layout under `state_uri` (local or s3://):
     published/run.json      what the last run did (new, changed, unchanged, dropped, failed)
     published/report/       report.json, report.md and plots of the published table
 
-Every run ends with table maintenance (`pipeline.io.table.maintain`): the three tables are compacted
+Every run ends with table maintenance (`pipeline.io.maintenance.maintain`): the three tables are compacted
 and vacuumed with each table's own retention, so files stay few and history stays readable for its
 retention (docs/tables.md, "Maintenance schedule").
 
@@ -31,8 +31,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.io.maintenance import maintain
 from pipeline.io.storage import filesystem, join_uri, write_bytes
-from pipeline.io.table import KeyedTable, maintain
+from pipeline.io.table import KeyedTable
 from pipeline.stages.driver import load_table
 from pipeline.stages.options import ModelSpec, RunOptions
 from pipeline.stages.scoring import score
