@@ -34,9 +34,10 @@ demo-model: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
-# Skips the tests marked slow: those that start Ray, a subprocess or a server (tests/conftest.py).
+# Skips the tests marked slow: those that start Ray, a subprocess or a server (tests/conftest.py); one
+# pytest-xdist worker per core (none of these tests start Ray, so they can run side by side).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_model --ablations

@@ -21,8 +21,10 @@ from tests.helpers.http_server import FileServer  # noqa: E402
 # Every Ray the tests start (here and in subprocesses) binds to 127.0.0.1, never the host's address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-# Two cores: keep intra-op threads predictable and tests quiet.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores: keep intra-op threads predictable and tests quiet; one each when pytest-xdist runs
+# workers side by side (`make test-fast` uses one worker per core).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 # Fixtures that start Ray or a server (directly or through another fixture): their tests are `slow`.
 SLOW_FIXTURES = frozenset({"ray_local", "s3_endpoint", "http_catalog"})
