@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from bench.machine import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 16
@@ -54,14 +55,6 @@ def _batch(start: int, n: int = BATCH) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def grow(uri: str, commits: int, start: int, compact_every: int = 0) -> list[float]:
@@ -155,12 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     uri = str(work / "scores")
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores; local disk; {BATCH} rows per commit", flush=True)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; local disk; {BATCH} rows per commit", flush=True)
     from pipeline.stages.options import RunOptions
 
     every = RunOptions().compact_every
     compacted = str(work / "scores_compacted")
-    sizes, done, res = (args.n, 4 * args.n, 16 * args.n), 0, {"cpu": _cpu(), "compact_every": every, "sizes": []}
+    sizes, done, res = (args.n, 4 * args.n, 16 * args.n), 0, {"cpu": cpu_name(), "compact_every": every, "sizes": []}
     for size in sizes:
         lat = grow(uri, size - done, done)
         lat_c = grow(compacted, size - done, done, compact_every=every)

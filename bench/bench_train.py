@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,26 +26,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from bench.machine import cpu_name
 from model.losses import LossConfig
 from model.optim import build_optimizer
 from model.rng import make_generator
 from model.swin import WindowAttention3D
-from pipeline.training.frame_cache import FrameCache
-from pipeline.training.data import ClipDataset, loader_init
 from pipeline.training.config import TrainConfig
+from pipeline.training.data import ClipDataset, loader_init
+from pipeline.training.frame_cache import FrameCache
 from pipeline.training.loop import build_model, train_step
 
 BATCH = 4
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _rows(videos) -> list[dict]:
@@ -82,8 +74,8 @@ def _run(preset: str, rows: list[dict], frames: FrameCache | None, kernel: str, 
 
 def breakdown(rows: list[dict], frames: FrameCache) -> dict[str, float]:
     """Seconds per clip of each part of one `tiny` training step (one clip at a time, new path)."""
-    from pipeline.stages.inference import intra_clips
     from pipeline.stages.batching import open_video
+    from pipeline.stages.inference import intra_clips
 
     vqa = build_model(TrainConfig(preset="tiny"), seed=0).train()
     s = vqa.cfg.sampling
@@ -131,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = FrameCache(work / "frames")
     t = time.perf_counter()
     frames.warm(r["uri"] for r in rows)
-    print(f"bench_train: {_cpu_name()}, {args.threads} threads, torch {torch.__version__}; {len(rows)} clips; "
+    print(f"bench_train: {cpu_name()}, {args.threads} threads, torch {torch.__version__}; {len(rows)} clips; "
           f"frame cache warm in {time.perf_counter() - t:.1f} s", flush=True)
     paths = {"old": ("tiny", None, "sdpa"), "new": ("tiny", frames, "baddbmm"), "tiny-cpu": ("tiny-cpu", frames, "baddbmm")}
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -140,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(_run(preset, rows, cache, kernel, args.steps))
             print(f"  round {r + 1}: {name}: {times[name][-1]:.3f} s per training clip", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"cpu": _cpu_name(), "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
+    result = {"cpu": cpu_name(), "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
               "batch": BATCH, "s_per_clip": med, "clips_per_s": {k: 1 / v for k, v in med.items()},
               "speedup_over_old": {k: med["old"] / v for k, v in med.items()}}
     for k in paths:
