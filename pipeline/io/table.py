@@ -234,14 +234,12 @@ class KeyedTable:
                              "(log retention removes older ones)") from exc
         return dt
 
-    def committed_keys(self, *, status: str | None = None, exclude_status: str | None = None) -> set[str]:
-        """Keys of the latest version, optionally only rows whose `status` is, or is not, a value."""
-        t = self.read([self.key_column] + (["status"] if status or exclude_status else []))
+    def committed_keys(self, *, status: str | None = None) -> set[str]:
+        """Keys of the latest version; with `status`, only those of rows with that status."""
+        t = self.read([self.key_column] + (["status"] if status else []))
         keys = t.column(self.key_column)
         if status is not None:
             keys = keys.filter(pc.equal(t.column("status"), status))
-        if exclude_status is not None:
-            keys = keys.filter(pc.fill_null(pc.not_equal(t.column("status"), exclude_status), True))
         return set(keys.to_pylist())
 
     def dataset(self) -> pads.Dataset:
