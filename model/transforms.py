@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,8 @@ __all__ = [
     "to_cthw",
     "skip_sample_indices",
     "continuous_sample_indices",
+    "FragmentGrid",
+    "draw_fragment_grid",
     "grid_fragments",
     "resize_frames",
     "guardian_map",
@@ -172,6 +176,113 @@ def _bilinear(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1)
 
 
+@dataclass(frozen=True)
+class FragmentGrid:
+    """Where a clip's fragments are cut (docs/design.md §2.1): the draws of `grid_fragments`, made once.
+
+    ``rows``/``cols``: LongTensor (blocks, grid, grid), the top-left corner of each cell's patch in
+    block b (frames [b*align, (b+1)*align) of the clip) on a frame of ``size`` (the upsampled size when
+    the source's short side is below grid*patch, else the source size ``source``). Drawing the grid
+    first lets a decoder cut each frame's fragments as it arrives (`cut`), without keeping the clip's
+    full-size frames.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    size: tuple[int, int]
+    source: tuple[int, int]
+    grid: int
+    patch: int
+    align: int
+
+    @property
+    def side(self) -> int:
+        return self.grid * self.patch
+
+    def cut_frame(self, frame: np.ndarray, position: int) -> np.ndarray:
+        """The fragments (side, side, 3) of one decoded frame (H, W, 3) uint8 at ``position`` in the clip:
+        equal to ``cut(frame[None], position, layout="THWC")`` permuted, by 49 slice copies instead of a
+        gather (the pipeline's per-frame path). Frames that need upsampling go through `cut`."""
+        if tuple(frame.shape[:2]) != self.source:
+            raise ValueError(f"a frame of size {tuple(frame.shape[:2])} for a fragment grid drawn on {self.source}")
+        if self.size != self.source:
+            return self.cut(torch.from_numpy(frame)[None], position, layout="THWC")[:, 0].permute(1, 2, 0).numpy()
+        b = min(position // self.align, self.rows.shape[0] - 1)
+        rows, cols, p = self.rows[b].tolist(), self.cols[b].tolist(), self.patch
+        out = np.empty((self.side, self.side, frame.shape[2]), frame.dtype)
+        for i in range(self.grid):
+            for j in range(self.grid):
+                r, c = rows[i][j], cols[i][j]
+                out[i * p:(i + 1) * p, j * p:(j + 1) * p] = frame[r:r + p, c:c + p]
+        return out
+
+    def cut(self, frames: torch.Tensor, first: int = 0, *, layout: str = "CTHW") -> torch.Tensor:
+        """Fragments (C, T, side, side) of ``frames``, frames ``first .. first+T-1`` of the clip (same dtype:
+        uint8 or floating 0-255). Raises ValueError if the frames are not the grid's source size."""
+        v = to_cthw(frames, layout)
+        if tuple(v.shape[-2:]) != self.source:
+            raise ValueError(f"frames of size {tuple(v.shape[-2:])} for a fragment grid drawn on {self.source}")
+        t = v.shape[1]
+        dev = v.device
+        grid, patch = self.grid, self.patch
+        block = (torch.arange(first, first + t, device=dev) // self.align).clamp_(max=self.rows.shape[0] - 1)
+        p = torch.arange(patch, device=dev)
+        t_idx = torch.arange(t, device=dev).view(t, 1, 1, 1, 1)
+        # One advanced-indexing gather straight into output order (T, grid_i, patch_y, grid_j, patch_x),
+        # instead of grid*grid*blocks Python slices.
+        r_idx = self.rows.to(dev)[block].view(t, grid, 1, grid, 1) + p.view(1, 1, patch, 1, 1)
+        c_idx = self.cols.to(dev)[block].view(t, grid, 1, grid, 1) + p.view(1, 1, 1, 1, patch)
+        if self.size == self.source:
+            out = v[:, t_idx, r_idx, c_idx]  # (C, T, grid, patch, grid, patch)
+        else:
+            out = _bilinear_at(v, self.size, t_idx, r_idx, c_idx)
+        return out.reshape(v.shape[0], t, self.side, self.side)
+
+
+def draw_fragment_grid(
+    num_frames: int,
+    height: int,
+    width: int,
+    *,
+    generator: torch.Generator | None = None,
+    grid: int = 7,
+    patch: int = 32,
+    align: int = 32,
+) -> FragmentGrid:
+    """The random part of `grid_fragments` for a clip of ``num_frames`` frames of ``height`` x ``width``
+    (docs/design.md §2.1): one patch offset per cell and per block of ``align`` frames. Consumes the
+    generator exactly as `grid_fragments` does (rows, then columns), so either replays the other."""
+    t = _positive_int(num_frames, "num_frames")
+    grid = _positive_int(grid, "grid")
+    patch = _positive_int(patch, "patch")
+    align = _positive_int(align, "align")
+    h, w = _positive_int(height, "height"), _positive_int(width, "width")
+    source = (h, w)
+    out_side = grid * patch
+    if min(h, w) < out_side:
+        # The grid is laid on the upsampled frame, but only the pixels the patches read are computed
+        # (`_bilinear_at`): upsampling a 1024x16 frame whole would take 14336x224 pixels per frame.
+        h, w = _upsampled_size(h, w, out_side)
+    cell_h, cell_w = h // grid, w // grid
+    num_blocks = -(-t // align)
+    generator = resolve(generator)
+    dev = generator.device
+
+    def offsets(cell: int) -> torch.Tensor:
+        if cell > patch:
+            return torch.randint(0, cell - patch, (num_blocks, grid, grid), generator=generator, device=dev).cpu()
+        return torch.zeros((num_blocks, grid, grid), dtype=torch.long)
+
+    # Draw order (rows, then columns) is part of the replay contract for a given seed.
+    off_r, off_c = offsets(cell_h), offsets(cell_w)
+    # The min(..., H - patch) clamp of docs/design.md §2.1 is kept for fidelity; after the upsampling above
+    # H // grid >= patch, so it never binds here.
+    cells = torch.arange(grid)
+    rows = (cells * cell_h).clamp(max=h - patch)[None, :, None] + off_r  # (blocks, grid_i, grid_j)
+    cols = (cells * cell_w).clamp(max=w - patch)[None, None, :] + off_c
+    return FragmentGrid(rows, cols, (h, w), source, grid, patch, align)
+
+
 def grid_fragments(
     video: torch.Tensor,
     *,
@@ -191,55 +302,14 @@ def grid_fragments(
     patch). Offsets are drawn per cell and per block of ``align`` frames and shared inside a block,
     so patches are aligned in time. uint8 is the pipeline's input; floating input (0-255) is the
     attacks' differentiable path, with the same draws for the same generator state.
+    `draw_fragment_grid` + `FragmentGrid.cut`, in one call.
     """
     v = to_cthw(video, layout)
     if not (v.dtype == torch.uint8 or v.dtype.is_floating_point):
         raise ValueError(f"grid_fragments expects a uint8 or floating video, got {v.dtype}")
-    grid = _positive_int(grid, "grid")
-    patch = _positive_int(patch, "patch")
-    align = _positive_int(align, "align")
-
-    out_side = grid * patch
     _, t, h, w = v.shape
-    source_hw = None
-    if min(h, w) < out_side:
-        # The grid is laid on the upsampled frame, but only the pixels the patches read are computed
-        # (`_bilinear_at`): upsampling a 1024x16 frame whole would take 14336x224 pixels per frame.
-        source_hw = (h, w)
-        h, w = _upsampled_size(h, w, out_side)
-
-    cell_h, cell_w = h // grid, w // grid
-    num_blocks = -(-t // align)
-    generator = resolve(generator)
-    dev = generator.device
-
-    def offsets(cell: int) -> torch.Tensor:
-        if cell > patch:
-            return torch.randint(
-                0, cell - patch, (num_blocks, grid, grid), generator=generator, device=dev
-            ).to(v.device)
-        return torch.zeros((num_blocks, grid, grid), dtype=torch.long, device=v.device)
-
-    # Draw order (rows, then columns) is part of the replay contract for a given seed.
-    off_r, off_c = offsets(cell_h), offsets(cell_w)
-    # The min(..., H - patch) clamp of docs/design.md §2.1 is kept for fidelity; after the upsampling above
-    # H // grid >= patch, so it never binds here.
-    cells = torch.arange(grid, device=v.device)
-    row0 = (cells * cell_h).clamp(max=h - patch)[None, :, None] + off_r  # (blocks, grid_i, grid_j)
-    col0 = (cells * cell_w).clamp(max=w - patch)[None, None, :] + off_c
-
-    # One advanced-indexing gather straight into output order (T, grid_i, patch_y, grid_j, patch_x),
-    # instead of grid*grid*blocks Python slices.
-    block = torch.arange(t, device=v.device) // align
-    p = torch.arange(patch, device=v.device)
-    t_idx = torch.arange(t, device=v.device).view(t, 1, 1, 1, 1)
-    r_idx = row0[block].view(t, grid, 1, grid, 1) + p.view(1, 1, patch, 1, 1)
-    c_idx = col0[block].view(t, grid, 1, grid, 1) + p.view(1, 1, 1, 1, patch)
-    if source_hw is None:
-        out = v[:, t_idx, r_idx, c_idx]  # (C, T, grid, patch, grid, patch)
-    else:
-        out = _bilinear_at(v, (h, w), t_idx, r_idx, c_idx)
-    return out.reshape(v.shape[0], t, out_side, out_side)
+    fg = draw_fragment_grid(t, h, w, generator=generator, grid=grid, patch=patch, align=align)
+    return fg.cut(v)
 
 
 def _bilinear_at(video: torch.Tensor, size: tuple[int, int], t_idx: torch.Tensor, r_idx: torch.Tensor,
@@ -277,18 +347,31 @@ def resize_frames(
     size: int | Sequence[int] = 224,
     layout: str = "CTHW",
     chunk: int = 64,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Resize every frame to ``size`` (bilinear, antialias, aspect ratio not kept; docs/design.md §2.2).
 
-    Returns float32 (C, T, h, w) on the 0-255 scale (no rounding: the inter branch consumes floats).
-    Accepts uint8 or floating input. Frames are processed ``chunk`` at a time so a long
-    high-resolution video is never converted to float in one piece.
+    Returns (C, T, h, w) on the 0-255 scale in ``dtype``:
+    - float32 (default): no rounding; uint8 or floating input, converted ``chunk`` frames at a time so a
+      long high-resolution video is never converted to float in one piece.
+    - uint8: uint8 input only, resized by PyTorch's uint8 antialiased kernel on channels-last frames
+      (fixed-point weights: within 1 level of the float32 result, measured 0.26 on average), which never
+      makes a float copy of a full-size frame. What the pipeline's preparation uses (docs/capacity.md).
+    Raises ValueError for another dtype, or uint8 output from floating input.
     """
     v = to_cthw(video, layout)
     if not (v.dtype == torch.uint8 or v.dtype.is_floating_point):
         raise ValueError(f"resize_frames expects a uint8 or floating video, got {v.dtype}")
+    if dtype not in (torch.float32, torch.uint8):
+        raise ValueError(f"resize_frames returns float32 or uint8, not {dtype}")
     out_hw = _size_pair(size)
     chunk = _positive_int(chunk, "chunk")
+    if dtype == torch.uint8:
+        if v.dtype != torch.uint8:
+            raise ValueError(f"uint8 resizing needs uint8 frames, got {v.dtype}")
+        frames = v.transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (T, C, H, W), NHWC in memory
+        out8 = F.interpolate(frames, size=out_hw, mode="bilinear", align_corners=False, antialias=True)
+        return out8.transpose(0, 1)
     c, t, _, _ = v.shape
     out = torch.empty((c, t, *out_hw), dtype=torch.float32, device=v.device)
     for s in range(0, t, chunk):

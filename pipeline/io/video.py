@@ -99,7 +99,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Self
@@ -492,7 +492,7 @@ class VideoReader:
     def _decodable_count(self, num_packets: int) -> int:
         """Frames that exist, minus a damaged tail: decodes the last one to be sure."""
         try:
-            self._decode_wanted(np.array([num_packets - 1]))
+            self._decode_wanted(np.array([num_packets - 1]), lambda j, frame: True)
             return num_packets
         except _Truncated as t:
             return t.reached + 1
@@ -551,14 +551,7 @@ class VideoReader:
                 f"(past the end): {_describe(self._source)}", "out_of_range"
             )
         wanted = np.unique(idx)
-        try:
-            frames = self._decode_wanted(wanted)
-        except _Truncated as t:
-            missing = [int(i) for i in wanted if i > t.reached]
-            raise VideoDecodeError(
-                f"truncated or corrupt video: could only decode {t.reached + 1} of {n} frames "
-                f"(frame {missing[0]} requested): {_describe(self._source)}"
-            ) from None
+        frames = self._decode_checked(wanted, lambda j, frame: _to_rgb(frame))
 
         first = frames[int(wanted[0])]
         h, w = first.shape[:2]
@@ -570,37 +563,70 @@ class VideoReader:
             out[j] = torch.from_numpy(frames[i])
         return out
 
-    def _decode_wanted(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    def visit(self, indices: Sequence[int] | torch.Tensor | np.ndarray,
+              fn: Callable[[int, np.ndarray], None]) -> None:
+        """Call ``fn(i, rgb)`` for each distinct frame index i of ``indices`` with the frame ``read`` would
+        return (uint8 (H, W, 3), upright, at ``info``'s size), each decoded once, without keeping frames:
+        memory is one frame whatever the number asked for. Order is increasing i; ``fn`` may be called
+        again for a frame when a seek turns out unreliable and the read starts over, so it must only
+        store what it computes. Raises what ``read`` raises.
+        """
+        idx = _as_index_array(indices)
+        if idx.size == 0:
+            return
+        info = self._info
+        if idx.max() >= info.num_frames:
+            self.read(idx[idx >= info.num_frames][:1])  # raises the out-of-range error
+        h, w = info.height, info.width
+
+        def keep(j: int, frame: av.VideoFrame) -> bool:
+            rgb = _to_rgb(frame)
+            fn(j, rgb if rgb.shape[:2] == (h, w) else _resize_like(rgb, h, w))
+            return True
+
+        self._decode_checked(np.unique(idx), keep)
+
+    def _decode_checked(self, wanted: np.ndarray, keep: Callable[[int, av.VideoFrame], Any]) -> dict[int, Any]:
+        try:
+            return self._decode_wanted(wanted, keep)
+        except _Truncated as t:
+            missing = [int(i) for i in wanted if i > t.reached]
+            raise VideoDecodeError(
+                f"truncated or corrupt video: could only decode {t.reached + 1} of {self._info.num_frames} frames "
+                f"(frame {missing[0]} requested): {_describe(self._source)}"
+            ) from None
+
+    def _decode_wanted(self, wanted: np.ndarray, keep: Callable[[int, av.VideoFrame], Any]) -> dict[int, Any]:
         last = int(wanted[-1])
         table = self._packet_table()
         if last + 1 <= wanted.size + _SEQUENTIAL_SLACK or table is None or self._seek_unreliable:
-            return self._decode_sequential(wanted)
+            return self._decode_sequential(wanted, keep)
         if last >= len(table.pts):
             raise _Truncated(len(table.pts) - 1)
         try:
-            return self._decode_seeking(wanted, table)
+            return self._decode_seeking(wanted, table, keep)
         except _Truncated:
-            return self._decode_sequential(wanted)  # the authority on where the data ends
+            return self._decode_sequential(wanted, keep)  # the authority on where the data ends
         except (_LandedLate, _SeekFailed):
             # Never reject a file that decodes from the start: that is the authority.
             self._note("seeking unreliable: frames decoded from the start")
             self._seek_unreliable = True  # for every later read of this file too
-            return self._decode_sequential(wanted)
+            return self._decode_sequential(wanted, keep)
 
-    def _decode_sequential(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    def _decode_sequential(self, wanted: np.ndarray, keep: Callable[[int, av.VideoFrame], Any]) -> dict[int, Any]:
         """Decode from the start. Frames are numbered by their timestamps where the packet table has
         them, so a frame the decoder drops mid-stream cannot shift every later index by one."""
         want = {int(i) for i in wanted}
         last = int(wanted[-1])
         table = self._packet_table()
         index_of = {p: k for k, p in enumerate(table.pts)} if table is not None else {}
-        out: dict[int, np.ndarray] = {}
+        out: dict[int, Any] = {}
         self._rewind()
         j = -1
         for count, frame in enumerate(self._decoded()):
             j = index_of.get(frame.pts, count) if index_of else count
             if j in want:
-                out[j] = _to_rgb(frame)
+                out[j] = keep(j, frame)
             if j >= last:
                 lost = sorted(want - out.keys())
                 if lost:
@@ -610,13 +636,14 @@ class VideoReader:
                 return out
         raise _Truncated(j)
 
-    def _decode_seeking(self, wanted: np.ndarray, table: _PacketTable) -> dict[int, np.ndarray]:
+    def _decode_seeking(self, wanted: np.ndarray, table: _PacketTable,
+                        keep: Callable[[int, av.VideoFrame], Any]) -> dict[int, Any]:
         """Seek to the keyframe before each run of wanted frames and match decoded frames to indices
         by their timestamps; a seek that lands past its target steps back one keyframe."""
         pts, keys = table.pts, table.keys
         index_of = {p: i for i, p in enumerate(pts)}
         want = {int(i) for i in wanted}
-        out: dict[int, np.ndarray] = {}
+        out: dict[int, Any] = {}
         it: Iterator[tuple[int, av.VideoFrame]] | None = None
         cur = -1  # last index decoded by the current iterator
 
@@ -648,7 +675,7 @@ class VideoReader:
                     cur = j
                     reached_max = max(reached_max, j)
                     if j in want and j not in out:
-                        out[j] = _to_rgb(frame)
+                        out[j] = keep(j, frame)
                     if j >= target:
                         got = True
                         break

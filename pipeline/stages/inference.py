@@ -6,19 +6,15 @@ decoded) or decoded frames in memory, a (T, H, W, C) uint8 tensor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from model import InterEmbedder, SamplingConfig, SecureVQA
 from model.rng import resolve
-from model.transforms import continuous_sample_indices, grid_fragments, resize_frames, skip_sample_indices
-from pipeline.io.video import VideoReader
 
-FrameSource = VideoReader | torch.Tensor
-# Frames decoded at once for the inter branch: bounds memory at 1080p (64 x 6 MB) before resizing.
-_INTER_READ_CHUNK = 64
+from .prepare import FrameSource, inter_input, prepare_video
+
 
 
 @dataclass(frozen=True)
@@ -27,38 +23,16 @@ class VideoScore:
     clip_scores: list[float]
 
 
-def _reader(source: FrameSource) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
-    """(number of frames, read(indices) -> (len, H, W, 3) uint8) of a frame source."""
-    if isinstance(source, torch.Tensor):
-        if source.ndim != 4 or source.shape[-1] != 3 or source.dtype != torch.uint8:
-            raise ValueError(f"frames must be (T, H, W, 3) uint8, got {tuple(source.shape)} {source.dtype}")
-        return source.shape[0], lambda idx: source[idx]
-    return source.info.num_frames, source.read
-
-
 def inter_segments(source: FrameSource, model: SecureVQA | InterEmbedder) -> torch.Tensor:
-    """(16, 3, 32, 224, 224) resized segments on the 0-255 scale (float32)."""
-    s = model.cfg.sampling
-    n, read = _reader(source)
-    idx = continuous_sample_indices(n, num_segments=s.inter_segments, segment_len=s.inter_segment_len)
-    # decode and resize each needed frame once, in chunks, then gather the (overlapping) segments
-    unique, inverse = torch.unique(idx, return_inverse=True)
-    resized = torch.cat([
-        resize_frames(read(part), size=s.inter_size, layout="THWC") for part in unique.split(_INTER_READ_CHUNK)
-    ], dim=1)  # C, U, h, w
-    return resized[:, inverse].permute(1, 0, 2, 3, 4)  # S, C, L, h, w
+    """(16, 3, 32, 224, 224) float32 segments on the 0-255 scale: each distinct frame decoded once and
+    resized on uint8 (`prepare.prepare_video`), then gathered into the overlapping segments."""
+    p = prepare_video(source, model.cfg.sampling, inter=True, clips=0, generator=None)
+    return inter_input(torch.from_numpy(p.inter_frames), torch.from_numpy(p.inter_index))
 
 
 def intra_clips(source: FrameSource, s: SamplingConfig, num_clips: int, generator: torch.Generator) -> torch.Tensor:
-    """(K, 3, 32, 224, 224) uint8 fragment clips; frames are decoded one clip at a time."""
-    n, read = _reader(source)
-    idx = skip_sample_indices(
-        n, clip_len=s.clip_len, frame_interval=s.frame_interval, num_clips=num_clips, generator=generator
-    )
-    return torch.stack([
-        grid_fragments(read(i), generator=generator, layout="THWC", grid=s.fragment_grid, patch=s.fragment_patch)
-        for i in idx
-    ])
+    """(K, 3, 32, 224, 224) uint8 fragment clips, cut frame by frame as each is decoded (`prepare.prepare_video`)."""
+    return torch.from_numpy(prepare_video(source, s, inter=False, clips=num_clips, generator=generator).clips)
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ __all__ = ["CachedFrames", "FrameCache"]
 @dataclass(frozen=True)
 class _Info:
     num_frames: int
+    height: int
+    width: int
 
 
 class CachedFrames:
@@ -39,7 +41,7 @@ class CachedFrames:
 
     def __init__(self, path: Path) -> None:
         self._frames = np.load(path, mmap_mode="r")  # (T, H, W, 3) uint8
-        self.info = _Info(num_frames=int(self._frames.shape[0]))
+        self.info = _Info(*map(int, self._frames.shape[:3]))
 
     def read(self, indices: Iterable[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 frames at `indices` (repeats allowed), like `VideoReader.read`."""
@@ -47,6 +49,11 @@ class CachedFrames:
         if idx.size and (idx.min() < 0 or idx.max() >= self.info.num_frames):
             raise IndexError(f"frame indices {idx.min()}..{idx.max()} outside 0..{self.info.num_frames - 1}")
         return torch.from_numpy(np.ascontiguousarray(self._frames[idx]))
+
+    def visit(self, indices: Iterable[int] | torch.Tensor | np.ndarray, fn: Callable[[int, np.ndarray], None]) -> None:
+        """fn(i, frame (H, W, 3) uint8) once per distinct index, like `VideoReader.visit`."""
+        for i in np.unique(np.asarray(indices)).tolist():
+            fn(i, np.ascontiguousarray(self._frames[i]))
 
 
 class FrameCache:
