@@ -53,17 +53,18 @@ def test_old_store_reads_and_its_keys_are_the_new_codes(store):
     assert len(inter) == len(scores) == 2 and (scores["status"] == "ok").all()
     spec = ModelSpec(checkpoint="micro.pt")
     versions = spec.versions()
-    assert set(inter["inter_version"]) == {versions["inter"]}
+    # The inter frames are now resized on uint8 (pipeline/stages/prepare.py): a new inter version, so the
+    # old cache's embeddings are computed again once; the intra model and its score keys are unchanged.
+    assert set(inter["inter_version"]) != {versions["inter"]}
     assert set(scores["model_version"]) == {versions["score"]}
     manifest = scores[["video_id", "uri", "mos", "dataset"]]
     rows = keyed_manifest(manifest, versions["inter"], {})
-    assert sorted(rows["key"]) == sorted(inter["key"])
     todo, skipped = pending_rows(rows, KeyedTable("inter"), retry_errors=False)
-    assert todo.empty and skipped == 2  # a re-run of stage 1 computes nothing
+    assert len(todo) == 2 and skipped == 0
     rows = keyed_manifest(manifest, versions["score"], {}, extra=(CLIPS,))
     todo, skipped = pending_rows(rows, KeyedTable("scores"), retry_errors=False)
     assert todo.empty and skipped == 2
-    assert list(scores["inter_key"]) == [make_key(u, c, versions["inter"])
+    assert list(scores["inter_key"]) == [make_key(u, c, inter["inter_version"].iloc[0])
                                          for u, c in zip(scores["uri"], scores["content_key"])]
 
 
@@ -77,11 +78,12 @@ def test_new_code_computes_the_same_rows(store):
     rows = keyed_manifest(manifest, versions["score"], {}, extra=(CLIPS,))
     rows["inter_key"] = [make_key(u, c, versions["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
     StageActor(Scorer(spec, "new_inter", RunOptions(seed=SEED, clips=CLIPS), versions["score"]), "new_scores")(rows)
-    old_i, new_i = inter.set_index("key"), load_table("new_inter").set_index("key")
+    old_i, new_i = inter.set_index("uri"), load_table("new_inter").set_index("uri")  # new inter keys (uint8 resize)
     old_s, new_s = scores.set_index("key"), load_table("new_scores").set_index("key")
     assert list(new_i.columns) == list(old_i.columns) and list(new_s.columns) == list(old_s.columns)
-    for k in old_i.index:
-        np.testing.assert_allclose(new_i.loc[k, "embedding"], old_i.loc[k, "embedding"], rtol=1e-6, atol=1e-7)
+    for u in old_i.index:  # within the uint8 resize's error (docs/capacity.md)
+        old, new = np.asarray(old_i.loc[u, "embedding"]), np.asarray(new_i.loc[u, "embedding"])
+        assert np.linalg.norm(new - old) <= 3e-2 * np.linalg.norm(old)  # the random micro model: ~1%
     for k in old_s.index:
-        np.testing.assert_allclose(new_s.loc[k, "clip_scores"], old_s.loc[k, "clip_scores"], rtol=1e-6, atol=1e-7)
-        assert new_s.loc[k, "score"] == pytest.approx(old_s.loc[k, "score"], rel=1e-6)
+        np.testing.assert_allclose(new_s.loc[k, "clip_scores"], old_s.loc[k, "clip_scores"], rtol=1e-3, atol=1e-5)
+        assert new_s.loc[k, "score"] == pytest.approx(old_s.loc[k, "score"], rel=1e-3)

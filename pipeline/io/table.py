@@ -255,6 +255,49 @@ class KeyedTable:
         return dt.to_pyarrow_dataset().to_table(columns=None if columns is None else list(columns),
                                                 filter=pads.field(self.key_column).isin(wanted))
 
+    def locate(self, keys: Iterable[str] | None = None, *, status: str | None = None) -> dict[str, str]:
+        """key -> URI of the data file holding its row, in the latest version, for `keys` (all when None;
+        with `status`, only rows with that status). `read_version` is then the version this saw.
+
+        What a keyed read (`read_located`) needs: a driver locates once, and each batch then reads only
+        the files of its own keys, instead of every reader indexing the whole table (docs/capacity.md).
+        """
+        dt = self._table()
+        if dt is None:
+            return {}
+        self.read_version = dt.version()
+        columns = [self.key_column, "__filename"] + (["status"] if status else [])
+        index = dt.to_pyarrow_dataset().to_table(columns=columns)
+        if status is not None:
+            index = index.filter(pc.equal(index.column("status"), status))
+        if keys is not None:
+            wanted = pa.array(sorted(set(keys)), pa.string())
+            index = index.filter(pc.is_in(index.column(self.key_column), value_set=wanted))
+        root = _table_uri(self.uri).rstrip("/")
+        return {k: f"{root}/{f}" for k, f in zip(index.column(self.key_column).to_pylist(),
+                                                   index.column("__filename").to_pylist())}
+
+    def read_located(self, located: Mapping[str, Iterable[str]], columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows of the keys of `located` (data file URI -> keys in it, from `locate`): one read of each
+        file, filtered to those keys. A file gone since it was located (compacted and vacuumed) is read by
+        key from the latest version instead. Returns the rows found, in no particular order."""
+        import pyarrow.parquet as pq
+
+        parts, lost = [], []
+        for file, ks in located.items():
+            ks = list(ks)
+            fs, path = filesystem(file, self.storage_options)
+            try:
+                parts.append(pq.read_table(path, filesystem=fs, columns=None if columns is None else list(columns),
+                                           filters=pc.field(self.key_column).isin(ks)))
+            except FileNotFoundError:
+                lost += ks
+        if lost:
+            parts.append(self.rows_for(lost, columns))
+        if not parts:
+            return self.rows_for([], columns)
+        return pa.concat_tables(parts, promote_options="permissive")
+
     def overwrite(self, table: pa.Table) -> int:
         """Replace the table's rows with `table` as one new version (a catalog snapshot); earlier
         versions stay readable by time travel for the retention period. Creates the table if needed.

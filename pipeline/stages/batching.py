@@ -15,6 +15,7 @@ from pipeline.io.storage import filesystem, is_local
 from pipeline.io.video import VideoReader
 
 from .options import RunOptions
+from .prepare import PREPARED_COLUMNS, PreparedVideo, encode_prepared
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -71,20 +72,17 @@ class Prepared:
     embedding (stage 2) and its own generator (guardian maps follow the sampling draws)."""
 
     row: dict[str, Any]
-    inputs: torch.Tensor
+    inputs: PreparedVideo
     extra: torch.Tensor | None
     generator: torch.Generator
 
 
-def prepare_all(prepare: Callable[[Any], tuple[dict[str, Any], Prepared | None]],
-                 batch: pd.DataFrame) -> tuple[list[dict[str, Any]], list[Prepared]]:
-    rows, prepared = [], []
-    for r in batch.itertuples(index=False):
-        row, p = prepare(r)
-        rows.append(row)
-        if p is not None:
-            prepared.append(p)
-    return rows, prepared
+def prepared_frame(batch: pd.DataFrame, prepare_one: Callable[[Any], tuple[dict[str, Any], PreparedVideo | None,
+                                                                        torch.Generator | None, Any]]) -> pd.DataFrame:
+    """`batch` with the PREPARED_COLUMNS of each row, from prepare_one(row) = (output row so far, uint8
+    inputs or None, generator after the preparation's draws, cached embedding or None)."""
+    records = [encode_prepared(*prepare_one(r)) for r in batch.itertuples(index=False)]
+    return batch.assign(**{c: [rec[c] for rec in records] for c in PREPARED_COLUMNS})
 
 
 def forward_grouped(prepared: list[Prepared], videos: int, forward: Callable[[list[Prepared]], list[torch.Tensor]]

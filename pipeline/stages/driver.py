@@ -214,7 +214,12 @@ def run_pool(todo: pd.DataFrame, stage: Stage, output_uri: str, since: int | Non
     ds = ray.data.from_pandas(todo.reset_index(drop=True))
     # Keep blocks the size of a shard so actors start early and commit often.
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
-    out = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "output_uri": output_uri, "since": since},
+    prepared = stage.separate_preparation
+    if prepared:  # CPU tasks decode and prepare; what reaches the actors is uint8 (pipeline/stages/prepare.py)
+        ds = ds.map_batches(prepare_batch, fn_kwargs={"stage": stage}, batch_size=opts.batch_size,
+                            batch_format="pandas", num_cpus=opts.prepare_cpus, max_retries=CRASH_RETRIES)
+    out = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "output_uri": output_uri, "since": since,
+                                                            "prepared": prepared},
                          batch_size=opts.batch_size, batch_format="pandas",
                          compute=compute, max_restarts=CRASH_RETRIES, max_task_retries=CRASH_RETRIES, **resources)
     batches = 0
@@ -324,20 +329,28 @@ def load_table(uri: str, storage_options: Mapping[str, Any] | None = None, *, ve
     return KeyedTable(uri, storage_options).read(version=version, as_of=as_of).to_pandas()
 
 
-class StageActor:
-    """The Ray Data actor of every stage: `stage.setup()` once, then per batch `stage.process`, the rows
-    committed as one version of the Delta table at `output_uri` (keys committed after version `since`,
-    by anyone, are left out); returns the (key, status) summary the driver counts."""
+def prepare_batch(batch: pd.DataFrame, stage: Stage) -> pd.DataFrame:
+    """The preparation task of a stage with `separate_preparation` (one CPU, one torch thread)."""
+    configure_worker(stage.log_level)
+    torch.set_num_threads(1)
+    return stage.prepare(batch)
 
-    def __init__(self, stage: Stage, output_uri: str, since: int | None = None) -> None:
+
+class StageActor:
+    """The Ray Data actor of every stage: `stage.setup()` once, then per batch `stage.process` (after
+    `stage.prepare` unless the batch comes `prepared` by the preparation tasks), the rows committed as
+    one version of the Delta table at `output_uri` (keys committed after version `since`, by anyone,
+    are left out); returns the (key, status) summary the driver counts."""
+
+    def __init__(self, stage: Stage, output_uri: str, since: int | None = None, prepared: bool = False) -> None:
         configure_worker(stage.log_level)
         torch.set_num_threads(stage.opts.threads or max(1, int(stage.opts.cpus_per_actor)))
-        self.stage = stage
+        self.stage, self.prepared = stage, prepared
         stage.setup()
         self.table = KeyedTable(output_uri, stage.opts.storage_options, since=since)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = self.stage.process(batch)
+        rows = self.stage.process(batch if self.prepared else self.stage.prepare(batch))
         self.table.commit(pa.Table.from_pylist(rows, schema=self.stage.schema), upsert=self.stage.opts.retry_errors)
         return summary_frame(rows)
 

@@ -16,7 +16,6 @@ from model.rng import resolve
 from .prepare import FrameSource, inter_input, prepare_video
 
 
-
 @dataclass(frozen=True)
 class VideoScore:
     score: float

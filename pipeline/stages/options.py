@@ -59,13 +59,23 @@ class ModelSpec:
         """Version strings of the inter and intra models (config hash + weights fingerprint), and the
         preset's number of test clips."""
         vqa, inter = self.build(storage_options)
-        return {"inter": model_version(inter, self.guardian), "score": model_version(vqa, self.guardian),
-                "test_clips": vqa.cfg.sampling.test_clips}
+        return {"inter": model_version(inter, self.guardian, INTER_PREPARATION),
+                "score": model_version(vqa, self.guardian), "test_clips": vqa.cfg.sampling.test_clips,
+                "sampling": vqa.cfg.sampling}
 
 
-def model_version(module: SecureVQA | InterEmbedder, guardian: bool) -> str:
+# How the pipeline resizes the inter frames, part of the inter version (and so of every stage-1 cache key):
+# "uint8-aa-bilinear" = PyTorch's uint8 antialiased bilinear kernel (pipeline/stages/prepare.py), whose
+# embeddings differ slightly from the float32 resize of earlier versions (docs/capacity.md).
+INTER_PREPARATION = "uint8-aa-bilinear"
+
+
+def model_version(module: SecureVQA | InterEmbedder, guardian: bool, preparation: str | None = None) -> str:
+    """`cfg.name-hash` of the config, guardian setting, weights and, where given, the input preparation."""
     h = hashlib.sha256(module.cfg.version().encode())
     h.update(f"guardian={guardian}".encode())
+    if preparation is not None:
+        h.update(f"preparation={preparation}".encode())
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
@@ -81,6 +91,7 @@ class RunOptions:
     actors_per_gpu: int | str | None = None  # actors sharing a GPU (None: 1; "auto": `auto_actors_per_gpu`)
     forward_videos: int | None = None  # videos per forward pass (None: the whole batch on a GPU, 1 on CPU)
     cpus_per_actor: float = 1.0  # logical CPUs Ray reserves per actor
+    prepare_cpus: float = 1.0  # logical CPUs Ray reserves per preparation task (decode and cut, one thread)
     threads: int | None = None  # torch threads per actor (None: cpus_per_actor)
     clips: int | None = None  # None: the preset's test clips
     seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run

@@ -17,8 +17,10 @@ sampling, not by the source resolution: at most segments x segment_len inter fra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,3 +122,45 @@ def inter_input(frames: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     else:
         seg = torch.stack([f[i.long()] for f, i in zip(frames, index)])
     return seg.movedim(-1, -4).to(torch.float32)  # (..., S, 3, L, h, w)
+
+
+# ----------------------------------------------------------------------------- between the two Ray Data stages
+
+# The columns a preparation task adds to a manifest batch for the model stage. Arrays travel as raw uint8
+# (or float32 for a cached embedding) bytes with their shapes in `prep`, a JSON object that also holds
+# the output row as the preparation left it (identity, status, video facts, decode seconds).
+PREPARED_COLUMNS = ("prep", "inter_frames", "inter_index", "clips", "generator", "embedding")
+
+
+def encode_prepared(row: dict, video: PreparedVideo | None = None, generator: torch.Generator | None = None,
+                    embedding: np.ndarray | None = None) -> dict:
+    """The PREPARED_COLUMNS of one video: its output row so far, its uint8 inputs, the state of its
+    generator after the preparation's draws, and a cached inter embedding (float32) if it has one."""
+    arrays = {"inter_frames": None, "inter_index": None, "clips": None, "embedding": None}
+    if video is not None:
+        arrays.update(inter_frames=video.inter_frames, inter_index=video.inter_index, clips=video.clips)
+    if embedding is not None:
+        arrays["embedding"] = np.ascontiguousarray(embedding, dtype=np.float32)
+    shapes = {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items() if a is not None}
+    out = {k: (None if a is None else a.tobytes()) for k, a in arrays.items()}
+    out["generator"] = None if generator is None else generator.get_state().numpy().tobytes()
+    out["prep"] = json.dumps({"row": row, "shapes": shapes})
+    return out
+
+
+def decode_prepared(record: Mapping[str, Any]) -> tuple[dict, PreparedVideo | None, torch.Generator | None,
+                                                         np.ndarray | None]:
+    """(row, inputs or None, generator restored to where the preparation left it, cached embedding) of
+    one prepared record (`encode_prepared`)."""
+    meta = json.loads(record["prep"])
+    arrays = {}
+    for name, (dtype, shape) in meta["shapes"].items():
+        arrays[name] = np.frombuffer(record[name], dtype=dtype).reshape(shape)
+    video = None
+    if any(k in arrays for k in ("inter_frames", "clips")):
+        video = PreparedVideo(arrays.get("inter_frames"), arrays.get("inter_index"), arrays.get("clips"))
+    generator = None
+    if record.get("generator") is not None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(record["generator"]), dtype=torch.uint8))
+    return meta["row"], video, generator, arrays.get("embedding")

@@ -38,6 +38,9 @@ class Stage(ABC):
 
     name: ClassVar[str]
     schema: ClassVar[pa.Schema]
+    # Whether `prepare` is CPU work worth its own Ray Data stage (tasks on every CPU of the cluster, CPU-only
+    # nodes included) in front of the model actors, which then only run the model and commit.
+    separate_preparation: ClassVar[bool] = False
 
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
@@ -51,10 +54,16 @@ class Stage(ABC):
     def setup(self) -> None:
         """Once per actor, before its first batch (load the model here). Default: nothing."""
 
+    def prepare(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """CPU work on a batch of manifest rows before the model (decode, sample, cut): the batch with the
+        columns `process` reads added (`prepare.PREPARED_COLUMNS`). Runs in a Ray Data task when
+        `separate_preparation`, else in the actor just before `process`. Default: the batch as it is."""
+        return batch
+
     @abstractmethod
     def process(self, batch: pd.DataFrame) -> list[dict[str, Any]]:
-        """Rows of `schema` for the manifest rows of `batch`, one per input row, in order. A failure of
-        one video is caught into its row (`driver.failure`); only what is no video's fault raises."""
+        """Rows of `schema` for the rows of a prepared batch (`prepare`), one per input row, in order. A
+        failure of one video is caught into its row (`driver.failure`); only what is no video's fault raises."""
 
     def new_row(self, r: Any, **values: Any) -> dict[str, Any]:
         """A row of this stage's table for manifest row `r`: its identity, status ok, `created_at` now

@@ -1,0 +1,102 @@
+"""The preparation stage's one-pass path (pipeline/stages/prepare.py): the same model inputs as the
+earlier two-pass path, bounded bytes, a faithful round trip between the Ray Data stages, and keyed reads."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from bench.legacy_prepare import inter_segments_float, intra_clips_by_clip
+from model import create_model, make_generator
+from pipeline.io.table import KeyedTable
+from pipeline.io.video import VideoReader
+from pipeline.stages.prepare import decode_prepared, encode_prepared, inter_input, prepare_video
+from tests.helpers import videos as tv
+
+SAMPLING = create_model("tiny")[0].cfg.sampling
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    # 70 frames: 4 intra parts of 17 frames wrap around (repeats), segments overlap; odd size, not 224-aligned
+    return tv.write_video(tmp_path_factory.mktemp("prep") / "v.mp4", 70, 300, 250)
+
+
+def test_one_pass_gives_the_two_pass_intra_clips_exactly_and_inter_frames_within_one_level(clip):
+    with VideoReader(clip, threads=1) as v:
+        old_clips = intra_clips_by_clip(v, SAMPLING, 4, make_generator(3))
+        old_inter = inter_segments_float(v, SAMPLING)
+    with VideoReader(clip, threads=1) as v:
+        p = prepare_video(v, SAMPLING, inter=True, clips=4, generator=make_generator(3))
+    assert torch.equal(torch.from_numpy(p.clips), old_clips)
+    new_inter = inter_input(torch.from_numpy(p.inter_frames), torch.from_numpy(p.inter_index))
+    assert new_inter.shape == old_inter.shape == (16, 3, 32, 224, 224)
+    diff = (new_inter - old_inter).abs()
+    assert diff.max() <= 1.0 and diff.mean() < 0.4
+    assert len(p.inter_frames) == len(np.unique(p.inter_index)) <= 70  # each distinct frame once
+
+
+def test_small_frames_are_upsampled_as_before(tmp_path):
+    path = tv.write_video(tmp_path / "small.mp4", 40, 96, 64)  # below 224: the grid lies on the upsampled frame
+    with VideoReader(path, threads=1) as v:
+        old = intra_clips_by_clip(v, SAMPLING, 2, make_generator(1))
+        new = prepare_video(v, SAMPLING, inter=False, clips=2, generator=make_generator(1))
+    assert torch.equal(torch.from_numpy(new.clips), old)
+
+
+def test_bytes_per_video_do_not_grow_with_the_source_resolution(tmp_path):
+    sizes = {}
+    for w, h in ((320, 240), (1280, 720)):
+        frames = torch.randint(0, 256, (40, h, w, 3), dtype=torch.uint8)
+        p = prepare_video(frames, SAMPLING, inter=True, clips=4, generator=make_generator(0))
+        sizes[w] = p.nbytes
+        assert p.inter_frames.dtype == p.clips.dtype == np.uint8
+    assert sizes[320] == sizes[1280]
+    # 40 distinct inter frames of 224x224x3 + 4 clips of 3x32x224x224 + the index: no float, no full frame
+    assert sizes[1280] == 40 * 224 * 224 * 3 + 4 * 3 * 32 * 224 * 224 + 16 * 32 * 4
+
+
+def test_the_round_trip_between_stages_keeps_inputs_and_the_generator(clip):
+    g = make_generator(11)
+    with VideoReader(clip, threads=1) as v:
+        p = prepare_video(v, SAMPLING, inter=True, clips=2, generator=g)
+    emb = np.arange(32, dtype=np.float32).reshape(16, 2)
+    record = encode_prepared({"key": "k", "status": "ok", "fps": 25.0}, p, g, emb)
+    row, back, g2, emb2 = decode_prepared(record)
+    assert row == {"key": "k", "status": "ok", "fps": 25.0}
+    assert np.array_equal(back.clips, p.clips) and np.array_equal(back.inter_frames, p.inter_frames)
+    assert np.array_equal(back.inter_index, p.inter_index) and np.array_equal(emb2, emb)
+    # the model stage draws the guardian maps from where the preparation stopped
+    assert torch.equal(torch.randint(0, 2, (64,), generator=g2), torch.randint(0, 2, (64,), generator=g))
+    row, back, g3, emb3 = decode_prepared(encode_prepared({"key": "bad", "status": "error"}))
+    assert back is None and g3 is None and emb3 is None
+
+
+def test_replay_does_not_depend_on_batching(clip):
+    """Each video's draws come from its own generator: preparing it alone or after others is the same."""
+    def clips_for(seed_keys):
+        out = {}
+        for key, seed in seed_keys:
+            with VideoReader(clip, threads=1) as v:
+                out[key] = prepare_video(v, SAMPLING, inter=False, clips=2, generator=make_generator(seed)).clips
+        return out
+    alone = clips_for([("b", 2)])
+    batch = clips_for([("a", 1), ("b", 2)])
+    assert np.array_equal(alone["b"], batch["b"]) and not np.array_equal(batch["a"], batch["b"])
+
+
+def test_a_keyed_read_touches_only_located_files_and_survives_a_vacuumed_file(tmp_path):
+    table = KeyedTable(str(tmp_path / "cache"))
+    table.create(pa.schema([("key", pa.string()), ("status", pa.string()), ("x", pa.int64())]))
+    for i in range(3):
+        table.commit(pa.table({"key": [f"k{i}a", f"k{i}b"], "status": ["ok", "error"], "x": [i, -i]}))
+    located = table.locate(["k0a", "k2a", "k2b", "nope"])
+    assert set(located) == {"k0a", "k2a", "k2b"} and len(set(located.values())) == 2
+    assert set(table.locate(status="ok")) == {"k0a", "k1a", "k2a"}
+    by_file: dict[str, list[str]] = {}
+    for k, f in located.items():
+        by_file.setdefault(f, []).append(k)
+    got = table.read_located(by_file, ["key", "x"]).to_pylist()
+    assert sorted((r["key"], r["x"]) for r in got) == [("k0a", 0), ("k2a", 2), ("k2b", -2)]
+    gone = {str(tmp_path / "cache" / "part-gone.parquet"): ["k1a"]}  # compacted and vacuumed since
+    assert table.read_located(gone, ["key", "x"]).to_pylist() == [{"key": "k1a", "x": 1}]
