@@ -23,20 +23,8 @@ import torch.nn.functional as F
 
 from .rng import resolve
 
-__all__ = [
-    "MEAN",
-    "STD",
-    "to_cthw",
-    "skip_sample_indices",
-    "continuous_sample_indices",
-    "FragmentGrid",
-    "draw_fragment_grid",
-    "grid_fragments",
-    "resize_frames",
-    "guardian_map",
-    "apply_guardian_map",
-    "normalize",
-]
+__all__ = ["MEAN", "STD", "FragmentGrid", "apply_guardian_map", "continuous_sample_indices", "draw_fragment_grid",
+           "grid_fragments", "guardian_map", "normalize", "resize_frames", "skip_sample_indices", "to_cthw"]
 
 # Kinetics/ImageNet statistics on the 0-255 scale, shared by both branches (docs/design.md §2).
 MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)

@@ -5,9 +5,10 @@ Shape of a run (same code on a laptop and under `ray job submit` on a GPU cluste
 1. The driver reads the manifest, stats every video once (size + mtime, or ETag on S3) and derives a
    row key per video: hash(uri, content key, model version [, clips]). It drops the keys the output
    store has already committed, so a re-run, or a run after a crash, only computes what is missing.
-2. The remaining rows (paths, never frames) go through `map_batches` on an actor pool. Each actor
-   loads its model once (one GPU each where the cluster has GPUs), decodes inside the actor only the
-   frames the sampler asks for, catches every per-video failure into `status`/`error`, and commits
+2. The remaining rows (paths) go through `map_batches`: CPU tasks prepare them (`Stage.prepare`: decode
+   once, uint8 model inputs; pipeline/stages/prepare.py), then an actor pool: each actor loads its model
+   once (one GPU each where the cluster has GPUs), runs it, catches every per-video failure into
+   `status`/`error`, and commits
    its batch as one version of the output's Delta table (`pipeline.io.table.KeyedTable.commit`: a key
    committed once, by anyone, is never committed again). The actor returns a few summary columns only.
 3. The driver folds the summaries into progress and a one-line summary.
