@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_signal
 	$(BIN)/python -m bench.bench_pipeline
 	$(BIN)/python -m bench.bench_decode
+	$(BIN)/python -m bench.bench_prepare_numerics
 	$(BIN)/python -m bench.bench_scale
 	$(BIN)/python -m bench.bench_tables
 	$(BIN)/python -m bench.capacity
