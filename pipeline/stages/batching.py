@@ -54,7 +54,8 @@ def videos_per_forward(opts: RunOptions, device: torch.device) -> int:
 
 def worker_label(device: torch.device) -> str:
     """Where a row was computed: Ray node, the GPUs Ray gave the actor, and the torch device in use
-    (a GPU id from Ray with device cpu means torch sees no GPU on that node: a broken image)."""
+    (a GPU id from Ray with device cpu means torch sees no GPU on that node: a broken image). Stages
+    with a separate preparation append where the video was prepared (`prepare_label`)."""
     try:
         import ray
 
@@ -64,6 +65,19 @@ def worker_label(device: torch.device) -> str:
     except Exception:  # outside an actor (tests, local calls): no Ray context
         pass
     return f"local device={device}"
+
+
+def prepare_label() -> str:
+    """Where a video was prepared (decoded and cut): `prep=<Ray node>`, appended to the row's `worker` by
+    the model stage; `prep=local` outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"prep={ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:  # outside a Ray worker
+        pass
+    return "prep=local"
 
 
 @dataclass
@@ -81,7 +95,12 @@ def prepared_frame(batch: pd.DataFrame, prepare_one: Callable[[Any], tuple[dict[
                                                                         torch.Generator | None, Any]]) -> pd.DataFrame:
     """`batch` with the PREPARED_COLUMNS of each row, from prepare_one(row) = (output row so far, uint8
     inputs or None, generator after the preparation's draws, cached embedding or None)."""
-    records = [encode_prepared(*prepare_one(r)) for r in batch.itertuples(index=False)]
+    label = prepare_label()
+    records = []
+    for r in batch.itertuples(index=False):
+        row, *rest = prepare_one(r)
+        row["worker"] = label
+        records.append(encode_prepared(row, *rest))
     return batch.assign(**{c: [rec[c] for rec in records] for c in PREPARED_COLUMNS})
 
 

@@ -97,7 +97,7 @@ class InterExtractor(Stage):
         rows, prepared = [], []
         for record in batch.to_dict("records"):
             row, video, _, _ = decode_prepared(record)
-            row["worker"] = self.worker
+            row["worker"] = f"{self.worker} {row.get('worker') or 'prep=local'}"
             rows.append(row)
             if video is not None:
                 prepared.append(Prepared(row, video, None, make_generator(derive_seed(self.opts.seed, row["key"]))))

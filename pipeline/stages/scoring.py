@@ -137,7 +137,7 @@ class Scorer(Stage):
         for record in batch.to_dict("records"):
             row, video, g, emb = decode_prepared(record)
             compute = row.pop("_compute_inter", False)
-            row["worker"] = self.worker
+            row["worker"] = f"{self.worker} {row.get('worker') or 'prep=local'}"
             rows.append(row)
             irow = None
             if compute:

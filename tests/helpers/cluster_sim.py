@@ -3,9 +3,11 @@ worker node removed while stage 2 runs. Run as its own process (a driver joins o
 process): `python -m tests.helpers.cluster_sim WORKDIR` from the repository root; prints one JSON line
 for tests/test_multinode.py.
 
-Nodes: a head with 1 CPU (the driver and Ray Data's own tasks) and three worker nodes declaring one GPU
-each. The pool asks for two GPU actors, so the third node is the spare that takes over when a node
-with an actor disappears (a preempted spot instance, the autoscaler's replacement).
+Nodes: a head with 1 CPU (the driver and Ray Data's own tasks), a CPU-only node with 2 CPUs (preparation
+tasks only: no actor fits there) and three worker nodes declaring one GPU each. The score job runs on a
+cold cache, so every video's inter embedding and score come from one preparation pass. The pool asks
+for two GPU actors, so the third GPU node is the spare that takes over when a node with an actor
+disappears (a preempted spot instance, the autoscaler's replacement).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main(work: Path) -> dict:
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": 80 * MB, "include_dashboard": False})
+    cpu_node = cluster.add_node(num_cpus=2, num_gpus=0, object_store_memory=80 * MB)
     workers = [cluster.add_node(num_cpus=2, num_gpus=1, object_store_memory=80 * MB) for _ in range(3)]
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     cluster.wait_for_nodes()
@@ -76,17 +79,14 @@ def main(work: Path) -> dict:
     s2 = None
     watcher = threading.Thread(target=remove_a_busy_node, daemon=True)
     try:
-        from pipeline.stages.inter import extract_inter
-
-        inter_summary = extract_inter(manifest, str(work / "cache"), spec, opts)
         watcher.start()
-        s2, _ = score(manifest, str(work / "cache"), out, spec, opts, compute_missing_inter=False)
+        s2, inter_summary = score(manifest, str(work / "cache"), out, spec, opts)
     finally:
         watcher.join(timeout=1)
     table = load_table(out)
     raw_rows = len(KeyedTable(out).read())  # every row any reader sees
     deadline = time.time() + 30  # the GCS marks a removed node dead after its health checks time out
-    while removed and sum(n["Alive"] for n in ray.nodes()) > 3 and time.time() < deadline:
+    while removed and sum(n["Alive"] for n in ray.nodes()) > 4 and time.time() < deadline:
         time.sleep(0.5)
     result = {
         "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU")},
@@ -94,6 +94,8 @@ def main(work: Path) -> dict:
         "videos": N_VIDEOS, "rows": len(table), "unique_videos": int(table["video_id"].nunique()),
         "ok": int((table["status"] == "ok").sum()), "raw_rows": raw_rows, "removed": removed,
         "workers": sorted(set(table["worker"])), "nodes_alive": sum(n["Alive"] for n in ray.nodes()),
+        "cpu_node": cpu_node.node_id[:12], "gpu_nodes": [n.node_id[:12] for n in workers],
+        "cache_rows": len(load_table(str(work / "cache"))),
         "expected_keys_present": sorted(s2.keys) == sorted(table["key"]),
     }
     ray.shutdown()
