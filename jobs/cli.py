@@ -59,8 +59,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", type=_preset,
                    help="paper, tiny or tiny-cpu (model/config.py PRESETS): architecture (default: the checkpoint's own, 'paper' for reference checkpoints; with neither, "
                    "the default named weights: `securevqa weights`)")
-    g.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="fp32 (default) or bf16: autocast on GPUs, bf16 matmul weights on CPUs")
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default) or bf16: autocast on GPUs, bf16 matmul weights on CPUs; auto: per model, "
+                   "whichever a start-up calibration on this CPU type measures faster (cached; docs/capacity.md)")
     g.add_argument("--device", help="auto (default: the actor's GPU if torch sees one, else CPU), cpu, cuda")
     g.add_argument("--no-guardian", action="store_true", help="disable the guardian map (ablations only)")
     r = p.add_argument_group("run")

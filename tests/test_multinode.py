@@ -38,7 +38,7 @@ def test_node_removed_midway_every_video_once(tmp_path):
     # rows came from more than one node, each actor holding a Ray GPU while torch (rightly) runs on the CPU
     nodes = {w.split()[0] for w in r["workers"]}
     assert len(nodes) >= 2 and f"node={r['removed']['node']}" in nodes
-    assert all(" gpus=" in w and " gpus=- " not in w and " device=cpu prep=" in w for w in r["workers"])
+    assert all(" gpus=" in w and " gpus=- " not in w and " device=cpu precision=" in w for w in r["workers"])
     # the model ran on GPU nodes only, the preparation also on the CPU-only node (a cold cache: each
     # video's embedding and score from one pass, both committed once)
     model_nodes = {w.split()[0].removeprefix("node=") for w in r["workers"]}

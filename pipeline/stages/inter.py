@@ -72,7 +72,7 @@ class InterExtractor(Stage):
     def setup(self) -> None:
         _, self.inter = self.spec.build(self.opts.storage_options)
         self.device = next(self.inter.parameters()).device
-        self.worker = worker_label(self.device)
+        self.worker = f"{worker_label(self.device)} precision=inter:{self.inter.precision}"
         self.forward_videos = videos_per_forward(self.opts, self.device)
 
     def prepare(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from model import InterEmbedder, SecureVQA, create_model
 from model.registry import UNTRAINED_PRESET, default_weights, get_weights
+
+log = logging.getLogger("securevqa.stages")
 
 # ----------------------------------------------------------------------------- run configuration
 
@@ -19,7 +22,7 @@ class ModelSpec:
     preset: str | None = None  # None: the checkpoint's own config; with no checkpoint or weights, the default
     checkpoint: str | None = None
     inter_checkpoint: str | None = None
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, bf16, or auto (per model and machine: pipeline/stages/precision.py)
     guardian: bool = True
     device: str = "auto"  # auto: the GPU torch sees (under Ray: the actor's own), else the CPU
     weights: str | None = None  # a registered name (model/registry.py, `securevqa weights`), not with checkpoint/preset
@@ -46,19 +49,34 @@ class ModelSpec:
             return self.weights
         return default_weights().name if self.default_weights else None  # type: ignore[union-attr]
 
-    def build(self, storage_options: Mapping[str, Any] | None = None) -> tuple[SecureVQA, InterEmbedder]:
-        """Raises what create_model raises (a named entry not installed, or failing its sha256 check)."""
-        common = dict(inter_checkpoint=self.inter_checkpoint, precision=self.precision, device=self.device,
-                      guardian=self.guardian, storage_options=storage_options)
+    def build(self, storage_options: Mapping[str, Any] | None = None, *, resolve_auto: bool = True
+              ) -> tuple[SecureVQA, InterEmbedder]:
+        """The models on their device in their precision. precision "auto" picks fp32 or bf16 per model on
+        this machine (`precision.resolve_auto`: a calibration cached per CPU type, logged); with
+        `resolve_auto=False` it builds fp32 (what versions are computed from).
+        Raises what create_model raises (a named entry not installed, or failing its sha256 check)."""
+        auto = self.precision == "auto"
+        common = dict(inter_checkpoint=self.inter_checkpoint, precision="fp32" if auto else self.precision,
+                      device=self.device, guardian=self.guardian, storage_options=storage_options)
         if (weights := self.weights_name) is not None:
-            return create_model(weights=weights, **common)  # type: ignore[arg-type]
-        preset = self.preset or ("paper" if self.checkpoint else UNTRAINED_PRESET)
-        return create_model(preset, checkpoint=self.checkpoint, **common)  # type: ignore[arg-type]
+            vqa, inter = create_model(weights=weights, **common)  # type: ignore[arg-type]
+        else:
+            preset = self.preset or ("paper" if self.checkpoint else UNTRAINED_PRESET)
+            vqa, inter = create_model(preset, checkpoint=self.checkpoint, **common)  # type: ignore[arg-type]
+        if auto and resolve_auto:
+            from .precision import apply_choice, resolve_auto as choose
+
+            device = next(vqa.parameters()).device
+            choice = choose(vqa, inter, device)
+            log.info("precision auto: intra %s, inter %s (%s)", choice.intra, choice.inter, choice.why)
+            apply_choice(vqa, inter, choice, device)
+        return vqa, inter
 
     def versions(self, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Version strings of the inter and intra models (config hash + weights fingerprint), and the
         preset's number of test clips."""
-        vqa, inter = self.build(storage_options)
+        # auto: the fp32 weights name the model (the precision each machine picks is in each row's worker)
+        vqa, inter = self.build(storage_options, resolve_auto=False)
         return {"inter": model_version(inter, self.guardian, INTER_PREPARATION),
                 "score": model_version(vqa, self.guardian), "test_clips": vqa.cfg.sampling.test_clips,
                 "sampling": vqa.cfg.sampling}

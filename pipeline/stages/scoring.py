@@ -27,6 +27,7 @@ from .batching import Prepared, forward_grouped, open_video, prepared_frame, vid
 from .driver import NoInterEmbedding, StageSummary, failure, keyed_manifest, run
 from .inter import CACHED_COLUMNS, INTER_SCHEMA, embed_all, inter_row
 from .options import ModelSpec, RunOptions
+from .precision import precision_label
 from .prepare import decode_prepared, prepare_video
 from .rows import IDENTITY_COLUMNS, STATUS_COLUMNS, TIMING_COLUMNS, VIDEO_COLUMNS, row_schema
 from .stage import Stage
@@ -68,7 +69,7 @@ class Scorer(Stage):
     def setup(self) -> None:
         self.vqa, self.inter = self.spec.build(self.opts.storage_options)
         self.device = next(self.vqa.parameters()).device
-        self.worker = worker_label(self.device)
+        self.worker = f"{worker_label(self.device)} {precision_label(self.vqa, self.inter)}"
         self.forward_videos = videos_per_forward(self.opts, self.device)
         self.cache = KeyedTable(self.cache_uri, self.opts.storage_options, since=self.cache_since)
 
