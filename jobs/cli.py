@@ -75,6 +75,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="videos whose clips go through one forward pass (default: the whole batch on a GPU, 1 on CPU)")
     r.add_argument("--cpus-per-actor", type=float, help="logical CPUs Ray reserves per actor (default 1)")
     r.add_argument("--threads", type=int, help="torch threads per actor (default: --cpus-per-actor)")
+    r.add_argument("--prepare-cpus", type=float, help="logical CPUs per preparation task (decode and cut; default 1)")
+    r.add_argument("--prepared-buffer-mb", type=int, help="object-store memory prepared videos may fill while they "
+                   "wait for the model (default 1024): the preparation pauses beyond it")
     r.add_argument("--clips", type=int, help="intra clips per video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay guardian maps and offsets (default: fresh randomness)")
     r.add_argument("--retry-errors", action="store_true", help="recompute videos that failed last time")
@@ -165,7 +168,8 @@ def spec_and_options(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any,
                                actors_per_gpu=args.actors_per_gpu, forward_videos=args.forward_videos,
                                cpus_per_actor=args.cpus_per_actor, threads=args.threads, clips=args.clips,
                                seed=args.seed, progress_s=args.progress_seconds, stream=args.stream,
-                               compact_every=args.compact_every))
+                               compact_every=args.compact_every, prepare_cpus=args.prepare_cpus,
+                               prepared_buffer_mb=args.prepared_buffer_mb))
     return spec, opts
 
 

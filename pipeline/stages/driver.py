@@ -217,6 +217,11 @@ def run_pool(todo: pd.DataFrame, stage: Stage, output_uri: str, since: int | Non
     ds = ds.repartition(max(1, -(-len(todo) // opts.batch_size)))
     prepared = stage.separate_preparation
     if prepared:  # CPU tasks decode and prepare; what reaches the actors is uint8 (pipeline/stages/prepare.py)
+        # Prepared batches wait in the object store for the model; capping what the run may hold there
+        # makes Ray Data pause the preparation instead of queueing the whole manifest (memory flat in N).
+        ctx = ray.data.DataContext.get_current()
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(object_store_memory=opts.prepared_buffer_mb * 2**20)
         ds = ds.map_batches(prepare_batch, fn_kwargs={"stage": stage}, batch_size=opts.batch_size,
                             batch_format="pandas", num_cpus=opts.prepare_cpus, max_retries=CRASH_RETRIES)
     out = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "output_uri": output_uri, "since": since,

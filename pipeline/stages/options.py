@@ -110,6 +110,9 @@ class RunOptions:
     forward_videos: int | None = None  # videos per forward pass (None: the whole batch on a GPU, 1 on CPU)
     cpus_per_actor: float = 1.0  # logical CPUs Ray reserves per actor
     prepare_cpus: float = 1.0  # logical CPUs Ray reserves per preparation task (decode and cut, one thread)
+    # Object-store memory a run may fill with prepared batches waiting for the model (Ray Data pauses the
+    # preparation beyond it). A 10 s 1080p video prepares to about 64 MB for both branches.
+    prepared_buffer_mb: int = 1024
     threads: int | None = None  # torch threads per actor (None: cpus_per_actor)
     clips: int | None = None  # None: the preset's test clips
     seed: int | None = None  # None: fresh guardian maps and offsets; an int replays a run
