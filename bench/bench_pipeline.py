@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _tree_rss(pid: int) -> int:
+    """Memory of a process tree: the sum of each process's PSS (its private pages plus its share of shared
+    ones). RSS would count the object store's shared memory once per process that maps it: the actors
+    read prepared videos zero-copy from it, so a sum of RSS grows with what they touched, not with use."""
     import psutil
 
     try:
@@ -38,8 +41,8 @@ def _tree_rss(pid: int) -> int:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 
@@ -56,7 +59,7 @@ def _run_cli(args: list[str]) -> tuple[float, int, str]:
     def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], _tree_rss(proc.pid))
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()

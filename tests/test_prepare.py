@@ -85,18 +85,29 @@ def test_replay_does_not_depend_on_batching(clip):
     assert np.array_equal(alone["b"], batch["b"]) and not np.array_equal(batch["a"], batch["b"])
 
 
-def test_a_keyed_read_touches_only_located_files_and_survives_a_vacuumed_file(tmp_path):
+def test_a_keyed_read_reads_only_the_located_row_groups_and_survives_a_vacuumed_file(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from pipeline.io import table as T
+
+    monkeypatch.setattr(T, "ROW_GROUP_ROWS", 4)  # small row groups: 10 rows a commit make 3 of them
     table = KeyedTable(str(tmp_path / "cache"))
     table.create(pa.schema([("key", pa.string()), ("status", pa.string()), ("x", pa.int64())]))
-    for i in range(3):
-        table.commit(pa.table({"key": [f"k{i}a", f"k{i}b"], "status": ["ok", "error"], "x": [i, -i]}))
-    located = table.locate(["k0a", "k2a", "k2b", "nope"])
-    assert set(located) == {"k0a", "k2a", "k2b"} and len(set(located.values())) == 2
-    assert set(table.locate(status="ok")) == {"k0a", "k1a", "k2a"}
-    by_file: dict[str, list[str]] = {}
-    for k, f in located.items():
-        by_file.setdefault(f, []).append(k)
-    got = table.read_located(by_file, ["key", "x"]).to_pylist()
-    assert sorted((r["key"], r["x"]) for r in got) == [("k0a", 0), ("k2a", 2), ("k2b", -2)]
-    gone = {str(tmp_path / "cache" / "part-gone.parquet"): ["k1a"]}  # compacted and vacuumed since
-    assert table.read_located(gone, ["key", "x"]).to_pylist() == [{"key": "k1a", "x": 1}]
+    for c in range(3):
+        keys = [f"k{c}_{i}" for i in range(10)]
+        table.commit(pa.table({"key": keys, "status": ["ok", "error"] * 5, "x": [100 * c + i for i in range(10)]}))
+    located = table.locate(["k0_1", "k2_9", "k2_8", "nope"])
+    assert set(located) == {"k0_1", "k2_9", "k2_8"}
+    assert located["k0_1"].endswith("#0") and located["k2_9"].endswith("#2") and located["k2_8"].endswith("#2")
+    assert set(table.locate(status="ok")) == {f"k{c}_{i}" for c in range(3) for i in range(0, 10, 2)}
+    f = located["k2_9"].rpartition("#")[0]
+    assert pq.ParquetFile(f).metadata.num_row_groups == 3
+    reads = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, rgs, **kw: reads.append(list(rgs)) or real(self, rgs, **kw))
+    got = table.read_located(located.values(), ["key", "x"], keys=located).to_pylist()
+    assert sorted((r["key"], r["x"]) for r in got) == [("k0_1", 1), ("k2_8", 208), ("k2_9", 209)]
+    assert sorted(reads) == [[0], [2]]  # one row group of each file, nothing else
+    gone = [str(tmp_path / "cache" / "part-gone.parquet") + "#0"]  # compacted and vacuumed since
+    assert table.read_located(gone, ["key", "x"], keys=["k1_3"]).to_pylist() == [{"key": "k1_3", "x": 103}]

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .storage import filesystem, is_local
-from .table import KeyedTable
+from .table import KeyedTable, writer_properties
 
 
 def maintain(uri: str, storage_options: Mapping[str, Any] | None = None, *, optimize: bool = True,
@@ -23,7 +23,7 @@ def maintain(uri: str, storage_options: Mapping[str, Any] | None = None, *, opti
     out: dict[str, Any] = {"uri": table.uri, "version_before": dt.version(),
                            "files_before": len(dt.file_uris())}
     if optimize and not dry_run:
-        metrics = dt.optimize.compact(target_size=target_size)
+        metrics = dt.optimize.compact(target_size=target_size, writer_properties=writer_properties())
         out["optimize"] = {k: metrics.get(k) for k in ("numFilesAdded", "numFilesRemoved", "totalConsideredFiles")}
     if vacuum:
         enforce = retention_hours is None or retention_hours >= 168

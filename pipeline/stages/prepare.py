@@ -155,7 +155,8 @@ def decode_prepared(record: Mapping[str, Any]) -> tuple[dict, PreparedVideo | No
     meta = json.loads(record["prep"])
     arrays = {}
     for name, (dtype, shape) in meta["shapes"].items():
-        arrays[name] = np.frombuffer(record[name], dtype=dtype).reshape(shape)
+        # a writable copy: the bytes Ray hands over are read-only, and torch refuses to wrap those safely
+        arrays[name] = np.frombuffer(bytearray(record[name]), dtype=dtype).reshape(shape)
     video = None
     if any(k in arrays for k in ("inter_frames", "clips")):
         video = PreparedVideo(arrays.get("inter_frames"), arrays.get("inter_index"), arrays.get("clips"))

@@ -2,8 +2,8 @@
 
 The preparation (CPU tasks) decodes each video once: the intra clips always, and the inter frames too
 when the cache has no embedding for the video yet (a cold cache), so both branches come from one pass;
-a cached embedding is read by key in the same task (`KeyedTable.read_located`, the data files the
-driver located). The actors run the fast pathway where needed (committing those embeddings to the
+a cached embedding is read in the same task from the row group the driver located for its key
+(`KeyedTable.locate`, `read_located`). The actors run the fast pathway where needed (committing those embeddings to the
 cache first), then the Swin, fusion and head, and commit the scores.
 """
 
@@ -47,8 +47,8 @@ class Scorer(Stage):
 
     compute_inter: embed, in the same pass, the videos whose inter embedding the cache lacks (needs
     `inter_version`); otherwise such a video gets status error (no_inter_embedding). Rows may carry
-    `inter_file` (`score` locates each cached embedding's data file once, on the driver); without it the
-    preparation looks the batch's keys up in the cache table.
+    `inter_location` (`score` locates each cached embedding's row group once, on the driver); without it
+    the preparation looks the batch's keys up in the cache table.
     """
 
     name = "score"
@@ -78,12 +78,10 @@ class Scorer(Stage):
     def _cached(self, batch: pd.DataFrame) -> dict[str, dict[str, Any]]:
         """inter key -> cached row (CACHED_COLUMNS) for the batch's videos the cache holds."""
         table = KeyedTable(self.cache_uri, self.opts.storage_options)
-        if "inter_file" in batch:
-            located: dict[str, list[str]] = {}
-            for key, file in zip(batch["inter_key"], batch["inter_file"]):
-                if isinstance(file, str):
-                    located.setdefault(file, []).append(key)
-            rows = table.read_located(located, CACHED_COLUMNS).to_pylist() if located else []
+        if "inter_location" in batch:
+            located = [(k, loc) for k, loc in zip(batch["inter_key"], batch["inter_location"]) if isinstance(loc, str)]
+            rows = table.read_located([loc for _, loc in located], CACHED_COLUMNS,
+                                      keys=[k for k, _ in located]).to_pylist() if located else []
         else:
             rows = table.rows_for(batch["inter_key"], CACHED_COLUMNS).to_pylist() if table.exists() else []
             if self.compute_inter and self.opts.retry_errors:
@@ -188,7 +186,9 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
         cache.create(INTER_SCHEMA)
     retry = compute_missing_inter and opts.retry_errors
     located = cache.locate(rows["inter_key"], status="ok" if retry else None) if cache.exists() else {}
-    rows["inter_file"] = rows["inter_key"].map(located)
+    rows["inter_location"] = rows["inter_key"].map(located)
+    # in location order: a batch's cached embeddings then share files and row groups (one read serves many)
+    rows = rows.sort_values("inter_location", na_position="last", kind="stable").reset_index(drop=True)
     stage = Scorer(spec, cache_uri, opts, versions["score"], inter_version=versions["inter"],
                    sampling=versions["sampling"], compute_inter=compute_missing_inter, cache_since=cache.read_version)
     keying_s = time.perf_counter() - t0
