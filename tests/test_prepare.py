@@ -111,3 +111,46 @@ def test_a_keyed_read_reads_only_the_located_row_groups_and_survives_a_vacuumed_
     assert sorted(reads) == [[0], [2]]  # one row group of each file, nothing else
     gone = [str(tmp_path / "cache" / "part-gone.parquet") + "#0"]  # compacted and vacuumed since
     assert table.read_located(gone, ["key", "x"], keys=["k1_3"]).to_pylist() == [{"key": "k1_3", "x": 103}]
+
+
+def test_a_cold_video_is_decoded_once_for_both_branches_and_a_warm_one_never_decodes_inter_frames(tmp_path,
+                                                                                                  monkeypatch):
+    """The score stage in-process (as its Ray Data tasks and actor would run it): cold, one decoding pass
+    gives the embedding (committed to the cache) and the score; warm, the inter frames are not decoded."""
+    import pandas as pd
+
+    from pipeline.io.storage import make_key
+    from pipeline.stages.driver import keyed_manifest
+    from pipeline.stages.inter import INTER_SCHEMA
+    from pipeline.stages.options import ModelSpec, RunOptions
+    from pipeline.stages.scoring import Scorer
+    from tests.helpers.micro import micro_checkpoint
+
+    video = tv.write_video(tmp_path / "v.mp4", 40, 96, 64)
+    spec = ModelSpec(checkpoint=str(micro_checkpoint(tmp_path / "micro.pt")))
+    v = spec.versions()
+    rows = keyed_manifest(pd.DataFrame({"video_id": ["v"], "uri": [str(video)]}), v["score"], {}, extra=(2,))
+    rows["inter_key"] = [make_key(u, c, v["inter"]) for u, c in zip(rows["uri"], rows["content_key"])]
+    cache = str(tmp_path / "cache")
+    KeyedTable(cache).create(INTER_SCHEMA)
+    visits = []
+    real = VideoReader.visit
+    monkeypatch.setattr(VideoReader, "visit", lambda self, idx, fn: visits.append(len(np.unique(idx))) or real(self, idx, fn))
+
+    def run():
+        stage = Scorer(spec, cache, RunOptions(seed=0, clips=2), v["score"], inter_version=v["inter"],
+                       sampling=v["sampling"], compute_inter=True)
+        stage.setup()
+        prepared = stage.prepare(rows)
+        return prepared, stage.process(prepared)
+
+    cold, cold_rows = run()
+    assert len(visits) == 1  # one decoding pass for both branches
+    assert cold["inter_frames"].iloc[0] is not None and cold_rows[0]["status"] == "ok"
+    assert KeyedTable(cache).read().num_rows == 1  # the embedding committed with the score
+    visits.clear()
+    warm, warm_rows = run()
+    assert warm["inter_frames"].iloc[0] is None and warm["embedding"].iloc[0] is not None
+    # warm decodes only the intra clips' frames: fewer than the cold pass (which needed every frame)
+    assert len(visits) == 1 and visits[0] < 40
+    assert warm_rows[0]["score"] == pytest.approx(cold_rows[0]["score"], abs=1e-6)  # same seed, same score
