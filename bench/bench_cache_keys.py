@@ -6,9 +6,9 @@ and then compacted, as a nightly job leaves them; `tiny` embeddings of 16 x 64 f
 `paper` model's are 4x larger), in one process:
 - before: what every stage-2 actor did at start-up, index key -> data file of the whole cache (the former
   `InterCache.__init__`), its seconds and the memory it kept;
-- now: what the driver does once per run (`KeyedTable.locate` of the keys to score) and what an actor does
+- now: what the driver does once per run (`keyed_read.locate` of the keys to score) and what an actor does
   at start-up (open the table handle: nothing is read);
-- per batch of 16 videos: the keyed read of their embeddings (`KeyedTable.read_located`: only the row
+- per batch of 16 videos: the keyed read of their embeddings (`keyed_read.read_located`: only the row
   groups holding them), median of 20, for 16 random keys (few cached videos among new ones) and for 16
   consecutive keys in location order (a re-score of a warm cache: the driver sorts its rows so).
 """
@@ -74,6 +74,7 @@ def old_actor_index(uri: str) -> dict:
 
 
 def measure(uri: str, keys: list[str], batches: int = 20) -> dict:
+    from pipeline.io.keyed_read import locate, read_located
     from pipeline.io.table import KeyedTable
 
     r0 = _rss()
@@ -83,7 +84,7 @@ def measure(uri: str, keys: list[str], batches: int = 20) -> dict:
     del index
     r0 = _rss()
     t = time.perf_counter()
-    located = KeyedTable(uri).locate(keys)
+    located = locate(KeyedTable(uri), keys)
     locate_s, locate_mb = time.perf_counter() - t, (_rss() - r0) / 2**20
     t = time.perf_counter()
     KeyedTable(uri)
@@ -95,7 +96,7 @@ def measure(uri: str, keys: list[str], batches: int = 20) -> dict:
         for sample, out in ((list(rng.choice(keys, 16, replace=False)), reads),
                             (order[b * 16 * 7 % (len(order) - 16):][:16], sorted_reads)):
             t = time.perf_counter()
-            got = KeyedTable(uri).read_located([located[k] for k in sample], ["key", "embedding", "segments", "status"],
+            got = read_located(KeyedTable(uri), [located[k] for k in sample], ["key", "embedding", "segments", "status"],
                                                keys=sample)
             out.append(time.perf_counter() - t)
             assert got.num_rows == 16

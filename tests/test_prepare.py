@@ -8,6 +8,7 @@ import torch
 
 from bench.legacy_prepare import inter_segments_float, intra_clips_by_clip
 from model import create_model, make_generator
+from pipeline.io.keyed_read import locate, read_located
 from pipeline.io.table import KeyedTable
 from pipeline.io.video import VideoReader
 from pipeline.stages.prepare import decode_prepared, encode_prepared, inter_input, prepare_video
@@ -96,21 +97,21 @@ def test_a_keyed_read_reads_only_the_located_row_groups_and_survives_a_vacuumed_
     for c in range(3):
         keys = [f"k{c}_{i}" for i in range(10)]
         table.commit(pa.table({"key": keys, "status": ["ok", "error"] * 5, "x": [100 * c + i for i in range(10)]}))
-    located = table.locate(["k0_1", "k2_9", "k2_8", "nope"])
+    located = locate(table, ["k0_1", "k2_9", "k2_8", "nope"])
     assert set(located) == {"k0_1", "k2_9", "k2_8"}
     assert located["k0_1"].endswith("#0") and located["k2_9"].endswith("#2") and located["k2_8"].endswith("#2")
-    assert set(table.locate(status="ok")) == {f"k{c}_{i}" for c in range(3) for i in range(0, 10, 2)}
+    assert set(locate(table, status="ok")) == {f"k{c}_{i}" for c in range(3) for i in range(0, 10, 2)}
     f = located["k2_9"].rpartition("#")[0]
     assert pq.ParquetFile(f).metadata.num_row_groups == 3
     reads = []
     real = pq.ParquetFile.read_row_groups
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
                         lambda self, rgs, **kw: reads.append(list(rgs)) or real(self, rgs, **kw))
-    got = table.read_located(located.values(), ["key", "x"], keys=located).to_pylist()
+    got = read_located(table, located.values(), ["key", "x"], keys=located).to_pylist()
     assert sorted((r["key"], r["x"]) for r in got) == [("k0_1", 1), ("k2_8", 208), ("k2_9", 209)]
     assert sorted(reads) == [[0], [2]]  # one row group of each file, nothing else
     gone = [str(tmp_path / "cache" / "part-gone.parquet") + "#0"]  # compacted and vacuumed since
-    assert table.read_located(gone, ["key", "x"], keys=["k1_3"]).to_pylist() == [{"key": "k1_3", "x": 103}]
+    assert read_located(table, gone, ["key", "x"], keys=["k1_3"]).to_pylist() == [{"key": "k1_3", "x": 103}]
 
 
 def test_a_cold_video_is_decoded_once_for_both_branches_and_a_warm_one_never_decodes_inter_frames(tmp_path,

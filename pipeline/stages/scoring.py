@@ -3,7 +3,7 @@
 The preparation (CPU tasks) decodes each video once: the intra clips always, and the inter frames too
 when the cache has no embedding for the video yet (a cold cache), so both branches come from one pass;
 a cached embedding is read in the same task from the row group the driver located for its key
-(`KeyedTable.locate`, `read_located`). The actors run the fast pathway where needed (committing those embeddings to the
+(`pipeline.io.keyed_read`). The actors run the fast pathway where needed (committing those embeddings to the
 cache first), then the Swin, fusion and head, and commit the scores.
 """
 
@@ -21,6 +21,7 @@ from model import SamplingConfig, make_generator
 from model.device import to_device
 from model.rng import derive_seed
 from pipeline.io.storage import make_key
+from pipeline.io.keyed_read import locate, read_located
 from pipeline.io.table import KeyedTable
 
 from .batching import Prepared, forward_grouped, open_video, prepared_frame, video_facts, videos_per_forward, worker_label
@@ -80,8 +81,8 @@ class Scorer(Stage):
         table = KeyedTable(self.cache_uri, self.opts.storage_options)
         if "inter_location" in batch:
             located = [(k, loc) for k, loc in zip(batch["inter_key"], batch["inter_location"]) if isinstance(loc, str)]
-            rows = table.read_located([loc for _, loc in located], CACHED_COLUMNS,
-                                      keys=[k for k, _ in located]).to_pylist() if located else []
+            rows = read_located(table, [loc for _, loc in located], CACHED_COLUMNS,
+                                keys=[k for k, _ in located]).to_pylist() if located else []
         else:
             rows = table.rows_for(batch["inter_key"], CACHED_COLUMNS).to_pylist() if table.exists() else []
             if self.compute_inter and self.opts.retry_errors:
@@ -185,7 +186,7 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     if compute_missing_inter:
         cache.create(INTER_SCHEMA)
     retry = compute_missing_inter and opts.retry_errors
-    located = cache.locate(rows["inter_key"], status="ok" if retry else None) if cache.exists() else {}
+    located = locate(cache, rows["inter_key"], status="ok" if retry else None) if cache.exists() else {}
     rows["inter_location"] = rows["inter_key"].map(located)
     # in location order: a batch's cached embeddings then share files and row groups (one read serves many)
     rows = rows.sort_values("inter_location", na_position="last", kind="stable").reset_index(drop=True)
