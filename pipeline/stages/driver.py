@@ -56,11 +56,13 @@ class StageSummary:
     seconds: float = 0.0
     keys: list[str] = field(default_factory=list, repr=False)  # the row key of every input video
     crashed: int = 0  # of `failed`: videos whose worker process died (a native crash in the decoder)
+    within: str | None = None  # the stage whose pass computed these too (the score job's cold inter embeddings)
 
     def line(self) -> str:
         crashed = f" ({self.crashed} crashed their worker)" if self.crashed else ""
+        where = f" within the {self.within} pass" if self.within else ""
         return (f"{self.stage}: {self.videos} videos: {self.done} done, {self.failed} failed{crashed}, "
-                f"{self.skipped} skipped (already done) in {self.seconds:.1f} s")
+                f"{self.skipped} skipped (already done) in {self.seconds:.1f} s{where}")
 
 
 # Every kind of failure a row can record (`error_code`): the video's own (pipeline/io/video.py) and the

@@ -203,5 +203,5 @@ def score(manifest: pd.DataFrame, cache_uri: str, output_uri: str, spec: ModelSp
     ok = sum(s == "ok" for s in status)
     inter_summary = StageSummary("extract-inter", videos=len(inter_keys), done=ok, failed=len(status) - ok,
                                  skipped=len(inter_keys) - len(missing), seconds=summary.seconds,
-                                 keys=inter_keys.tolist())
+                                 keys=inter_keys.tolist(), within="score")
     return summary, inter_summary
