@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-paper", type=int, default=4)
     p.add_argument("--work", default="bench_output/pipeline")
     p.add_argument("--memory-only", action="store_true", help="only the memory check at N and 4N")
+    p.add_argument("--presets", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
+    p.add_argument("--no-memory", action="store_true", help="skip the memory check")
     args = p.parse_args(argv)
     from pipeline.demo.build import build_demo_set
 
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict] = {}
     common = ["--actors", "1", "--cpus-per-actor", "1", "--threads", "2", "--batch-size", "4", "--seed", "0"]
 
-    for preset, n in () if args.memory_only else (("tiny", args.n), ("paper", args.n_paper)):
+    runs = [(p, args.n if p == "tiny" else args.n_paper) for p in args.presets]
+    for preset, n in () if args.memory_only else runs:
         m = _manifest(videos, n, work / f"manifest_{n}.csv")
         run = work / f"{preset}_{n}_{time.time_ns()}"
         w1, _, out1 = _run_cli(["extract-inter", "--input", str(m), "--cache", str(run / "inter"), "--preset", preset,
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(fast pathway skipped: {t2 / cold:.2f}x the time)")
 
     mems = {}
-    for n in (args.n, 4 * args.n):
+    for n in () if args.no_memory else (args.n, 4 * args.n):
         m = _manifest(videos, n, work / f"manifest_{n}.csv")
         run = work / f"mem_{n}_{time.time_ns()}"
         _, mem, _ = _run_cli(["score", "--input", str(m), "--cache", str(run / "inter"), "--output",
