@@ -67,7 +67,7 @@ class InterExtractor(Stage):
                  sampling: SamplingConfig | None = None) -> None:
         super().__init__(opts)
         self.spec, self.version = spec, inter_version
-        self.sampling = sampling or spec.build()[0].cfg.sampling
+        self.sampling = sampling or spec.build(resolve_auto=False)[0].cfg.sampling
 
     def setup(self) -> None:
         _, self.inter = self.spec.build(self.opts.storage_options)

@@ -64,7 +64,7 @@ class Scorer(Stage):
             raise ValueError("compute_inter needs the inter_version of the embeddings it commits")
         self.spec, self.cache_uri, self.version = spec, cache_uri, score_version
         self.inter_version, self.compute_inter, self.cache_since = inter_version, compute_inter, cache_since
-        self.sampling = sampling or spec.build()[0].cfg.sampling
+        self.sampling = sampling or spec.build(resolve_auto=False)[0].cfg.sampling
         self.clips = opts.clips or self.sampling.test_clips
 
     def setup(self) -> None:
