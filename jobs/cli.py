@@ -397,6 +397,10 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--texture-weight", type=float,
                    help="weight of the texture-statistics target on the final intra tokens (model/pretext.py): "
                    "teaches a randomly initialised Swin to measure local energy (docs/training.md)")
+    r.add_argument("--fidelity-weight", type=float,
+                   help="weight of the fidelity target (model/pretext.py): the final intra tokens also regress "
+                   "their cells' SSIM and log MSE against the clean version named by the manifest's `reference` "
+                   "column (docs/training.md, run E)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -439,7 +443,8 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         inter_checkpoint=args.inter_checkpoint, epochs=args.epochs, batch_size=args.batch_size, head_lr=args.head_lr,
         backbone_lr=args.backbone_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, calibrate_inter=args.calibrate_inter,
-        texture_weight=args.texture_weight, freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
+        texture_weight=args.texture_weight, fidelity_weight=args.fidelity_weight,
+        freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,
         guardian=False if args.no_guardian else None)

@@ -39,7 +39,7 @@ DEMO_WEIGHTS = "tiny-demo"  # the registry entry --install updates
 
 # The recipe is the library's (pipeline/training/config.py DEMO_RECIPE); docs/training.md says why each value.
 RECIPE = ["--recipe", "demo"]
-# What runs started before the recipe moved into the library recorded (run D): the same TrainConfig.
+# What runs started before the recipe moved into the library recorded (run D): `--recipe demo-scratch`.
 LEGACY_RECIPE = [
     "--preset", "tiny-cpu", "--epochs", "30", "--batch-size", "8", "--group-by", "source", "--group-size", "2",
     "--align-groups", "--loss", "margin", "--margin", "0.1", "--batch-weight", "0.1", "--grad-clip", "1.0",
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "jobs.demo_model", *(sys.argv[1:] if argv is None else argv)])
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
 
-    from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set
+    from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set, with_reference
 
     out = Path(args.out).resolve()
     package = REGISTRY_FILE.parent.parent.resolve()
@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
           f"({time.perf_counter() - t0:.0f} s)")
-    manifest = trainset / "manifest.csv"
     test = out / "test.csv"
     out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.csv"  # the training set's, plus each clip's clean version (the fidelity target)
+    with_reference(data).to_csv(manifest, index=False)
     data[data["split"] == "test"].to_csv(test, index=False)
     if args.resume_from and not (out / "run" / "ray_train").exists():
         if not Path(args.resume_from, "ray_train").is_dir():

@@ -13,6 +13,11 @@ compression, scaling, blur and frame drops.
 
 `texture_statistics` is the target, `TextureHead` the linear read-out from tokens that the training loss
 compares with it; neither is part of a SecureVQA checkpoint (training uses them, scoring never does).
+
+`fidelity_statistics` / `FidelityHead` are the full-reference counterpart (docs/training.md, run E): where
+the training set holds the clean version of every clip, each token also regresses its cell's SSIM and log
+MSE against the clean cell (the local form of the SSIM rule the labels come from), as BIECON (Kim and
+Lee, 2017) trains a no-reference model on local full-reference scores.
 """
 
 from __future__ import annotations
@@ -89,41 +94,119 @@ def texture_statistics(clips: Tensor, *, frames: int, cell: int) -> Tensor:
     return torch.stack(out, -1)
 
 
-class TextureHead(nn.Module):
-    """Linear read-out of `STATISTICS` from final intra tokens, and its loss.
+FIDELITY = (
+    "ssim",  # mean SSIM of luma against the clean cell (11-tap Gaussian window, sigma 1.5; Wang et al. 2004)
+    "log_mse",  # log(1 + mean squared luma error) against the clean cell, 0-255 scale
+)
+_SSIM_C1, _SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
-    The targets are standardised with statistics estimated once (`fit_`, on a first batch) and kept as
+
+def _gaussian_window(sigma: float = 1.5, radius: int = 5) -> Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def fidelity_statistics(clips: Tensor, references: Tensor, *, frames: int, cell: int) -> Tensor:
+    """Per-cell fidelity of (N, 3, T, H, W) 0-255 clips to their references of the same shape (the clean
+    version, same frames and fragment positions) -> (N, T/frames, H/cell, W/cell, 2) float32 in the order
+    of `FIDELITY`: SSIM of luma in [-1, 1] (1: identical) and log(1 + MSE). The SSIM map is computed on
+    each whole fragment frame (reflect padding) and averaged over a token's cell and frames.
+    Raises ValueError when the shapes differ or do not tile into cells."""
+    if clips.shape != references.shape:
+        raise ValueError(f"clips {tuple(clips.shape)} and references {tuple(references.shape)} differ in shape")
+    if clips.ndim != 5 or clips.shape[1] != 3:
+        raise ValueError(f"clips must be (N, 3, T, H, W), got {tuple(clips.shape)}")
+    n, _, t, h, w = clips.shape
+    if t % frames or h % cell or w % cell:
+        raise ValueError(f"clip {t}x{h}x{w} does not tile into cells of {frames}x{cell}x{cell}")
+
+    def luma(v: Tensor) -> Tensor:
+        v = v.float()
+        return (0.299 * v[:, 0] + 0.587 * v[:, 1] + 0.114 * v[:, 2]).reshape(n * t, 1, h, w)
+
+    x, y = luma(clips), luma(references)
+    k = _gaussian_window().to(clips.device)
+    r = k.numel() // 2
+
+    def blur(a: Tensor) -> Tensor:  # separable Gaussian, same size
+        a = F.conv2d(F.pad(a, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(a, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    ssim = ((2 * mx * my + _SSIM_C1) * (2 * sxy + _SSIM_C2)) / ((mx * mx + my * my + _SSIM_C1) * (sxx + syy + _SSIM_C2))
+
+    def per_cell(a: Tensor) -> Tensor:
+        return F.avg_pool2d(a, cell).view(n, t // frames, frames, h // cell, w // cell).mean(2)
+
+    return torch.stack([per_cell(ssim), per_cell((x - y) ** 2).log1p()], -1)
+
+
+class _TokenReadout(nn.Module):
+    """Linear read-out of per-cell statistics from final intra tokens, and its loss.
+
+    The targets are standardised with statistics estimated once (on the first batch) and kept as
     buffers, so a resumed run compares against the same scale. forward: intra features (N, C, T', h, w)
-    -> (N, T', h, w, 9) standardised predictions.
+    -> (N, T', h, w, S) standardised predictions.
     """
 
-    def __init__(self, dim: int, swin: SwinConfig) -> None:
+    def __init__(self, dim: int, swin: SwinConfig, statistics: int) -> None:
         super().__init__()
         self.frames, self.cell = token_cell(swin)
-        self.proj = nn.Linear(dim, len(STATISTICS))
-        self.register_buffer("mean", torch.zeros(len(STATISTICS)))
-        self.register_buffer("std", torch.ones(len(STATISTICS)))
+        self.proj = nn.Linear(dim, statistics)
+        self.register_buffer("mean", torch.zeros(statistics))
+        self.register_buffer("std", torch.ones(statistics))
         self.register_buffer("fitted", torch.tensor(False))
 
-    def targets(self, clips: Tensor) -> Tensor:
-        """Standardised statistics of (N, 3, T, H, W) 0-255 clips; fits the standardisation on first use."""
-        with torch.no_grad():
-            stats = texture_statistics(clips, frames=self.frames, cell=self.cell)
-            if not bool(self.fitted):
-                flat = stats.reshape(-1, stats.shape[-1])
-                self.mean.copy_(flat.mean(0))
-                self.std.copy_(flat.std(0).clamp_min(1e-3))
-                self.fitted.fill_(True)
-            return (stats - self.mean) / self.std
+    def _standardise(self, stats: Tensor) -> Tensor:
+        if not bool(self.fitted):
+            flat = stats.reshape(-1, stats.shape[-1])
+            self.mean.copy_(flat.mean(0))
+            self.std.copy_(flat.std(0).clamp_min(1e-3))
+            self.fitted.fill_(True)
+        return (stats - self.mean) / self.std
 
     def forward(self, features: Tensor) -> Tensor:
         return self.proj(features.permute(0, 2, 3, 4, 1))
 
-    def loss(self, features: Tensor, clips: Tensor) -> Tensor:
-        """Mean squared error of the read-out against the standardised statistics (1.0 = predicting the
-        mean). `features` (N, C, T', h, w) must come from `clips` (N, 3, T, H, W) before the guardian map."""
-        target = self.targets(clips)
+    def _mse(self, features: Tensor, target: Tensor) -> Tensor:
         pred = self(features)
         if pred.shape != target.shape:
             raise ValueError(f"tokens {tuple(pred.shape[:-1])} do not match the cells {tuple(target.shape[:-1])}")
         return F.mse_loss(pred.float(), target)
+
+
+class TextureHead(_TokenReadout):
+    """Read-out of `STATISTICS` (texture_statistics) from final intra tokens."""
+
+    def __init__(self, dim: int, swin: SwinConfig) -> None:
+        super().__init__(dim, swin, len(STATISTICS))
+
+    def targets(self, clips: Tensor) -> Tensor:
+        """Standardised statistics of (N, 3, T, H, W) 0-255 clips; fits the standardisation on first use."""
+        with torch.no_grad():
+            return self._standardise(texture_statistics(clips, frames=self.frames, cell=self.cell))
+
+    def loss(self, features: Tensor, clips: Tensor) -> Tensor:
+        """Mean squared error of the read-out against the standardised statistics (1.0 = predicting the
+        mean). `features` (N, C, T', h, w) must come from `clips` (N, 3, T, H, W) before the guardian map."""
+        return self._mse(features, self.targets(clips))
+
+
+class FidelityHead(_TokenReadout):
+    """Read-out of `FIDELITY` (fidelity_statistics: each cell's SSIM and log MSE against the same cell of
+    the clean version of the clip) from final intra tokens. Scoring never sees a reference: the head
+    only teaches the tokens to estimate, without it, how far their cell is from the clean one."""
+
+    def __init__(self, dim: int, swin: SwinConfig) -> None:
+        super().__init__(dim, swin, len(FIDELITY))
+
+    def targets(self, clips: Tensor, references: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self._standardise(fidelity_statistics(clips, references, frames=self.frames, cell=self.cell))
+
+    def loss(self, features: Tensor, clips: Tensor, references: Tensor) -> Tensor:
+        """MSE of the read-out against the standardised fidelity of `clips` to `references` (both
+        (N, 3, T, H, W) 0-255, cut at the same frames and fragment positions, before the guardian map)."""
+        return self._mse(features, self.targets(clips, references))

@@ -48,13 +48,18 @@ def test_train_options_override_only_what_was_passed():
     assert run == dataclasses.replace(TrainRun(), workers=2)
 
 
-def test_demo_recipe_is_the_librarys_and_the_legacy_arguments_give_the_same_config():
+def test_demo_recipe_is_the_librarys_and_the_legacy_arguments_give_run_d_s_config():
     from jobs.demo_model import LEGACY_RECIPE, RECIPE
-    from pipeline.training.config import DEMO_RECIPE
+    from pipeline.training.config import DEMO_INIT, DEMO_RECIPE, DEMO_SCRATCH_RECIPE
 
     base = ("train", "--input", "m.csv", "--output", "o")
     named, _ = train_config(_args(*base, *RECIPE), {})
     legacy, _ = train_config(_args(*base, *LEGACY_RECIPE), {})
-    assert named == DEMO_RECIPE == legacy  # run D, started with the argument list, resumes unchanged
+    scratch, _ = train_config(_args(*base, "--recipe", "demo-scratch"), {})
+    assert named == DEMO_RECIPE
+    assert scratch == DEMO_SCRATCH_RECIPE == legacy  # run D, started with the argument list, resumes unchanged
+    # run E continues from run D's committed best weights, which keep their calibrated fast pathway
+    assert DEMO_RECIPE.init_checkpoint == str(DEMO_INIT) and DEMO_INIT.is_file()
+    assert DEMO_RECIPE.calibrate_inter == 0 and DEMO_RECIPE.fidelity_weight > 0
     tweaked, _ = train_config(_args(*base, *RECIPE, "--epochs", "31"), {})
     assert tweaked == dataclasses.replace(DEMO_RECIPE, epochs=31)

@@ -100,3 +100,29 @@ def test_the_texture_target_trains_the_backbone_and_lowers_its_own_loss():
     plain = train_step(vqa, clips, inter, mos, opt, LossConfig(), generator=torch.Generator().manual_seed(0),
                        parts=parts)
     assert parts.keys() == {"quality"} and np.isclose(plain, parts["quality"])
+
+
+def test_fidelity_is_perfect_for_the_clean_clip_and_falls_with_the_damage():
+    from model.pretext import FIDELITY, FidelityHead, fidelity_statistics
+
+    clean = _textured()
+    f = fidelity_statistics(clean, clean, frames=2, cell=32)
+    assert f.shape == (2, 2, 2, 2, len(FIDELITY))
+    assert torch.allclose(f[..., 0], torch.ones(())) and bool((f[..., 1] == 0).all())
+    g = torch.Generator().manual_seed(1)
+    by_sigma = []
+    for sigma in (4, 12, 30):
+        noisy = (clean.float() + sigma * torch.randn(clean.shape, generator=g)).clamp(0, 255).round().to(torch.uint8)
+        by_sigma.append(fidelity_statistics(noisy, clean, frames=2, cell=32).mean(dim=(0, 1, 2, 3)))
+    ssim, log_mse = [s[0].item() for s in by_sigma], [s[1].item() for s in by_sigma]
+    assert ssim[0] > ssim[1] > ssim[2] and ssim[2] < 0.9
+    assert log_mse[0] < log_mse[1] < log_mse[2]
+    blurred = F.avg_pool3d(clean.float(), (1, 5, 5), stride=1, padding=(0, 2, 2), count_include_pad=False)
+    assert fidelity_statistics(blurred.round().to(torch.uint8), clean, frames=2, cell=32)[..., 0].mean() < 1
+    with pytest.raises(ValueError, match="differ in shape"):
+        fidelity_statistics(clean, clean[..., :32], frames=2, cell=32)
+    cfg = get_config("tiny-cpu")
+    head = FidelityHead(cfg.intra_dim, cfg.swin)
+    t = head.targets(torch.cat([clean, noisy]), torch.cat([clean, clean]))
+    assert t.shape == (4, 2, 2, 2, len(FIDELITY))
+    assert torch.allclose(t.reshape(-1, 2).mean(0), torch.zeros(2), atol=1e-4)

@@ -3,6 +3,7 @@ selection, resume after a kill, and the small-dataset protocol."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -297,3 +298,51 @@ def test_validation_reports_srcc_within_each_content():
     out = evaluate({"m": Stub()}, loader, seed=0, groups=groups)["m"]
     assert out["within_srcc"] == pytest.approx(1.0) and out["srcc"] < 0.5
     assert "within_srcc" not in evaluate({"m": Stub()}, loader, seed=0)["m"]
+
+
+# ----------------------------------------------------------------------------- the fidelity target
+
+def test_reference_clips_come_from_the_same_frames_and_fragment_positions(sets):
+    from pipeline.training.data import ClipDataset
+
+    df = sets["train"]
+    clean, noisy = (df[df["video_id"] == f"c0_n{k}"].iloc[0] for k in (0, 4))
+    rows = [{"video_id": r.video_id, "uri": r.uri, "mos": r.mos, "inter_key": "k", "reference": clean.uri}
+            for r in (noisy, clean)]
+    cfg = build_model(TrainConfig(preset="tiny-cpu"), seed=0).cfg
+    emb = {"k": torch.zeros(cfg.sampling.inter_segments, cfg.inter_dim)}
+    ds = ClipDataset(rows, emb, cfg.sampling, 1, seed=3, salt="train", storage_options={}, with_reference=True)
+    for epoch in (0, 2):
+        ds.set_epoch(epoch)
+        clips_noisy, *_, ref_noisy = ds[(0, 7)]  # an aligned draw: both rows sample at draw 7
+        clips_clean, *_, ref_clean = ds[(1, 7)]
+        assert torch.equal(ref_noisy, clips_clean) and torch.equal(ref_clean, clips_clean)
+        diff = (clips_noisy.float() - ref_noisy.float()).abs().mean()
+        assert 5 < diff < 60, diff  # the noisy version at the same positions: only the noise differs
+    plain = ClipDataset(rows, emb, cfg.sampling, 1, seed=3, salt="train", storage_options={})
+    plain.set_epoch(2)
+    assert len(plain[(0, 7)]) == 4 and torch.equal(plain[(0, 7)][0], clips_noisy)  # the same draw without it
+    with pytest.raises(ValueError, match="reference video for every training row"):
+        ClipDataset([{**rows[0], "reference": ""}], emb, cfg.sampling, 1, seed=3, salt="train", storage_options={},
+                    with_reference=True)
+
+
+def test_a_run_with_the_fidelity_target_trains_it_and_resumes_it(ray_local, sets, tmp_path):
+    train_df = sets["train"].assign(reference=lambda d: d["uri"].str.replace(r"_n\d\.mp4$", "_n0.mp4", regex=True))
+    cfg = TrainConfig(preset="tiny-cpu", epochs=1, batch_size=4, group_column="dataset", group_size=2,
+                      align_groups=True, loss=LossConfig(kind="margin"), val_clips=1, seed=3, fidelity_weight=1.0,
+                      texture_weight=1.0)
+    out = tmp_path / "run"
+    run = TrainRun(workers=1, cache_uri=sets["cache"])
+    with pytest.raises(ValueError, match="`reference` column"):
+        train(sets["train"], str(out), cfg, run, val=sets["val"])
+    first = train(train_df, str(out), cfg, run, val=sets["val"])["epochs"]
+    assert first[1]["train_fidelity_loss"] > 0 and first[1]["train_texture_loss"] > 0
+    state = _latest_state(out)
+    assert set(state["fidelity"]) == {"proj.weight", "proj.bias", "mean", "std", "fitted"}
+    assert bool(state["fidelity"]["fitted"])
+    again = train(train_df, str(out), dataclasses.replace(cfg, epochs=2), run, val=sets["val"])["epochs"]
+    assert [r["epoch"] for r in again] == [0, 1, 2] and again[:2] == first  # resumed, not restarted
+    later = _latest_state(out)["fidelity"]
+    assert torch.equal(later["mean"], state["fidelity"]["mean"])  # the standardisation is kept
+    assert not torch.equal(later["proj.weight"], state["fidelity"]["proj.weight"])  # and the head trains on

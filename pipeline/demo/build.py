@@ -528,4 +528,14 @@ def split_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.reindex([s for s in SPLITS if s in t.index]).round(2)
 
 
+def with_reference(data: pd.DataFrame) -> pd.DataFrame:
+    """The training set with a `reference` column: the uri of the clean clip of each row's source content
+    (frame-aligned, same size): the fidelity target's reference (TrainConfig.fidelity_weight)."""
+    clean = data[data["distortion"] == "clean"].drop_duplicates("source").set_index("source")["uri"]
+    missing = sorted(set(data["source"]) - set(clean.index))
+    if missing:
+        raise ValueError(f"no clean clip for the contents {missing[:5]}: the fidelity target needs one per content")
+    return data.assign(reference=data["source"].map(clean))
+
+
 # ----------------------------------------------------------------------------- CLI

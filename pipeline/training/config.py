@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.losses import LossConfig
+from model.registry import REGISTRY_FILE
 
 STATE_FILE = "state.pt"
 
@@ -47,6 +48,10 @@ class TrainConfig:
     # Weight of the texture-statistics target on the final intra tokens (model/pretext.py; 0: none). It
     # makes a randomly initialised Swin measure local energy, which a pooled quality loss barely teaches.
     texture_weight: float = 0.0
+    # Weight of the fidelity target (model/pretext.py FidelityHead; 0: none): each final intra token also
+    # regresses its cell's SSIM and log MSE against the clean version of the clip, which the manifest's
+    # `reference` column names (a frame-aligned video of the same size; docs/training.md, run E).
+    fidelity_weight: float = 0.0
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,14 +87,24 @@ class TrainRun:
     frame_cache: str | None = None
 
 
-# The demo model's recipe (`make demo-model`, docs/training.md "The demo model" says why each value): the
-# CPU-sized preset, batches of 2 contents x 4 versions sharing clip offsets and fragments, a pairwise
-# margin loss within contents, the fast pathway's BatchNorm calibrated on 32 training videos, and the
+# Run D's recipe (docs/training.md, "Run D"): the demo model from a random initialisation. The CPU-sized
+# preset, batches of 2 contents x 2 versions sharing clip offsets and fragments, a pairwise margin loss
+# within contents, the fast pathway's BatchNorm calibrated on 32 training videos, and the
 # texture-statistics target that teaches the randomly initialised Swin to measure local energy.
-DEMO_RECIPE = TrainConfig(
+DEMO_SCRATCH_RECIPE = TrainConfig(
     preset="tiny-cpu", epochs=30, batch_size=8, group_column="source", group_size=2, align_groups=True,
     loss=LossConfig(kind="margin", margin=0.1, batch_weight=0.1), grad_clip=1.0, head_lr=1e-3, backbone_lr=5e-4,
     warmup_epochs=2, ema_decay=0.995, val_clips=2, head_dropout=0.1, calibrate_inter=32, texture_weight=1.0,
+)
+# Run D's best weights (epoch 23, raw; val SRCC 0.572): where the demo recipe starts. They carry the
+# calibrated fast pathway, so the demo recipe does not calibrate again.
+DEMO_INIT = REGISTRY_FILE.parent / "demo_init_run_d.pt"
+# The demo model's recipe (`make demo-model`; docs/training.md, "Run E"): run D's, continued from its best
+# weights with the fidelity target (each token regresses its cell's SSIM and log MSE against the clean
+# version) and a larger whole-batch term against content offsets.
+DEMO_RECIPE = dataclasses.replace(
+    DEMO_SCRATCH_RECIPE, init_checkpoint=str(DEMO_INIT), calibrate_inter=0, fidelity_weight=1.0,
+    loss=LossConfig(kind="margin", margin=0.1, batch_weight=0.5), epochs=16, warmup_epochs=1, backbone_lr=3e-4,
 )
 
 # Named starting points of `securevqa train --recipe NAME`; the options a user passes change fields of it.
@@ -97,4 +112,5 @@ RECIPES: dict[str, TrainConfig] = {
     "reference": TrainConfig(),
     "splits": TrainConfig.small_dataset_protocol(),
     "demo": DEMO_RECIPE,
+    "demo-scratch": DEMO_SCRATCH_RECIPE,
 }

@@ -24,12 +24,20 @@ class ClipDataset(Dataset):
     may also be `(i, draw)` (`GroupedBatchSampler(aligned=True)`): then the randomness comes from
     `derive_seed(seed, salt, e, "draw", draw)`, so items sharing a draw (versions of one source content,
     frame-aligned) get the same clip offsets and fragment positions.
+
+    `with_reference`: items also carry the clips of the row's `reference` video (its clean version,
+    frame-aligned, same size) cut with the same randomness, so at the same frames and fragment positions:
+    the target of the fidelity read-out (model/pretext.py). Items are then 5-tuples.
     """
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], embeddings: Mapping[str, torch.Tensor], sampling: Any,
                  num_clips: int, seed: int | None, salt: str, storage_options: Mapping[str, Any],
-                 frame_cache: FrameCache | None = None) -> None:
+                 frame_cache: FrameCache | None = None, with_reference: bool = False) -> None:
         self.rows, self.embeddings, self.sampling = list(rows), embeddings, sampling
+        self.with_reference = with_reference
+        if with_reference and not all(r.get("reference") for r in self.rows):
+            missing = [r["video_id"] for r in self.rows if not r.get("reference")][:5]
+            raise ValueError(f"the fidelity target needs a reference video for every training row; none for {missing}")
         self.num_clips, self.seed, self.salt = num_clips, seed, salt
         self.storage_options = dict(storage_options)
         self.frame_cache = frame_cache
@@ -41,23 +49,33 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    def _clips(self, uri: str, seed: int | None) -> torch.Tensor:
+        g = make_generator(seed)
+        if self.frame_cache is not None:
+            return intra_clips(self.frame_cache.open(uri), self.sampling, self.num_clips, g)
+        with open_video(uri, self.storage_options) as video:
+            return intra_clips(video, self.sampling, self.num_clips, g)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple:
         if isinstance(item, tuple):
             i, draw = item
-            g = make_generator(derive_seed(self.seed, self.salt, self.epoch, "draw", draw))
+            seed = derive_seed(self.seed, self.salt, self.epoch, "draw", draw)
         else:
             i = item
-            g = make_generator(derive_seed(self.seed, self.salt, self.epoch, i))
+            seed = derive_seed(self.seed, self.salt, self.epoch, i)
         r = self.rows[i]
         try:
-            if self.frame_cache is not None:
-                clips = intra_clips(self.frame_cache.open(r["uri"]), self.sampling, self.num_clips, g)
-            else:
-                with open_video(r["uri"], self.storage_options) as video:
-                    clips = intra_clips(video, self.sampling, self.num_clips, g)
+            clips = self._clips(r["uri"], seed)
+            # the same seed: the reference's clips come from the same frames and fragment positions
+            reference = self._clips(r["reference"], seed) if self.with_reference else None
         except Exception as exc:
             raise RuntimeError(f"training video {r['video_id']} ({r['uri']}): {exc}") from exc
-        return clips, self.embeddings[r["inter_key"]], float(r["mos"]), i
+        item_ = (clips, self.embeddings[r["inter_key"]], float(r["mos"]), i)
+        if reference is not None and reference.shape != clips.shape:
+            raise RuntimeError(f"training video {r['video_id']}: its reference {r['reference']} gives clips of "
+                               f"{tuple(reference.shape)}, not {tuple(clips.shape)}: it must be frame-aligned and "
+                               "of the same size")
+        return item_ if reference is None else (*item_, reference)
 
 
 class GroupedBatchSampler(torch.utils.data.Sampler):

@@ -25,6 +25,8 @@ def epoch_line(r: Mapping[str, Any]) -> str:
          else f"epoch {r['epoch']}: loss {r['train_loss']:.4f} ({r['train_s']:.0f} s)")
     if r.get("train_texture_loss") is not None:
         s += f"; texture-statistics MSE {r['train_texture_loss']:.3f}"
+    if r.get("train_fidelity_loss") is not None:
+        s += f"; fidelity MSE {r['train_fidelity_loss']:.3f}"
     for name in ("raw", "ema"):
         if r.get(f"val_{name}_srcc") is not None:
             s += f"; val {name} SRCC {r[f'val_{name}_srcc']:.4f} PLCC {r[f'val_{name}_plcc']:.4f}"
@@ -73,9 +75,12 @@ def plot_history(history: Sequence[Mapping[str, Any]]) -> bytes | None:
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
     a.plot(ep, [np.nan if r["train_loss"] is None else r["train_loss"] for r in history], marker="o", label="total")
-    texture = [r.get("train_texture_loss") for r in history]
-    if any(t is not None for t in texture):
-        a.plot(ep, [np.nan if t is None else t for t in texture], marker=".", ls="--", label="texture statistics")
+    targets = {"texture statistics": "train_texture_loss", "fidelity": "train_fidelity_loss"}
+    for label, key in targets.items():
+        values = [r.get(key) for r in history]
+        if any(t is not None for t in values):
+            a.plot(ep, [np.nan if t is None else t for t in values], marker=".", ls="--", label=label)
+    if any(r.get(k) is not None for r in history for k in targets.values()):
         a.legend()
     a.set(xlabel="epoch", ylabel="training loss", title="loss")
     for name, color in (("raw", "C0"), ("ema", "C1")):

@@ -33,7 +33,7 @@ from model import SecureVQA, create_model, load_intra_pretrained, make_generator
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
-from model.pretext import TextureHead
+from model.pretext import FidelityHead, TextureHead
 from model.rng import derive_seed
 from pipeline.log import configure_worker
 from pipeline.stages.driver import duration
@@ -101,16 +101,22 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
                optimizer: torch.optim.Optimizer, loss_cfg: LossConfig, *,
                generator: torch.Generator | None = None, groups: torch.Tensor | None = None,
                grad_clip: float | None = None, texture: TextureHead | None = None, texture_weight: float = 0.0,
-               parts: dict[str, float] | None = None) -> float:
+               fidelity: FidelityHead | None = None, fidelity_weight: float = 0.0,
+               references: torch.Tensor | None = None, parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
     `groups` (B,) integer labels: the loss is computed within each group (`grouped_quality_loss`);
     `grad_clip`: the largest global gradient norm applied (over the model and `texture`). With `texture`
     and `texture_weight` > 0 the final intra tokens also regress their cells' texture statistics
-    (model/pretext.py). Returns the total loss; `parts` receives "quality" and "texture"."""
+    (model/pretext.py). With `fidelity`, `fidelity_weight` > 0 and `references` (the clips' clean versions,
+    shaped like `clips`) they also regress their cells' SSIM and log MSE against the reference. Returns the
+    total loss; `parts` receives "quality", "texture" and "fidelity"."""
     with_texture = texture is not None and texture_weight > 0
-    out = model(clips, inter, generator=generator, return_features=with_texture)
-    pred, feats = out if with_texture else (out, None)
+    with_fidelity = fidelity is not None and fidelity_weight > 0
+    if with_fidelity and references is None:
+        raise ValueError("the fidelity target needs the reference clips")
+    out = model(clips, inter, generator=generator, return_features=with_texture or with_fidelity)
+    pred, feats = out if (with_texture or with_fidelity) else (out, None)
     pred = pred.mean(1)
     loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
     total = loss
@@ -119,12 +125,18 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
         total = loss + texture_weight * texture_loss
         if parts is not None:
             parts["texture"] = texture_loss.item()
+    if with_fidelity:
+        fidelity_loss = fidelity.loss(feats, clips.flatten(0, 1), references.flatten(0, 1))
+        total = total + fidelity_weight * fidelity_loss
+        if parts is not None:
+            parts["fidelity"] = fidelity_loss.item()
     if parts is not None:
         parts["quality"] = loss.item()
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip is not None:
-        params = list(model.parameters()) + (list(texture.parameters()) if with_texture else [])
+        params = [*model.parameters(), *(texture.parameters() if with_texture else ()),
+                  *(fidelity.parameters() if with_fidelity else ())]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return total.item()
@@ -162,7 +174,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
         if rank == 0:
             log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded "
                   f"({time.perf_counter() - t_cache:.0f} s)")
-    train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames)
+    train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames,
+                           with_reference=cfg.fidelity_weight > 0)
     group_ids = {g: i for i, g in enumerate(sorted({r["group"] for r in config["train"]}))}
     per_worker = max(2, cfg.batch_size // world)
     steps_per_epoch = len(train_ds) // (per_worker * world)
@@ -182,6 +195,13 @@ def train_loop(config: Mapping[str, Any]) -> None:
             texture = TextureHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
         optimizer.add_param_group({"name": "texture", "params": list(texture.parameters()), "lr": cfg.head_lr,
                                    "weight_decay": cfg.weight_decay})
+    fidelity = None
+    if cfg.fidelity_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "fidelity"))
+            fidelity = FidelityHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
+        optimizer.add_param_group({"name": "fidelity", "params": list(fidelity.parameters()), "lr": cfg.head_lr,
+                                   "weight_decay": cfg.weight_decay})
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=total)
     ema = ModelEMA(vqa, decay=cfg.ema_decay)
     start_epoch, step, history, best = 0, 0, [], None
@@ -196,6 +216,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         if texture is not None:
             texture.load_state_dict(state["texture"])
+        if fidelity is not None:
+            fidelity.load_state_dict(state["fidelity"])
         start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
         if rank == 0:
             log.info(f"train: resumed after epoch {state['epoch'] + 1} (step {step})")
@@ -239,9 +261,10 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         vqa.train()
-        losses, texture_losses = [], []
-        for i, (clips, inter, mos, idx) in enumerate(loader):
+        losses, texture_losses, fidelity_losses = [], [], []
+        for i, (clips, inter, mos, idx, *reference) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
+            references = reference[0].to(device, non_blocking=True) if reference else None
             mos = mos.to(device=device, dtype=torch.float32)
             g = make_generator(derive_seed(seed, "guardian", epoch, i, rank))
             groups = (torch.tensor([group_ids[config["train"][j]["group"]] for j in idx.tolist()])
@@ -249,9 +272,12 @@ def train_loop(config: Mapping[str, Any]) -> None:
             parts: dict[str, float] = {}
             loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
                               grad_clip=cfg.grad_clip, texture=texture, texture_weight=cfg.texture_weight,
+                              fidelity=fidelity, fidelity_weight=cfg.fidelity_weight, references=references,
                               parts=parts)
             if "texture" in parts:
                 texture_losses.append(parts["texture"])
+            if "fidelity" in parts:
+                fidelity_losses.append(parts["fidelity"])
             scheduler.step()
             ema.update(vqa)
             step += 1
@@ -267,6 +293,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                                   "train_s": time.perf_counter() - t0}
         if texture_losses:
             record["train_texture_loss"] = float(np.mean(texture_losses))
+        if fidelity_losses:
+            record["train_fidelity_loss"] = float(np.mean(fidelity_losses))
         validate(record)
         if rank == 0:
             best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
@@ -278,6 +306,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                 torch.save({"epoch": epoch, "step": step, "model": vqa.state_dict(), "ema": ema.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "history": history, "best": best,
-                            **({"texture": texture.state_dict()} if texture is not None else {})}, os.path.join(d, STATE_FILE))
+                            **({"texture": texture.state_dict()} if texture is not None else {}),
+                            **({"fidelity": fidelity.state_dict()} if fidelity is not None else {})},
+                           os.path.join(d, STATE_FILE))
             ray.train.report({k: v for k, v in record.items() if v is not None},
                              checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)

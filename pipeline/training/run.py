@@ -41,7 +41,8 @@ def _labelled(df: pd.DataFrame, what: str) -> pd.DataFrame:
 
 
 def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], cache_uri: str,
-                so: Mapping[str, Any], group_column: str | None = None) -> list[dict[str, Any]]:
+                so: Mapping[str, Any], group_column: str | None = None,
+                reference: bool = False) -> list[dict[str, Any]]:
     """Rows with their inter-cache key; videos whose stage 1 failed are dropped, and named."""
     keyed = keyed_manifest(df, versions["inter"], so)
     status = KeyedTable(cache_uri, so).rows_for(keyed["key"], columns=["key", "status", "error"]).to_pandas()
@@ -52,8 +53,12 @@ def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], 
         log.warning("left out of training: %s (%s): %s", r.video_id, r.uri, err)
     keyed = keyed[ok]
     group = keyed[group_column].astype(str) if group_column else pd.Series("", index=keyed.index)
-    return [{"video_id": str(r.video_id), "uri": str(r.uri), "mos": float(r.mos), "inter_key": r.key, "group": g}
+    rows = [{"video_id": str(r.video_id), "uri": str(r.uri), "mos": float(r.mos), "inter_key": r.key, "group": g}
             for r, g in zip(keyed.itertuples(index=False), group)]
+    if reference:  # the fidelity target's clean versions (TrainConfig.fidelity_weight)
+        for row, ref in zip(rows, keyed["reference"]):
+            row["reference"] = _absolute(str(ref)) if isinstance(ref, str) and ref else ""
+    return rows
 
 
 def _absolute(uri: str) -> str:
@@ -91,7 +96,10 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     log.info(extract_inter(everything, cache_uri, spec, opts, versions).line())
     if cfg.group_column and cfg.group_column not in manifest:
         raise ValueError(f"--group-by {cfg.group_column!r}: no such column in the training manifest")
-    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column)
+    if cfg.fidelity_weight > 0 and "reference" not in manifest:
+        raise ValueError("the fidelity target (fidelity_weight > 0) needs a `reference` column in the training "
+                         "manifest: the uri of each video's clean, frame-aligned version")
+    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column, cfg.fidelity_weight > 0)
     val_group = cfg.group_column if val is not None and cfg.group_column in val else None
     val_rows = _inter_rows(val, spec, versions, cache_uri, so, val_group) if val is not None else []
     log.info(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
