@@ -363,3 +363,17 @@ def test_condition_table_is_monotone_and_covers_the_default_settings():
         for kind, levels in dist.items():
             values = [CONDITION_MOS[(kind, float(v))] for v in sorted(levels)]
             assert all(1.0 <= v < 5.0 for v in values) and np.all(np.diff(values) < 0), (kind, values)
+
+
+def test_mpeg2_damage_of_a_15_fps_source():
+    """opencv-doc's tree.avi runs at 15 fps, which MPEG-2 cannot signal: FFmpeg refuses to open the encoder.
+    The roundtrip encodes the same frames at a standard rate instead; the frames come back damaged."""
+    from fractions import Fraction
+
+    from pipeline.demo.distortions import distort
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (6, 64, 96, 3), generator=g, dtype=torch.uint8)
+    out, _ = distort("mpeg2", frames, 31.0, Fraction(15), np.random.default_rng(0))
+    assert out.shape == frames.shape and 1 < (out.float() - frames.float()).abs().mean() < 100
+    assert Fraction(15) not in demo_codec.MPEG2_RATES and Fraction(30000, 1001) in demo_codec.MPEG2_RATES

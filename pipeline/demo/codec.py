@@ -70,9 +70,19 @@ def encode(frames: torch.Tensor, path: Path, fps: Fraction, crf: float) -> None:
         tmp.unlink(missing_ok=True)
 
 
+MPEG2_RATES = frozenset({Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
+                         Fraction(50), Fraction(60000, 1001), Fraction(60)})
+
+
 def roundtrip(frames: torch.Tensor, fps: Fraction, codec: str, options: Mapping[str, str],
                pix_fmt: str = "yuv420p") -> torch.Tensor:
-    """Encode in memory and decode again: the frames as a viewer of that encode would see them."""
+    """Encode in memory and decode again: the frames as a viewer of that encode would see them.
+
+    MPEG-2 allows only its standard frame rates (FFmpeg refuses 15 fps, e.g. opencv-doc's tree.avi): other
+    rates are encoded at 25 fps. The same frames are encoded either way, and a roundtrip keeps no timing.
+    """
+    if codec == "mpeg2video" and fps not in MPEG2_RATES:
+        fps = Fraction(25)
     buf = io.BytesIO()
     write_video(frames, buf, fps, codec, options, pix_fmt)
     buf.seek(0)
