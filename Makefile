@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jobs.demo
 
 # Trains the shipped demo model (hours on 2 CPU cores; docs/training.md) and installs it. Continues the
-# run a session committed in model/weights/demo_run (run D) and saves its state back there; commit it.
+# run a session committed in model/weights/demo_run (run E) and saves its state back there; commit it.
 demo-model: $(STAMP)
 	$(BIN)/python -m jobs.demo_model --resume-from model/weights/demo_run --save-state model/weights/demo_run --install
 

@@ -401,6 +401,10 @@ def _add_train(sub: Any) -> None:
                    help="weight of the fidelity target (model/pretext.py): the final intra tokens also regress "
                    "their cells' SSIM and log MSE against the clean version named by the manifest's `reference` "
                    "column (docs/training.md, run E)")
+    r.add_argument("--condition-weight", type=float,
+                   help="weight of the condition target (model/pretext.py): the pooled intra features also name "
+                   "each video's processing condition, the manifest's --condition-column (docs/training.md)")
+    r.add_argument("--condition-column", help="manifest column naming each video's condition (default: condition)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -444,6 +448,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         backbone_lr=args.backbone_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, calibrate_inter=args.calibrate_inter,
         texture_weight=args.texture_weight, fidelity_weight=args.fidelity_weight,
+        condition_weight=args.condition_weight, condition_column=args.condition_column,
         freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,

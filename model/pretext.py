@@ -17,7 +17,8 @@ compares with it; neither is part of a SecureVQA checkpoint (training uses them,
 `fidelity_statistics` / `FidelityHead` are the full-reference counterpart (docs/training.md, run E): where
 the training set holds the clean version of every clip, each token also regresses its cell's SSIM and log
 MSE against the clean cell (the local form of the SSIM rule the labels come from), as BIECON (Kim and
-Lee, 2017) trains a no-reference model on local full-reference scores.
+Lee, 2017) trains a no-reference model on local full-reference scores. `ConditionHead` names the processing
+condition of a video from its pooled features (a classification target where labels are per condition).
 """
 
 from __future__ import annotations
@@ -210,3 +211,30 @@ class FidelityHead(_TokenReadout):
         """MSE of the read-out against the standardised fidelity of `clips` to `references` (both
         (N, 3, T, H, W) 0-255, cut at the same frames and fragment positions, before the guardian map)."""
         return self._mse(features, self.targets(clips, references))
+
+
+class ConditionHead(nn.Module):
+    """Which processing condition a video went through (e.g. "h264 CRF 44"), read linearly from its pooled
+    intra features: a training-only classification target for label sets where every video's label is its
+    condition's (docs/training_data.md, the condition rule). A pooled quality score mixes the process with
+    how much this content shows it; naming the process is what such labels reward (docs/training.md, run E).
+
+    forward: intra features (B*K, C, T', h, w) of B videos x K clips -> (B, conditions) logits, the features
+    averaged over space, time and clips.
+    """
+
+    def __init__(self, dim: int, conditions: int) -> None:
+        super().__init__()
+        if conditions < 2:
+            raise ValueError(f"a condition target needs at least 2 conditions, got {conditions}")
+        self.proj = nn.Linear(dim, conditions)
+
+    def forward(self, features: Tensor, videos: int) -> Tensor:
+        pooled = features.float().mean(dim=(2, 3, 4))
+        if pooled.shape[0] % videos:
+            raise ValueError(f"{pooled.shape[0]} clips do not split into {videos} videos")
+        return self.proj(pooled.view(videos, -1, pooled.shape[1]).mean(1))
+
+    def loss(self, features: Tensor, conditions: Tensor) -> Tensor:
+        """Cross-entropy of (B,) condition indices (ln(conditions) = chance)."""
+        return F.cross_entropy(self(features, conditions.shape[0]), conditions.to(features.device))

@@ -126,3 +126,25 @@ def test_fidelity_is_perfect_for_the_clean_clip_and_falls_with_the_damage():
     t = head.targets(torch.cat([clean, noisy]), torch.cat([clean, clean]))
     assert t.shape == (4, 2, 2, 2, len(FIDELITY))
     assert torch.allclose(t.reshape(-1, 2).mean(0), torch.zeros(2), atol=1e-4)
+
+
+def test_the_condition_head_pools_clips_per_video_and_learns_the_conditions():
+    from model.pretext import ConditionHead
+
+    g = torch.Generator().manual_seed(0)
+    head = ConditionHead(8, 3)
+    centres = torch.randn(3, 8, generator=g) * 3
+    labels = torch.tensor([0, 1, 2, 1])
+    # 4 videos x 2 clips of (8, 2, 2, 2) features around their condition's centre
+    feats = centres[labels].repeat_interleave(2, 0)[:, :, None, None, None] + torch.randn(8, 8, 2, 2, 2, generator=g)
+    assert head(feats, 4).shape == (4, 3)
+    with pytest.raises(ValueError, match="do not split"):
+        head(feats, 3)
+    opt = torch.optim.Adam(head.parameters(), lr=0.1)
+    first = head.loss(feats, labels).item()
+    assert first == pytest.approx(float(np.log(3)), abs=1.5)
+    for _ in range(50):
+        opt.zero_grad()
+        head.loss(feats, labels).backward()
+        opt.step()
+    assert head.loss(feats, labels).item() < 0.1 and torch.equal(head(feats, 4).argmax(1), labels)

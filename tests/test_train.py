@@ -327,19 +327,24 @@ def test_reference_clips_come_from_the_same_frames_and_fragment_positions(sets):
                     with_reference=True)
 
 
-def test_a_run_with_the_fidelity_target_trains_it_and_resumes_it(ray_local, sets, tmp_path):
-    train_df = sets["train"].assign(reference=lambda d: d["uri"].str.replace(r"_n\d\.mp4$", "_n0.mp4", regex=True))
+def test_a_run_with_the_fidelity_and_condition_targets_trains_them_and_resumes_them(ray_local, sets, tmp_path):
+    train_df = sets["train"].assign(reference=lambda d: d["uri"].str.replace(r"_n\d\.mp4$", "_n0.mp4", regex=True),
+                                    noise=lambda d: d["video_id"].str[-2:])  # the condition: n0 .. n5
     cfg = TrainConfig(preset="tiny-cpu", epochs=1, batch_size=4, group_column="dataset", group_size=2,
                       align_groups=True, loss=LossConfig(kind="margin"), val_clips=1, seed=3, fidelity_weight=1.0,
-                      texture_weight=1.0)
+                      texture_weight=1.0, condition_weight=1.0, condition_column="noise")
     out = tmp_path / "run"
     run = TrainRun(workers=1, cache_uri=sets["cache"])
     with pytest.raises(ValueError, match="`reference` column"):
         train(sets["train"], str(out), cfg, run, val=sets["val"])
+    with pytest.raises(ValueError, match="'noise' column"):
+        train(train_df.drop(columns="noise"), str(out), cfg, run, val=sets["val"])
     first = train(train_df, str(out), cfg, run, val=sets["val"])["epochs"]
     assert first[1]["train_fidelity_loss"] > 0 and first[1]["train_texture_loss"] > 0
+    assert 0 < first[1]["train_condition_loss"] < 3 * np.log(len(NOISE))  # cross-entropy over the 6 conditions
     state = _latest_state(out)
     assert set(state["fidelity"]) == {"proj.weight", "proj.bias", "mean", "std", "fitted"}
+    assert state["condition"]["proj.weight"].shape[0] == len(NOISE)
     assert bool(state["fidelity"]["fitted"])
     again = train(train_df, str(out), dataclasses.replace(cfg, epochs=2), run, val=sets["val"])["epochs"]
     assert [r["epoch"] for r in again] == [0, 1, 2] and again[:2] == first  # resumed, not restarted

@@ -529,13 +529,15 @@ def split_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_reference(data: pd.DataFrame) -> pd.DataFrame:
-    """The training set with a `reference` column: the uri of the clean clip of each row's source content
-    (frame-aligned, same size): the fidelity target's reference (TrainConfig.fidelity_weight)."""
+    """The training set with a `reference` column, the uri of the clean clip of each row's source content
+    (frame-aligned, same size): the fidelity target's reference (TrainConfig.fidelity_weight); and a
+    `condition` column, "<distortion>_<level>" (the condition target's class, TrainConfig.condition_weight)."""
     clean = data[data["distortion"] == "clean"].drop_duplicates("source").set_index("source")["uri"]
     missing = sorted(set(data["source"]) - set(clean.index))
     if missing:
         raise ValueError(f"no clean clip for the contents {missing[:5]}: the fidelity target needs one per content")
-    return data.assign(reference=data["source"].map(clean))
+    condition = data["distortion"].astype(str) + "_" + data["level"].astype(int).astype(str)
+    return data.assign(reference=data["source"].map(clean), condition=condition)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -52,6 +52,10 @@ class TrainConfig:
     # regresses its cell's SSIM and log MSE against the clean version of the clip, which the manifest's
     # `reference` column names (a frame-aligned video of the same size; docs/training.md, run E).
     fidelity_weight: float = 0.0
+    # Weight of the condition target (model/pretext.py ConditionHead; 0: none): the pooled intra features also
+    # name each training video's processing condition, the value of the manifest's `condition_column`.
+    condition_weight: float = 0.0
+    condition_column: str = "condition"
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from model import SecureVQA, create_model, load_intra_pretrained, make_generator
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
-from model.pretext import FidelityHead, TextureHead
+from model.pretext import ConditionHead, FidelityHead, TextureHead
 from model.rng import derive_seed
 from pipeline.log import configure_worker
 from pipeline.stages.driver import duration
@@ -102,21 +102,29 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
                generator: torch.Generator | None = None, groups: torch.Tensor | None = None,
                grad_clip: float | None = None, texture: TextureHead | None = None, texture_weight: float = 0.0,
                fidelity: FidelityHead | None = None, fidelity_weight: float = 0.0,
-               references: torch.Tensor | None = None, parts: dict[str, float] | None = None) -> float:
+               references: torch.Tensor | None = None, condition: ConditionHead | None = None,
+               condition_weight: float = 0.0, conditions: torch.Tensor | None = None,
+               parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
     `groups` (B,) integer labels: the loss is computed within each group (`grouped_quality_loss`);
     `grad_clip`: the largest global gradient norm applied (over the model and `texture`). With `texture`
     and `texture_weight` > 0 the final intra tokens also regress their cells' texture statistics
     (model/pretext.py). With `fidelity`, `fidelity_weight` > 0 and `references` (the clips' clean versions,
-    shaped like `clips`) they also regress their cells' SSIM and log MSE against the reference. Returns the
-    total loss; `parts` receives "quality", "texture" and "fidelity"."""
+    shaped like `clips`) they also regress their cells' SSIM and log MSE against the reference. With
+    `condition`, `condition_weight` > 0 and `conditions` ((B,) class indices) the pooled features also name
+    each video's processing condition. Returns the total loss; `parts` receives "quality", "texture",
+    "fidelity" and "condition"."""
     with_texture = texture is not None and texture_weight > 0
     with_fidelity = fidelity is not None and fidelity_weight > 0
+    with_condition = condition is not None and condition_weight > 0
     if with_fidelity and references is None:
         raise ValueError("the fidelity target needs the reference clips")
-    out = model(clips, inter, generator=generator, return_features=with_texture or with_fidelity)
-    pred, feats = out if (with_texture or with_fidelity) else (out, None)
+    if with_condition and conditions is None:
+        raise ValueError("the condition target needs each video's condition")
+    features = with_texture or with_fidelity or with_condition
+    out = model(clips, inter, generator=generator, return_features=features)
+    pred, feats = out if features else (out, None)
     pred = pred.mean(1)
     loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
     total = loss
@@ -130,13 +138,18 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
         total = total + fidelity_weight * fidelity_loss
         if parts is not None:
             parts["fidelity"] = fidelity_loss.item()
+    if with_condition:
+        condition_loss = condition.loss(feats, conditions)
+        total = total + condition_weight * condition_loss
+        if parts is not None:
+            parts["condition"] = condition_loss.item()
     if parts is not None:
         parts["quality"] = loss.item()
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if grad_clip is not None:
-        params = [*model.parameters(), *(texture.parameters() if with_texture else ()),
-                  *(fidelity.parameters() if with_fidelity else ())]
+        heads = [h for h, on in ((texture, with_texture), (fidelity, with_fidelity), (condition, with_condition)) if on]
+        params = [*model.parameters(), *(p for h in heads for p in h.parameters())]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return total.item()
@@ -202,6 +215,14 @@ def train_loop(config: Mapping[str, Any]) -> None:
             fidelity = FidelityHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
         optimizer.add_param_group({"name": "fidelity", "params": list(fidelity.parameters()), "lr": cfg.head_lr,
                                    "weight_decay": cfg.weight_decay})
+    condition, condition_ids = None, {}
+    if cfg.condition_weight > 0:
+        condition_ids = {c: i for i, c in enumerate(sorted({r["condition"] for r in config["train"]}))}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "condition"))
+            condition = ConditionHead(vqa.cfg.intra_dim, len(condition_ids)).to(device)
+        optimizer.add_param_group({"name": "condition", "params": list(condition.parameters()), "lr": cfg.head_lr,
+                                   "weight_decay": cfg.weight_decay})
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=total)
     ema = ModelEMA(vqa, decay=cfg.ema_decay)
     start_epoch, step, history, best = 0, 0, [], None
@@ -218,6 +239,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
             texture.load_state_dict(state["texture"])
         if fidelity is not None:
             fidelity.load_state_dict(state["fidelity"])
+        if condition is not None:
+            condition.load_state_dict(state["condition"])
         start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
         if rank == 0:
             log.info(f"train: resumed after epoch {state['epoch'] + 1} (step {step})")
@@ -261,7 +284,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         vqa.train()
-        losses, texture_losses, fidelity_losses = [], [], []
+        losses, texture_losses, fidelity_losses, condition_losses = [], [], [], []
         for i, (clips, inter, mos, idx, *reference) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
             references = reference[0].to(device, non_blocking=True) if reference else None
@@ -269,15 +292,20 @@ def train_loop(config: Mapping[str, Any]) -> None:
             g = make_generator(derive_seed(seed, "guardian", epoch, i, rank))
             groups = (torch.tensor([group_ids[config["train"][j]["group"]] for j in idx.tolist()])
                       if cfg.group_column and world == 1 else None)
+            conditions = (torch.tensor([condition_ids[config["train"][j]["condition"]] for j in idx.tolist()])
+                          if condition is not None else None)
             parts: dict[str, float] = {}
             loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
                               grad_clip=cfg.grad_clip, texture=texture, texture_weight=cfg.texture_weight,
                               fidelity=fidelity, fidelity_weight=cfg.fidelity_weight, references=references,
+                              condition=condition, condition_weight=cfg.condition_weight, conditions=conditions,
                               parts=parts)
             if "texture" in parts:
                 texture_losses.append(parts["texture"])
             if "fidelity" in parts:
                 fidelity_losses.append(parts["fidelity"])
+            if "condition" in parts:
+                condition_losses.append(parts["condition"])
             scheduler.step()
             ema.update(vqa)
             step += 1
@@ -295,6 +323,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
             record["train_texture_loss"] = float(np.mean(texture_losses))
         if fidelity_losses:
             record["train_fidelity_loss"] = float(np.mean(fidelity_losses))
+        if condition_losses:
+            record["train_condition_loss"] = float(np.mean(condition_losses))
         validate(record)
         if rank == 0:
             best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
@@ -307,7 +337,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "history": history, "best": best,
                             **({"texture": texture.state_dict()} if texture is not None else {}),
-                            **({"fidelity": fidelity.state_dict()} if fidelity is not None else {})},
+                            **({"fidelity": fidelity.state_dict()} if fidelity is not None else {}),
+                            **({"condition": condition.state_dict()} if condition is not None else {})},
                            os.path.join(d, STATE_FILE))
             ray.train.report({k: v for k, v in record.items() if v is not None},
                              checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)

@@ -42,7 +42,7 @@ def _labelled(df: pd.DataFrame, what: str) -> pd.DataFrame:
 
 def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], cache_uri: str,
                 so: Mapping[str, Any], group_column: str | None = None,
-                reference: bool = False) -> list[dict[str, Any]]:
+                reference: bool = False, condition_column: str | None = None) -> list[dict[str, Any]]:
     """Rows with their inter-cache key; videos whose stage 1 failed are dropped, and named."""
     keyed = keyed_manifest(df, versions["inter"], so)
     status = KeyedTable(cache_uri, so).rows_for(keyed["key"], columns=["key", "status", "error"]).to_pandas()
@@ -58,6 +58,9 @@ def _inter_rows(df: pd.DataFrame, spec: ModelSpec, versions: Mapping[str, Any], 
     if reference:  # the fidelity target's clean versions (TrainConfig.fidelity_weight)
         for row, ref in zip(rows, keyed["reference"]):
             row["reference"] = _absolute(str(ref)) if isinstance(ref, str) and ref else ""
+    if condition_column:  # the condition target's classes (TrainConfig.condition_weight)
+        for row, c in zip(rows, keyed[condition_column].astype(str)):
+            row["condition"] = c
     return rows
 
 
@@ -99,7 +102,12 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     if cfg.fidelity_weight > 0 and "reference" not in manifest:
         raise ValueError("the fidelity target (fidelity_weight > 0) needs a `reference` column in the training "
                          "manifest: the uri of each video's clean, frame-aligned version")
-    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column, cfg.fidelity_weight > 0)
+    condition = cfg.condition_column if cfg.condition_weight > 0 else None
+    if condition and condition not in manifest:
+        raise ValueError(f"the condition target (condition_weight > 0) needs a {condition!r} column in the training "
+                         "manifest: each video's processing condition")
+    train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column, cfg.fidelity_weight > 0,
+                             condition)
     val_group = cfg.group_column if val is not None and cfg.group_column in val else None
     val_rows = _inter_rows(val, spec, versions, cache_uri, so, val_group) if val is not None else []
     log.info(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
