@@ -201,28 +201,23 @@ def train_loop(config: Mapping[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(vqa, move_to_device=False) if world > 1 else vqa
     optimizer = build_optimizer(vqa, backbone_lr=cfg.backbone_lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
-    texture = None
-    if cfg.texture_weight > 0:
+
+    def training_head(name: str, build: Any) -> Any:
+        """A training-only read-out, initialised from the run seed and learning at the head rate."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "texture"))
-            texture = TextureHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
-        optimizer.add_param_group({"name": "texture", "params": list(texture.parameters()), "lr": cfg.head_lr,
+            torch.manual_seed(derive_seed(seed, name))
+            head = build().to(device)
+        optimizer.add_param_group({"name": name, "params": list(head.parameters()), "lr": cfg.head_lr,
                                    "weight_decay": cfg.weight_decay})
-    fidelity = None
-    if cfg.fidelity_weight > 0:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "fidelity"))
-            fidelity = FidelityHead(vqa.cfg.intra_dim, vqa.cfg.swin).to(device)
-        optimizer.add_param_group({"name": "fidelity", "params": list(fidelity.parameters()), "lr": cfg.head_lr,
-                                   "weight_decay": cfg.weight_decay})
+        return head
+
+    dim, swin = vqa.cfg.intra_dim, vqa.cfg.swin
+    texture = training_head("texture", lambda: TextureHead(dim, swin)) if cfg.texture_weight > 0 else None
+    fidelity = training_head("fidelity", lambda: FidelityHead(dim, swin)) if cfg.fidelity_weight > 0 else None
     condition, condition_ids = None, {}
     if cfg.condition_weight > 0:
         condition_ids = {c: i for i, c in enumerate(sorted({r["condition"] for r in config["train"]}))}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "condition"))
-            condition = ConditionHead(vqa.cfg.intra_dim, len(condition_ids)).to(device)
-        optimizer.add_param_group({"name": "condition", "params": list(condition.parameters()), "lr": cfg.head_lr,
-                                   "weight_decay": cfg.weight_decay})
+        condition = training_head("condition", lambda: ConditionHead(dim, len(condition_ids)))
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=total)
     ema = ModelEMA(vqa, decay=cfg.ema_decay)
     start_epoch, step, history, best = 0, 0, [], None
