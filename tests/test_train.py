@@ -257,6 +257,20 @@ def test_two_worker_ddp_run_on_gloo(ray_local, sets, micro, tmp_path):
     assert vqa.cfg.name == "micro"
 
 
+@pytest.mark.slow
+def test_a_relative_init_checkpoint_is_found_by_the_workers(ray_local, sets, micro, tmp_path, monkeypatch):
+    """`securevqa train --init weights/best.pt` from the shell: Ray Train workers run in another working
+    directory, so the driver makes the path absolute before it ships the recipe to them."""
+    ckpt = Path(micro["init_checkpoint"])
+    monkeypatch.chdir(ckpt.parent.parent)
+    relative = f"{ckpt.parent.name}/{ckpt.name}"
+    cfg = TrainConfig(epochs=1, **{**micro, "init_checkpoint": relative, "batch_size": 4})
+    h = train(sets["train"].head(8), str(tmp_path / "run"), cfg,
+              TrainRun(workers=1, loader_workers=0, cache_uri=sets["cache"]))
+    assert [r["epoch"] for r in h["epochs"]] == [1]
+    assert h["config"]["init_checkpoint"] == str(ckpt.resolve())
+
+
 def test_inter_calibration_is_saved_once_and_read_back(sets, tmp_path):
     from model import create_model
     from model.checkpoint import read_checkpoint
