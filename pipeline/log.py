@@ -75,9 +75,20 @@ def driver_level() -> int:
     return logging.getLogger(ROOT).getEffectiveLevel()
 
 
-def configure_worker(level: int) -> None:
+def configure_worker(level: int, *, root_writes: bool | None = None) -> None:
     """In a Ray worker process: the driver's `level`, written to stdout (which Ray forwards to the
-    driver's log). Does nothing where a handler is already installed (a local, in-process call)."""
+    driver's log). Does nothing where a handler is already installed (a local, in-process call).
+
+    `root_writes`: the process's root logger already writes every line to the console (Ray Train workers:
+    Ray Train configures it, and its application log file, in each worker), so the `securevqa` lines only
+    get the level and reach the console through it; a handler of ours would print each line twice. None:
+    true where the root logger holds one of Ray's handlers."""
     root = logging.getLogger(ROOT)
-    if not any(isinstance(h, _StandardStream) for h in root.handlers):
-        configure(level, "stdout", quiet_ray=False)
+    if root_writes is None:
+        root_writes = root.propagate and any(type(h).__module__.startswith("ray.") for h in logging.getLogger().handlers)
+    if any(isinstance(h, _StandardStream) for h in root.handlers):
+        return
+    if root_writes:
+        root.setLevel(level)
+        return
+    configure(level, "stdout", quiet_ray=False)

@@ -59,3 +59,23 @@ def test_cli_quiet_and_verbose_exclude_each_other(capsys):
         build_parser().parse_args(["report", "--scores", "s", "--output", "o", "--quiet", "--verbose"])
     args = build_parser().parse_args(["report", "--scores", "s", "--output", "o", "-q"])
     assert args.quiet and not args.verbose
+
+
+def test_a_ray_train_worker_prints_each_line_once(capsys):
+    """Ray Train configures the root logger of its workers (a console handler and its application log file):
+    there, `securevqa` lines only take the driver's level and reach the console once, through the root."""
+    class RayConsole(logging.StreamHandler):  # stands for ray.train's PlainRayHandler
+        __module__ = "ray.train.v2._internal.logging.logging"
+
+    ours = logging.getLogger(plog.ROOT)
+    ours.handlers[:] = [h for h in ours.handlers if not isinstance(h, logging.StreamHandler)]
+    console = RayConsole(stream=__import__("sys").stdout)
+    logging.getLogger().addHandler(console)
+    try:
+        plog.configure_worker(logging.INFO)
+        logging.getLogger("securevqa.training").info("train: epoch 1/16 step 10/146")
+        logging.getLogger("securevqa.training").debug("hidden")
+        assert capsys.readouterr().out == "train: epoch 1/16 step 10/146\n"
+        assert not any(isinstance(h, logging.StreamHandler) for h in ours.handlers)
+    finally:
+        logging.getLogger().removeHandler(console)
