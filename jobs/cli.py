@@ -481,7 +481,8 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
         log.warning("no validation set (--val, or split 'val' rows): best.pt is the last epoch's raw weights")
     history = train(data, args.output, cfg, run, val=val)
     best = history.get("best") or {}
-    print(f"train: done, {sum(1 for e in history['epochs'] if e['epoch'] > 0)} epochs; best: epoch {best.get('epoch')} ({best.get('weights')} "
+    trained = sum(1 for e in history["epochs"] if e["epoch"] > 0)  # epoch 0 is the validation before training
+    print(f"train: done, {trained} epochs; best: epoch {best.get('epoch')} ({best.get('weights')} "
           f"weights), val SRCC {best.get('val_srcc')}; model -> {args.output.rstrip('/')}/best.pt")
     return 0
 

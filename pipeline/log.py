@@ -85,7 +85,8 @@ def configure_worker(level: int, *, root_writes: bool | None = None) -> None:
     true where the root logger holds one of Ray's handlers."""
     root = logging.getLogger(ROOT)
     if root_writes is None:
-        root_writes = root.propagate and any(type(h).__module__.startswith("ray.") for h in logging.getLogger().handlers)
+        ray_handlers = [h for h in logging.getLogger().handlers if type(h).__module__.startswith("ray.")]
+        root_writes = root.propagate and bool(ray_handlers)
     if any(isinstance(h, _StandardStream) for h in root.handlers):
         return
     if root_writes:

@@ -189,10 +189,6 @@ def train_splits(manifest: pd.DataFrame, output: str, cfg: TrainConfig, run: Tra
     from pipeline.training.datasets import random_splits
 
     output = _absolute(output)
-    # Ray Train workers do not run in the driver's working directory: a relative local path would not be found there.
-    cfg = dataclasses.replace(cfg, **{name: _absolute(path) for name in ("init_checkpoint", "intra_pretrained",
-                                                                          "inter_checkpoint")
-                                      if (path := getattr(cfg, name))})
     so = run.storage_options
     seed = cfg.seed if cfg.seed is not None else recorded_seed(join_uri(output, "protocol.json"), so)
     write_json(join_uri(output, "protocol.json"), {"seed": seed, "n_splits": n_splits,
