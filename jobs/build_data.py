@@ -1,7 +1,7 @@
 """Build the demo set or the training set from content installed packages ship (docs/training_data.md).
 
     python -m jobs.build_data OUT_DIR [--seed N] [--frames N]                 # the demo set
-    python -m jobs.build_data OUT_DIR --training-set [--extra-content DIR] [--workers N]
+    python -m jobs.build_data OUT_DIR --training-set [--extra-content DIR] [--workers N] [--lowres-every N]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.demo import (
     label_table,
     split_table,
 )
-from pipeline.demo.build import MANIFEST
+from pipeline.demo.build import DEMO_LOWRES_EVERY, MANIFEST
 from pipeline.log import configure as configure_logging
 
 
@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--extra-content", metavar="DIR",
                     help="training set: add the extra photographs and videos (pipeline.demo.extra_content), fetched "
                          "into DIR if missing; EXTRA_VAL_SPLIT joins the val split")
+    ap.add_argument("--lowres-every", type=int, default=0, metavar="N",
+                    help="training set: also film every N-th photograph at low resolution (<name>_lowres, 144-240 "
+                         "lines; 0: none; the demo model's set uses %d)" % DEMO_LOWRES_EVERY)
     args = ap.parse_args(argv)
     configure_logging()
     t0 = time.perf_counter()
@@ -58,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
             df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
                                     splits=splits, extra_content=args.extra_content, workers=args.workers,
-                                    verbose=True)
+                                    lowres_every=args.lowres_every, verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
                                 max_height=args.max_height, verbose=True)

@@ -101,7 +101,9 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
               "installed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     ts = summary.get("training_set") or {}
     data = (f"the demo training set (pipeline/demo/build_training_set, seed 0, docs/training_data.md"
-            f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'})"
+            f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'}"
+            + (f", every {setup['lowres_every']}th photograph also at low resolution" if setup.get("lowres_every")
+               else "") + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
     return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trainset", help="training-set folder (default: OUT/trainset)")
     p.add_argument("--extra-content", help="cache of the extra Debian/PyPI content (default: OUT/extra)")
     p.add_argument("--no-extra-content", action="store_true", help="only the contents pip packages ship")
+    p.add_argument("--lowres-every", type=int, default=None, metavar="N",
+                   help="also film every N-th photograph at low resolution (0: none; default: DEMO_LOWRES_EVERY of "
+                        "pipeline/demo/build.py)")
     p.add_argument("--seed", type=int, default=0, help="training seed (the shipped model: 0)")
     p.add_argument("--install", action="store_true", help="copy the result to model/weights/ (the demo default) "
                    "and update its registry entry, when the held-out test SRCC and PLCC reach --bar (a development "
@@ -143,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "jobs.demo_model", *(sys.argv[1:] if argv is None else argv)])
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
 
-    from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set, with_reference
+    from pipeline.demo.build import (
+        DEFAULT_SPLITS,
+        DEMO_LOWRES_EVERY,
+        EXTRA_VAL_SPLIT,
+        build_training_set,
+        with_reference,
+    )
 
     out = Path(args.out).resolve()
     package = REGISTRY_FILE.parent.parent.resolve()
@@ -166,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     splits = dict(DEFAULT_SPLITS) if extra_dir is None else {**DEFAULT_SPLITS,
                                                              "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
     trainset = Path(args.trainset or out / "trainset")
+    lowres = DEMO_LOWRES_EVERY if args.lowres_every is None else args.lowres_every
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
-                              verbose=True)
+                              lowres_every=lowres, verbose=True)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
           f"({time.perf_counter() - t0:.0f} s)")
@@ -183,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming the run committed in {args.resume_from}")
     # A run continues only on the training set and recipe it started with.
     setup = {"extra_content": extra_dir is not None, "recipe": RECIPE, "extra_args": extra}
+    if lowres:  # runs made before low-resolution contents existed recorded no such key
+        setup["lowres_every"] = lowres
     setup_file = out / "run" / "demo_model.json"
     if setup_file.exists() and json.loads(setup_file.read_text()) == {**setup, "recipe": LEGACY_RECIPE}:
         setup["recipe"] = LEGACY_RECIPE  # a run started before the recipe moved into the library: continue it

@@ -310,6 +310,96 @@ def test_training_rebuild_is_a_no_op(trained, monkeypatch):
         "carphone": "test", "astronaut": "train", "moon": "val"}
 
 
+def _count_encodes(monkeypatch) -> list[str]:
+    """File names the builder encodes from now on (in this process: workers=1)."""
+    written: list[str] = []
+    real = demo_build.encode
+
+    def counting(frames, path, *a, **k):
+        written.append(Path(path).name)
+        return real(frames, path, *a, **k)
+
+    monkeypatch.setattr(demo_build, "encode", counting)
+    return written
+
+
+def test_lowres_variants_pick_photographs_by_name_and_draw_a_small_format():
+    from pipeline.demo.build import LOWRES_SIZES, lowres_variants
+    from pipeline.demo.sources import Source
+
+    stills = [Source(f"photo{i}", "still", Path(f"/p/{i}.png")) for i in range(40)]
+    video = Source("clip", "video", Path("/v.mp4"))
+    assert lowres_variants([*stills, video], 0) == []
+    every = lowres_variants([*stills, video], 1)
+    assert [v.name for v in every] == [f"photo{i}_lowres" for i in range(40)]  # videos never
+    assert all(v.film_hw in LOWRES_SIZES and v.path == s.path for v, s in zip(every, stills))
+    assert len({v.film_hw for v in every}) == len(LOWRES_SIZES)  # every format is drawn
+    assert lowres_variants(stills, 1) == every  # deterministic
+    assert [v.film_hw for v in lowres_variants(stills, 1, seed=1)] != [v.film_hw for v in every]
+    half = lowres_variants(stills, 2)
+    assert 10 <= len(half) <= 30 and {v.name for v in half} < {v.name for v in every}
+    with pytest.raises(ValueError, match="lowres_every must be >= 0"):
+        lowres_variants(stills, -1)
+
+
+def test_adding_lowres_contents_encodes_only_them_and_removing_them_restores_the_build(trained, tmp_path,
+                                                                                        monkeypatch):
+    import shutil
+
+    src, df = trained
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)  # copy2: the clips keep their bytes and mtimes
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.mp4")}
+    written = _count_encodes(monkeypatch)
+    more = _build_training(out, lowres_every=1)
+    per_content = 1 + sum(len(v) for v in TRAIN_DIST.values())
+    assert sorted(set(written)) == sorted(f"{Path(u).name}" for u in more.uri if "_lowres__" in u)
+    assert len(written) == 2 * per_content  # astronaut and moon again; the video carphone has none
+    assert {p: (q.stat().st_mtime_ns, q.read_bytes()) for p in before for q in [out / p]} == before
+    lo = more[more.source.str.endswith("_lowres")]
+    assert lo.groupby("source")["split"].first().to_dict() == {"astronaut_lowres": "train", "moon_lowres": "val"}
+    assert set(lo.kind) == {"still"} and lo.groupby("source").size().eq(per_content).all()
+    for uri in lo.uri:
+        info = probe(uri)
+        assert (info.height, info.width) in demo_build.LOWRES_SIZES and info.num_frames == TRAIN_FRAMES
+    params = json.loads((out / "demo_params.json").read_text())
+    assert {s["name"]: s.get("film_hw") for s in params["sources"]}["moon_lowres"] is not None
+    pd.testing.assert_frame_equal(more[~more.source.str.endswith("_lowres")].reset_index(drop=True),
+                                  df.assign(uri=[str(out / Path(u).name) for u in df.uri]))
+
+    written.clear()
+    again = _build_training(out)  # without them: nothing is encoded, their clips and records go
+    assert written == []
+    pd.testing.assert_frame_equal(again, df.assign(uri=[str(out / Path(u).name) for u in df.uri]))
+    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(before)
+    assert sorted(p.stem for p in (out / "contents").glob("*.json")) == sorted(TRAIN_SOURCES)
+
+
+def test_an_interrupted_training_build_resumes_with_the_unfinished_content(tmp_path, monkeypatch):
+    real = demo_build._source_clips
+
+    def fail_on_moon(name, *a, **k):
+        if name == "moon":
+            raise RuntimeError("stopped")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(demo_build, "_source_clips", fail_on_moon)
+    with pytest.raises(RuntimeError, match="stopped"):
+        _build_training(tmp_path / "t")  # carphone and astronaut finish first (workers=1, in order)
+    assert not (tmp_path / "t" / "demo_params.json").exists()
+    monkeypatch.setattr(demo_build, "_source_clips", real)
+    written = _count_encodes(monkeypatch)
+    df = _build_training(tmp_path / "t")
+    assert written and {n.split("__")[0] for n in written} == {"moon"}
+    assert sorted(df.source.unique()) == sorted(TRAIN_SOURCES)
+    # a record whose clip went missing is built again
+    (tmp_path / "t" / "astronaut__blur_1.mp4").unlink()
+    (tmp_path / "t" / "demo_params.json").unlink()
+    written.clear()
+    _build_training(tmp_path / "t")
+    assert {n.split("__")[0] for n in written} == {"astronaut"}
+
+
 @pytest.mark.parametrize(("kw", "error", "message"), [
     ({"splits": {"test": ["no_such_content"]}}, ValueError, "unknown content 'no_such_content'"),
     ({"splits": {"holdout": ["moon"]}}, ValueError, "unknown split"),
@@ -317,6 +407,7 @@ def test_training_rebuild_is_a_no_op(trained, monkeypatch):
     ({"splits": {"test": "moon"}}, TypeError, "must list content names"),
     ({"sources": ["moon", "no_such_content"]}, ValueError, "unknown or not installed content"),
     ({"size": (200, 256)}, ValueError, "size must be even"),
+    ({"lowres_every": -2}, ValueError, "lowres_every must be >= 0"),
     ({"distortions": {"sharpen": (1,)}}, ValueError, "unknown distortion types"),
 ])
 def test_training_arguments_are_validated(tmp_path, kw, error, message):

@@ -126,6 +126,7 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -136,9 +137,9 @@ import torch
 
 from pipeline.io.video import probe, read_frames
 
-from .camera import MOTION_STREAM, camera_path, film_still
-from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort
+from .camera import MAX_SCALE, MOTION_STREAM, camera_path, film_still
 from .codec import CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize
+from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort
 from .labels import (
     MOS_CENTER,
     MOS_WIDTH,
@@ -172,6 +173,14 @@ DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
 # against the sky), a texture (mudstone), a night photograph (cincinnati_bridge, lights on dark) and a
 # colourful one (citrus_fruits, saturated oranges and greens).
 EXTRA_VAL_SPLIT: tuple[str, ...] = ("tree", "mudstone", "cincinnati_bridge", "citrus_fruits")
+# Low-resolution contents (docs/training_data.md): photographs filmed again by a camera of few lines, kept at
+# that size like carphone (176x144), so the model upsamples them as it does small real video. Each
+# variant's format is drawn from these (height, width): QCIF-like, 144p and 180p phone video, QVGA.
+LOWRES_SIZES: tuple[tuple[int, int], ...] = ((144, 176), (144, 256), (180, 320), (240, 320))
+LOWRES_SUFFIX = "_lowres"
+LOWRES_STREAM = 2  # the format's draw (MOTION_STREAM draws the camera path)
+DEMO_LOWRES_EVERY = 2  # the demo model's training set films every 2nd photograph (by name hash) at low resolution
+CONTENTS = "contents"  # per-content records of a training build (what made its clips, their rows): reuse
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 PARAMS = "demo_params.json"
@@ -425,25 +434,103 @@ def _select(sources: Sequence[str] | None, extra: Sequence[Source] = ()) -> list
     return [by_name[n] for n in sources]
 
 
+def lowres_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
+    """Photographs filmed again by a low-resolution camera: ``<name>_lowres`` contents.
+
+    Every photograph whose name's CRC-32 is a multiple of ``every`` gets one (0: none; 1: all; videos
+    never), at a (height, width) of ``LOWRES_SIZES`` drawn from ``(seed, crc32(name), 0,
+    LOWRES_STREAM)``. The camera sees the view a full-size film would, with fewer pixels, and the clips
+    stay that small (no upsampling in the build): the test content carphone is 176x144, and small
+    content upsampled by the fragments looks unlike any photograph filmed at 288 lines
+    (docs/training.md, run G: noise read as detail there). Raises ValueError for ``every`` < 0.
+    """
+    if every < 0:
+        raise ValueError(f"lowres_every must be >= 0, got {every}")
+    if every == 0:
+        return []
+    out = []
+    for src in srcs:
+        key = zlib.crc32(src.name.encode())
+        if src.kind != "still" or key % every:
+            continue
+        rng = np.random.default_rng((int(seed), key, 0, LOWRES_STREAM))
+        hw = LOWRES_SIZES[int(rng.integers(len(LOWRES_SIZES)))]
+        out.append(replace(src, name=src.name + LOWRES_SUFFIX, film_hw=hw))
+    return out
+
+
 def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
                      seed: int) -> tuple[torch.Tensor, Fraction]:
-    """A video's first frames (no taller than the output height) or a photograph filmed."""
+    """A video's first frames (no taller than the output height) or a photograph filmed (at
+    ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``)."""
     if src.kind == "video":
         return _video_frames(src.path, clip_frames, size[0])
     photo = load_photo(src.path)
+    film = src.film_hw or size
     rng = np.random.default_rng((int(seed), zlib.crc32(src.name.encode()), 0, MOTION_STREAM))
-    path = camera_path(tuple(photo.shape[:2]), size, clip_frames, rng)
-    return film_still(photo, path, size), STILL_FPS
+    path = camera_path(tuple(photo.shape[:2]), film, clip_frames, rng, max_scale=MAX_SCALE * size[0] / film[0])
+    return film_still(photo, path, film), STILL_FPS
+
+
+def _content_params(src: Source, sha256: str, clip_frames: int, size: tuple[int, int], seed: int,
+                    dist: Mapping[str, Sequence[float]]) -> dict:
+    """Everything one content's clips depend on (not the label rule, nor the split, nor other contents)."""
+    common = {k: v for k, v in _common_params(seed, clip_frames, dist, "").items() if k != "label"}
+    return {**common, "size": list(size), "name": src.name, "kind": src.kind, "file": src.path.name,
+            "sha256": sha256, "film_hw": list(src.film_hw) if src.film_hw else None,
+            "torch_version": torch.__version__.split("+")[0]}
+
+
+def _record_path(out_dir: Path, name: str) -> Path:
+    return out_dir / CONTENTS / f"{name}.json"
+
+
+def _reusable(out_dir: Path, name: str, params: dict) -> tuple[list[dict], tuple[int, int, int]] | None:
+    """A content an earlier (maybe interrupted, maybe different) build finished with the same parameters:
+    its rows (absolute uris) and frames' (T, H, W); None if there is none or a clip is missing."""
+    try:
+        rec = json.loads(_record_path(out_dir, name).read_text())
+        if rec["params"] != params:
+            return None
+        rows = [{**r, "uri": str((out_dir / r["uri"]).resolve())} for r in rec["rows"]]
+        shape = tuple(int(x) for x in rec["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all(Path(r["uri"]).is_file() and Path(r["uri"]).stat().st_size > 0 for r in rows):
+        return None
+    return rows, shape
 
 
 def _build_training_source(job: tuple) -> tuple[list[dict], tuple[int, int, int], float]:
-    """One content of the training set: its clips' rows, the filmed frames' (T, H, W), seconds taken."""
-    src, clip_frames, size, seed, out_dir, dist = job
+    """One content of the training set: its clips' rows, the filmed frames' (T, H, W), seconds taken.
+    Its record (``CONTENTS/<name>.json``) is written last, so a later build reuses only finished contents."""
+    src, clip_frames, size, seed, out_dir, dist, params = job
     t0 = time.perf_counter()
     with one_torch_thread():
         frames, fps = _training_frames(src, clip_frames, size, seed)
         clips = _source_clips(src.name, frames, fps, out_dir, dist, seed)
-    return clips, tuple(frames.shape[:3]), time.perf_counter() - t0
+    shape = tuple(frames.shape[:3])
+    record = {"params": params, "shape": list(shape), "rows": [{**r, "uri": Path(r["uri"]).name} for r in clips]}
+    _record_path(out_dir, src.name).parent.mkdir(exist_ok=True)
+    _write_text_atomic(_record_path(out_dir, src.name), json.dumps(record, indent=1) + "\n")
+    return clips, shape, time.perf_counter() - t0
+
+
+def _prune(out_dir: Path, keep: set[str], names: set[str]) -> None:
+    """Delete the clips and records of contents this build no longer has (listed by the previous manifest
+    or by a record), never anything else."""
+    stale: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        stale |= {str(u) for u in pd.read_csv(out_dir / MANIFEST, dtype=str)["uri"]}
+    for rec in (out_dir / CONTENTS).glob("*.json") if (out_dir / CONTENTS).is_dir() else ():
+        if rec.stem not in names:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                stale |= {r["uri"] for r in json.loads(rec.read_text())["rows"]}
+            rec.unlink(missing_ok=True)
+    for u in stale - keep:
+        p = out_dir / u
+        if p.parent == out_dir and p.suffix == ".mp4":
+            p.unlink(missing_ok=True)
 
 
 def build_training_set(
@@ -459,6 +546,7 @@ def build_training_set(
     verbose: bool = False,
     extra_content: str | os.PathLike | None = None,
     workers: int = 1,
+    lowres_every: int = 0,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -473,7 +561,13 @@ def build_training_set(
         ``sources`` may name them. They are "train" unless ``splits`` lists them (``EXTRA_VAL_SPLIT``).
     workers: contents built at once, each in its own process on one torch thread (the result is the
         same for any value: every content draws from its own seed); raises ValueError below 1.
+    lowres_every: also film every n-th photograph at low resolution (``lowres_variants``; 0: none). A
+        variant ``<name>_lowres`` is in its photograph's split.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
+
+    A content whose clips an earlier build in ``out_dir`` finished with the same parameters (its record
+    in ``out_dir/contents/``) is not built again, so an interrupted build, or one that adds contents,
+    encodes only what is missing; clips of contents the build no longer has are deleted.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -486,34 +580,52 @@ def build_training_set(
     check_label(label, dist)
     srcs = _select(sources, _extra(extra_content, verbose))
     split_of = assign_splits([s.name for s in srcs], splits)
+    variants = lowres_variants(srcs, lowres_every, seed)
+    clash = sorted({v.name for v in variants} & set(split_of))
+    if clash:
+        raise ValueError(f"low-resolution contents {clash} clash with contents of the same name")
+    split_of.update({v.name: split_of[v.name.removesuffix(LOWRES_SUFFIX)] for v in variants})
+    srcs = [*srcs, *variants]
+    sha = {s.name: file_sha256(s.path) for s in srcs}
 
     params = {
         **_common_params(seed, clip_frames, dist, label),
         "builder": "training",
         "size": list(size),
         "splits": split_of,
-        "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": file_sha256(s.path)}
-                    for s in srcs],
+        "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": sha[s.name],
+                     **({"film_hw": list(s.film_hw)} if s.film_hw else {})} for s in srcs],
         "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
     }
-    done = _reuse_or_clear(out_dir, params, TRAINING_COLUMNS, "training set", verbose)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = _existing(out_dir, params, TRAINING_COLUMNS)
     if done is not None:
+        if verbose:
+            log.info(f"training set up to date in {out_dir} ({len(done)} clips): nothing to do")
         return done
+    (out_dir / PARAMS).unlink(missing_ok=True)  # incomplete until _finish writes it again
 
-    jobs = [(src, clip_frames, size, seed, out_dir, dist) for src in srcs]
-    rows: list[dict] = []
+    cparams = {s.name: _content_params(s, sha[s.name], clip_frames, size, seed, dist) for s in srcs}
+    reused = {s.name: r for s in srcs if (r := _reusable(out_dir, s.name, cparams[s.name])) is not None}
+    todo = [s for s in srcs if s.name not in reused]
+    jobs = [(src, clip_frames, size, seed, out_dir, dist, cparams[src.name]) for src in todo]
+    built: dict[str, tuple[list[dict], tuple[int, int, int]]] = dict(reused)
+    if verbose and reused:
+        log.info(f"{len(reused)} of {len(srcs)} contents reused from an earlier build in {out_dir}")
     # Each content is built from its own seeded draws, so the clips do not depend on `workers`.
     with contextlib.ExitStack() as stack:
-        if workers > 1:
+        if workers > 1 and len(jobs) > 1:
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
             results = pool.map(_build_training_source, jobs)
         else:
             results = map(_build_training_source, jobs)
-        for i, (src, (clips, shape, seconds)) in enumerate(zip(srcs, results), start=1):
-            rows += [{**r, "kind": src.kind, "split": split_of[src.name]} for r in clips]
+        for i, (src, (clips, shape, seconds)) in enumerate(zip(todo, results), start=1):
+            built[src.name] = clips, shape
             if verbose:
-                log.info(f"[{i}/{len(srcs)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
-                      f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s")
+                log.info(f"[{i}/{len(todo)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
+                         f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s")
+    rows = [{**r, "kind": s.kind, "split": split_of[s.name]} for s in srcs for r in built[s.name][0]]
+    _prune(out_dir, {Path(r["uri"]).name for r in rows}, {s.name for s in srcs})
     df = _finish(out_dir, apply_label_rule(rows, label), TRAINING_COLUMNS, params)
     if verbose:
         log.info(f"training set: {len(df)} clips in {time.perf_counter() - t_start:.1f} s")

@@ -84,11 +84,12 @@ def _pan(room: tuple[float, float], dist: float, rng: np.random.Generator) -> tu
 
 
 def camera_path(photo_hw: tuple[int, int], out_hw: tuple[int, int], n: int,
-                rng: np.random.Generator) -> CameraPath:
+                rng: np.random.Generator, max_scale: float = MAX_SCALE) -> CameraPath:
     """A smooth camera move over a photograph: pan, slow zoom, roll drift and handheld shake.
 
     The widest framing is the largest one at which the frame, rolled and shaken, stays inside
-    the photo (at most ``MAX_SCALE`` photo px per output px); zoom ranges down to ``MIN_SCALE``
+    the photo (at most ``max_scale`` photo px per output px; a low-resolution camera sees as wide
+    a view with fewer pixels, so it passes a larger one); zoom ranges down to ``MIN_SCALE``
     (mild upsampling only on the smallest photos). Speeds are a real camera's: a pan of
     ``PAN_SPEED`` px per frame, a zoom of ``ZOOM_RATE`` per frame, shake of ``SHAKE_PX``.
     """
@@ -98,7 +99,7 @@ def camera_path(photo_hw: tuple[int, int], out_hw: tuple[int, int], n: int,
     margin = 2 * (SHAKE_PX + 1)
     ext_w = w * math.cos(roll_max) + h * math.sin(roll_max) + margin  # rotated frame's box, output px
     ext_h = w * math.sin(roll_max) + h * math.cos(roll_max) + margin
-    s_hi = min(pw / ext_w, ph / ext_h, MAX_SCALE)
+    s_hi = min(pw / ext_w, ph / ext_h, max_scale)
     s_lo = min(s_hi, max(MIN_SCALE, s_hi / FRAMING_RANGE))
 
     span = math.log(s_hi / s_lo)

@@ -39,11 +39,16 @@ class DemoDataError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    """One content of the training set: a shipped video or a shipped photograph."""
+    """One content of the training set: a shipped video or a shipped photograph.
+
+    ``film_hw``: for a photograph, the (height, width) its camera films at instead of the build's size
+    (a low-resolution camera: ``pipeline.demo.build.lowres_variants``); None for the build's size.
+    """
 
     name: str
     kind: str  # "video" | "still"
     path: Path
+    film_hw: tuple[int, int] | None = None
 
 
 def _package_dir(module: str) -> Path | None:
