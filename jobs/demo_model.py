@@ -102,8 +102,8 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
     ts = summary.get("training_set") or {}
     data = (f"the demo training set (pipeline/demo/build_training_set, seed 0, docs/training_data.md"
             f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'}"
-            + (f", every {setup['lowres_every']}th photograph also at low resolution" if setup.get("lowres_every")
-               else "") + ")"
+            + (f", about 1 photograph in {setup['lowres_every']} also filmed at low resolution"
+               if setup.get("lowres_every") else "") + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
     return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,

@@ -204,7 +204,7 @@ def _fake_run(out, ckpt, srcc=0.9):
     (out / "run" / "history.json").write_text(json.dumps(
         {"seed": 0, "best": {"epoch": 13, "weights": "raw", "val_srcc": 0.57}, "epochs": []}))
     (out / "run" / "demo_model.json").write_text(json.dumps(
-        {"extra_content": True, "recipe": RECIPE, "extra_args": []}))
+        {"extra_content": True, "recipe": RECIPE, "extra_args": [], "lowres_every": 2}))
     per = {"srcc": srcc, "plcc": 0.91, "krcc": 0.75, "rmse": 0.3}
     (out / "summary.json").write_text(json.dumps({
         "train_minutes": 600.0, "total_minutes": 700.0, "held_out_test": {"n_ok": 39, **per},
@@ -231,6 +231,7 @@ def test_install_updates_the_registry_entry_not_the_package(tmp_path, ckpt, caps
     assert w.recipe["commit"] == "f" * 40 and w.recipe["seed"] == 0 and w.recipe["train_minutes"] == 600.0
     assert w.recipe["command"] == "python -m jobs.demo_model --install" and "--recipe demo" in w.recipe["train_args"]
     assert "1350 clips" in w.data and w.notes == package_entry.notes  # not given: kept
+    assert "about 1 photograph in 2 also filmed at low resolution" in w.data
     assert _same_state(create_model(weights=w)[0], create_model(checkpoint=str(ckpt))[0])
     assert "installed" in capsys.readouterr().out
     # the package's registry and this process's entry are untouched
