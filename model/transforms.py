@@ -194,6 +194,8 @@ class FragmentGrid:
         if tuple(frame.shape[:2]) != self.source:
             raise ValueError(f"a frame of size {tuple(frame.shape[:2])} for a fragment grid drawn on {self.source}")
         if self.size != self.source:
+            # torch.from_numpy warns on a read-only frame (a memory map), though `cut` only reads it: copy that one
+            frame = frame if frame.flags.writeable else frame.copy()
             return self.cut(torch.from_numpy(frame)[None], position, layout="THWC")[:, 0].permute(1, 2, 0).numpy()
         b = min(position // self.align, self.rows.shape[0] - 1)
         rows, cols, p = self.rows[b].tolist(), self.cols[b].tolist(), self.patch

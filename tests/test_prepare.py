@@ -155,3 +155,29 @@ def test_a_cold_video_is_decoded_once_for_both_branches_and_a_warm_one_never_dec
     # warm decodes only the intra clips' frames: fewer than the cold pass (which needed every frame)
     assert len(visits) == 1 and visits[0] < 40
     assert warm_rows[0]["score"] == pytest.approx(cold_rows[0]["score"], abs=1e-6)  # same seed, same score
+
+
+@pytest.mark.slow  # a fresh interpreter: torch warns about a read-only array once per process
+def test_read_only_frames_give_the_same_inputs_without_a_warning():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import types, numpy as np, torch
+        from model import create_model, make_generator
+        from pipeline.stages.prepare import prepare_video
+        s = create_model("tiny")[0].cfg.sampling
+        rng = np.random.default_rng(0)
+        frames = rng.integers(0, 256, (40, 120, 200, 3), dtype=np.uint8)
+        frames.flags.writeable = False  # as the frame cache's memory map
+        src = types.SimpleNamespace(info=types.SimpleNamespace(num_frames=40, height=120, width=200),
+                                    visit=lambda idx, fn: [fn(int(i), frames[int(i)]) for i in np.unique(idx)])
+        a = prepare_video(src, s, inter=True, clips=2, generator=make_generator(1))
+        b = prepare_video(torch.from_numpy(frames.copy()), s, inter=True, clips=2, generator=make_generator(1))
+        assert np.array_equal(a.clips, b.clips) and np.array_equal(a.inter_frames, b.inter_frames)
+        print("same")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "same" and "not writable" not in r.stderr, r.stderr[-2000:]

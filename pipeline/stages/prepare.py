@@ -102,8 +102,10 @@ def prepare_video(source: FrameSource, sampling: SamplingConfig, *, inter: bool,
         return out
 
     def take(i: int, rgb: np.ndarray) -> None:
-        frame = torch.from_numpy(rgb)[None]  # (1, H, W, 3): channels-last memory, as the uint8 resize wants
         if i in inter_slot:
+            # A read-only frame (the frame cache's memory map) is copied: torch.from_numpy warns on one, though
+            # the resize only reads it. (1, H, W, 3): channels-last memory, as the uint8 resize wants.
+            frame = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy())[None]
             small = resize_frames(frame, size=s.inter_size, layout="THWC", dtype=torch.uint8)  # (3, 1, h, w)
             out.inter_frames[inter_slot[i]] = small[:, 0].permute(1, 2, 0).numpy()
         for k, p in uses.get(i, ()):
