@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="training set: add the extra photographs and videos (pipeline.demo.extra_content), fetched "
                          "into DIR if missing; EXTRA_VAL_SPLIT joins the val split")
     ap.add_argument("--lowres-every", type=int, default=0, metavar="N",
-                    help="training set: also film every N-th photograph at low resolution (<name>_lowres, 144-240 "
+                    help="training set: also film about 1 photograph in N at low resolution (<name>_lowres, 144-240 "
                          "lines; 0: none; the demo model's set uses %d)" % DEMO_LOWRES_EVERY)
     args = ap.parse_args(argv)
     configure_logging()

@@ -565,7 +565,7 @@ def build_training_set(
         ``sources`` may name them. They are "train" unless ``splits`` lists them (``EXTRA_VAL_SPLIT``).
     workers: contents built at once, each in its own process on one torch thread (the result is the
         same for any value: every content draws from its own seed); raises ValueError below 1.
-    lowres_every: also film every n-th photograph at low resolution (``lowres_variants``; 0: none). A
+    lowres_every: also film about 1 photograph in n at low resolution (``lowres_variants``; 0: none). A
         variant ``<name>_lowres`` is in its photograph's split.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
 
