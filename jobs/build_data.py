@@ -1,7 +1,8 @@
 """Build the demo set or the training set from content installed packages ship (docs/training_data.md).
 
     python -m jobs.build_data OUT_DIR [--seed N] [--frames N]                 # the demo set
-    python -m jobs.build_data OUT_DIR --training-set [--extra-content DIR] [--workers N] [--lowres-every N]
+    python -m jobs.build_data OUT_DIR --training-set [--extra-content DIR [--extra-edition N]] [--workers N]
+                              [--lowres-every N]
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lowres-every", type=int, default=0, metavar="N",
                     help="training set: also film about 1 photograph in N at low resolution (<name>_lowres, 144-240 "
                          "lines; 0: none; the demo model's set uses %d)" % DEMO_LOWRES_EVERY)
+    ap.add_argument("--extra-edition", type=int, default=None, metavar="N",
+                    help="training set: the extra-content catalogue edition (pipeline.demo.extra_content "
+                         "EXTRA_EDITIONS; default: the latest, the whole catalogue)")
     args = ap.parse_args(argv)
     configure_logging()
     t0 = time.perf_counter()
@@ -61,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
             df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
                                     splits=splits, extra_content=args.extra_content, workers=args.workers,
-                                    lowres_every=args.lowres_every, verbose=True)
+                                    lowres_every=args.lowres_every, extra_edition=args.extra_edition, verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
                                 max_height=args.max_height, verbose=True)

@@ -60,19 +60,17 @@ def save_run_state(run: Path, dest: Path) -> None:
     shutil.copytree(run / "ray_train", dest / "ray_train")
 
 
-def lowres_setting(given: int | None, out: Path, resume_from: str | None) -> int:
-    """`--lowres-every` for this command: the value given; else the one the run being continued recorded
-    (OUT/run, or the --resume-from state it will start from; a run from before low-resolution contents
-    recorded none, i.e. 0), so a run continues on the training set it started with; else the default
-    (pipeline/demo/build.py DEMO_LOWRES_EVERY)."""
-    from pipeline.demo.build import DEMO_LOWRES_EVERY
-
+def run_setting(key: str, given: int | None, out: Path, resume_from: str | None, *, new: int, before: int) -> int:
+    """A training-set setting (`lowres_every`, `extra_edition`) for this command: the value given; else the one
+    the run being continued recorded in its demo_model.json (OUT/run, or the --resume-from state it will start
+    from; `before` for a run made before the setting existed, which recorded none), so a run continues on the
+    training set it started with; else `new`, the library's default for a new run."""
     if given is not None:
         return given
     for folder in (out / "run", Path(resume_from) if resume_from else None):
         if folder is not None and (folder / "demo_model.json").is_file():
-            return int(json.loads((folder / "demo_model.json").read_text()).get("lowres_every", 0))
-    return DEMO_LOWRES_EVERY
+            return int(json.loads((folder / "demo_model.json").read_text()).get(key, before))
+    return new
 
 
 def checkout_commit(folder: Path) -> tuple[str, bool] | None:
@@ -147,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lowres-every", type=int, default=None, metavar="N",
                    help="also film about 1 photograph in N at low resolution (0: none; default: what the run "
                         "being continued used, else DEMO_LOWRES_EVERY of pipeline/demo/build.py)")
+    p.add_argument("--extra-edition", type=int, default=None, metavar="N",
+                   help="extra-content catalogue edition (pipeline/demo/extra_content.py EXTRA_EDITIONS; default: what "
+                        "the run being continued used, else the latest)")
     p.add_argument("--seed", type=int, default=0, help="training seed (the shipped model: 0)")
     p.add_argument("--install", action="store_true", help="copy the result to model/weights/ (the demo default) "
                    "and update its registry entry, when the held-out test SRCC and PLCC reach --bar (a development "
@@ -163,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "jobs.demo_model", *(sys.argv[1:] if argv is None else argv)])
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
 
-    from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set, with_reference
+    from pipeline.demo.build import (
+        DEFAULT_SPLITS,
+        DEMO_LOWRES_EVERY,
+        EXTRA_VAL_SPLIT,
+        build_training_set,
+        with_reference,
+    )
+    from pipeline.demo.extra_content import EXTRA_EDITION
 
     out = Path(args.out).resolve()
     package = REGISTRY_FILE.parent.parent.resolve()
@@ -186,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = dict(DEFAULT_SPLITS) if extra_dir is None else {**DEFAULT_SPLITS,
                                                              "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
     trainset = Path(args.trainset or out / "trainset")
-    lowres = lowres_setting(args.lowres_every, out, args.resume_from)
+    lowres = run_setting("lowres_every", args.lowres_every, out, args.resume_from, new=DEMO_LOWRES_EVERY, before=0)
+    edition = run_setting("extra_edition", args.extra_edition, out, args.resume_from, new=EXTRA_EDITION, before=1)
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
-                              lowres_every=lowres, verbose=True)
+                              lowres_every=lowres, extra_edition=edition, verbose=True)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
           f"({time.perf_counter() - t0:.0f} s)")
@@ -206,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = {"extra_content": extra_dir is not None, "recipe": RECIPE, "extra_args": extra}
     if lowres:  # runs made before low-resolution contents existed recorded no such key
         setup["lowres_every"] = lowres
+    if extra_dir is not None and edition > 1:  # nor did runs made on the first extra-content catalogue
+        setup["extra_edition"] = edition
     setup_file = out / "run" / "demo_model.json"
     if setup_file.exists() and json.loads(setup_file.read_text()) == {**setup, "recipe": LEGACY_RECIPE}:
         setup["recipe"] = LEGACY_RECIPE  # a run started before the recipe moved into the library: continue it

