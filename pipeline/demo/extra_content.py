@@ -136,7 +136,7 @@ PIP_PINS: dict[str, str] = {
 }
 
 _MATE = "usr/share/backgrounds/mate/nature/"
-_LOMIRI = "usr/share/backgrounds/"
+_BACKGROUNDS = "usr/share/backgrounds/"
 _PALAPELI = "usr/share/palapeli/collection/"
 _TUX = "usr/share/tuxpaint/templates/"
 _OPENCV = "usr/share/doc/opencv-doc/examples/data/"
@@ -178,7 +178,7 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
         ("yellow_flower", "YellowFlower.jpg", _GPL2),
     )),
     # lomiri-wallpapers-16.04: photographs, 1365x1074 to 5312x2988 (umang, an abstract, is left out)
-    *_entries("apt", "lomiri-wallpapers-16.04", _LOMIRI, "still", (
+    *_entries("apt", "lomiri-wallpapers-16.04", _BACKGROUNDS, "still", (
         ("bridge", "Bridge_by_Sander_Klootwijk.jpg", "CC-BY-SA-4.0"),
         ("dragonfly", "Dragonfly_by_Bolly.jpg", "CC-BY-SA-4.0"),
         ("fig_plate", "Picture_0B_by_freespace.jpg", "CC-BY-4.0"),  # fig on a plate
@@ -195,7 +195,7 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
         ("sunset", "sunset_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),  # landscape
     )),
     # lomiri-wallpapers-20.04: one photograph (Infinite-Sea is probably a composite; the rest is art)
-    *_entries("apt", "lomiri-wallpapers-20.04", _LOMIRI, "still", (
+    *_entries("apt", "lomiri-wallpapers-20.04", _BACKGROUNDS, "still", (
         ("kleiber", "Kleiber_by_Lukas_Baubkus.jpg", "CC-BY-SA-3.0"),  # nuthatch on a trunk
     )),
     # palapeli-data: the puzzle collection, 1024x681 to 1620x1280
@@ -256,7 +256,7 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
         ("safe_landing", "SafeLanding", "5120x2880.jpg", "CC-BY-SA-4.0 (Louis Durrant)"),
     )),
     # ukui-wallpapers 20.04: digital art, 3640x2400 to 3840x2400 (debian/copyright: CC-BY-SA-3.0)
-    *_entries("apt", "ukui-wallpapers", _LOMIRI, "still", (
+    *_entries("apt", "ukui-wallpapers", _BACKGROUNDS, "still", (
         ("calla", "calla.png", _UKUI),
         ("first_generation", "firstgeneration.jpg", _UKUI),
         ("goldfish", "goldfish.png", _UKUI),
