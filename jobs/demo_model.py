@@ -1,7 +1,7 @@
 """`make demo-model`: train the shipped demo model (the `tiny-cpu` preset) on this machine, in one command.
 
 1. builds the training set (pipeline/demo/: package-shipped photographs filmed by a virtual
-   camera and package-shipped videos, plus the extra Debian/PyPI content of pipeline/demo/extra_content.py,
+   camera and package-shipped videos, plus the extra Debian/PyPI content of pipeline/demo/catalogue.py,
    degraded by real processes, labelled by condition) into OUT/trainset;
 2. `securevqa train` on its train split, choosing the best epoch on its val split (other contents);
    every training video is decoded once into OUT/frames (the frame cache);
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also film about 1 photograph in N at low resolution (0: none; default: what the run "
                         "being continued used, else DEMO_LOWRES_EVERY of pipeline/demo/build.py)")
     p.add_argument("--extra-edition", type=int, default=None, metavar="N",
-                   help="extra-content catalogue edition (pipeline/demo/extra_content.py EXTRA_EDITIONS; default: what "
+                   help="extra-content catalogue edition (pipeline/demo/catalogue.py EXTRA_EDITIONS; default: what "
                         "the run being continued used, else the latest)")
     p.add_argument("--seed", type=int, default=0, help="training seed (the shipped model: 0)")
     p.add_argument("--install", action="store_true", help="copy the result to model/weights/ (the demo default) "
