@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="training set: also film about 1 photograph in N at low resolution (<name>_lowres, 144-240 "
                          "lines; 0: none; the demo model's set uses %d)" % DEMO_LOWRES_EVERY)
     ap.add_argument("--extra-edition", type=int, default=None, metavar="N",
-                    help="training set: the extra-content catalogue edition (pipeline.demo.extra_content "
+                    help="training set: the extra-content catalogue edition (pipeline.demo.catalogue "
                          "EXTRA_EDITIONS; default: the latest, the whole catalogue)")
     args = ap.parse_args(argv)
     configure_logging()
