@@ -19,8 +19,8 @@ from pipeline.demo import labels as demo_labels
 from pipeline.demo import sources as demo_sources
 from pipeline.demo.build import TRAINING_COLUMNS, build_demo_set, build_training_set
 from pipeline.demo.camera import CameraPath, camera_path, film_still
-from pipeline.demo.sources import DemoDataError, shipped_sources, shipped_stills
 from pipeline.demo.labels import CONDITION_MOS, mos_from_ssim, ssim_video
+from pipeline.demo.sources import DemoDataError, shipped_sources, shipped_stills
 from pipeline.io.manifest import read_manifest
 from pipeline.io.video import probe
 
@@ -468,3 +468,16 @@ def test_mpeg2_damage_of_a_15_fps_source():
     out, _ = distort("mpeg2", frames, 31.0, Fraction(15), np.random.default_rng(0))
     assert out.shape == frames.shape and 1 < (out.float() - frames.float()).abs().mean() < 100
     assert Fraction(15) not in demo_codec.MPEG2_RATES and Fraction(30000, 1001) in demo_codec.MPEG2_RATES
+
+
+def test_a_video_shorter_than_a_clip_gives_every_frame_it_has(tmp_path):
+    # catalogue edition 3 has real videos of 28-41 frames against clips of 64 (docs/training_data.md)
+    n = probe(_carphone()).num_frames
+    df = build_training_set(tmp_path / "s", clip_frames=n + 8, size=TRAIN_SIZE, splits=TRAIN_SPLITS,
+                            sources=["carphone"], distortions={"h264": (46,), "fps": (4,)}, label="ssim")
+    assert len(df) == 3
+    for r in df.itertuples():
+        info = probe(tmp_path / "s" / r.uri)
+        assert (info.num_frames, info.width, info.height) == (n, 176, 144), r.uri
+    record = json.loads((tmp_path / "s" / "contents" / "carphone.json").read_text())
+    assert record["shape"] == [n, 144, 176]

