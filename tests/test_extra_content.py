@@ -68,7 +68,8 @@ def test_catalogue_names_are_unique_snake_case_and_new():
     assert sum(e.kind == "still" for e in EXTRA_CONTENT) == 79
     assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == [
         "vtest", "tree", "city", "dog", "cockatoo", "office_window", "ball_throw", "falling_ball", "air_table",
-        "teapot", "doves_lilies"]
+        "teapot", "doves_lilies", "blupi_forest", "blupi_lab", "blupi_snow_wall", "blupi_bulldozer", "blupi_snow_house",
+        "blupi_space", "blupi_robot", "rocket_launch", "diver"]
     assert all(e.manager in ("apt", "pip") and e.licence for e in EXTRA_CONTENT)
     assert {e.package for e in EXTRA_CONTENT if e.manager == "pip"} <= set(PIP_PINS)
     files = {Path(e.path).name.lower() for e in EXTRA_CONTENT}
@@ -160,27 +161,29 @@ def test_an_earlier_catalogue_edition_fetches_and_returns_only_its_contents(tmp_
     # a run continued after the catalogue grew keeps its contents (jobs/demo_model.py records the edition)
     first = [e.name for e in EXTRA_CONTENT if e.edition == 1]
     assert len(first) == 58 and [e.name for e in catalogue(1)] == first
-    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 3
+    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 4
     second = {e.package for e in EXTRA_CONTENT if e.edition == 2}
     assert second == {"plasma-workspace-wallpapers", "ukui-wallpapers"}
     third = {e.package for e in EXTRA_CONTENT if e.edition == 3}
     assert len(third) == 5 and not third & {e.package for e in catalogue(2)}
-    assert [len(catalogue(k)) for k in (1, 2, 3)] == [58, 82, 90]
-    assert all(e.kind == "video" for e in EXTRA_CONTENT if e.edition == 3)
-    new_packages = second | third
+    fourth = {e.package for e in EXTRA_CONTENT if e.edition == 4}
+    assert fourth == {"planetblupi-common", "renpy-demo", "pd-extendedview"}
+    assert [len(catalogue(k)) for k in (1, 2, 3, 4)] == [58, 82, 90, 99]
+    assert all(e.kind == "video" for e in EXTRA_CONTENT if e.edition >= 3)
+    new_packages = second | third | fourth
     cache = _fake_cache(tmp_path / "extra", skip=tuple(new_packages))
     calls: list[list[str]] = []
     monkeypatch.setattr(subprocess, "run", _fake_fetcher(calls))
     assert [s.name for s in fetch_extra_content(cache, edition=1)] == first
     assert calls == []  # edition 1 is complete in the cache: nothing is fetched
-    with pytest.raises(ValueError, match="unknown extra-content edition 4"):
-        fetch_extra_content(cache, edition=4)
+    with pytest.raises(ValueError, match="unknown extra-content edition 5"):
+        fetch_extra_content(cache, edition=5)
     assert calls == []
     assert [s.name for s in fetch_extra_content(cache, edition=2)] == [e.name for e in catalogue(2)]
     assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(second)
     calls.clear()
     assert [s.name for s in fetch_extra_content(cache)] == list(extra_content_names())
-    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(third)  # only what edition 3 adds
+    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(third | fourth)  # only what 3 and 4 add
 
 
 @pytest.mark.parametrize("manager, package, command", [

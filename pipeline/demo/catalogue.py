@@ -31,6 +31,7 @@ EXTRA_EDITIONS: dict[int, str] = {
     1: "55 photographs and 3 videos (runs C to I)",
     2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
     3: "+ 6 real camera videos and 2 animations from Debian packages (run L)",
+    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi) and 2 real videos",
 }
 EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
@@ -202,6 +203,24 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
         # M. P. Verneuil's "Colombes et lis" (public domain), animated for the theme: 1280x720, 31 frames
         ("doves_lilies", "birds.mp4", "public domain artwork (theme readme); theme GPL-2+"),
     ), edition=3),
+    # Edition 4: Planet Blupi's cut scenes, rendered 3D cartoon like the test's bigbuckbunny (320x240, 12 fps;
+    # Cinepak or Microsoft Video 1, so their clean versions carry the old codec's vector quantisation)
+    *_entries("apt", "planetblupi-common", "usr/share/planetblupi/movie/", "video", tuple(
+        (name, file, "GPL-3+ (Mathieu Schroeter; 1997 Daniel Roux, EPSITEC SA, Denis Dumoulin)") for name, file in (
+            ("blupi_forest", "play103.mkv"),  # a footbridge over a stream, trees
+            ("blupi_lab", "play107.mkv"),  # flasks, glass, close-ups
+            ("blupi_snow_wall", "play108.mkv"),
+            ("blupi_bulldozer", "play110.mkv"),  # fog, then a fast pan
+            ("blupi_snow_house", "play119.mkv"),  # falling snow
+            ("blupi_space", "win129.mkv"),  # stars on black
+            ("blupi_robot", "history2.mkv"),  # dark scene
+        )), edition=4),
+    *_entries("apt", "renpy-demo", "usr/share/games/renpy/demo/game/", "video", (
+        ("rocket_launch", "oa4_launch.webm", "Expat (renpy-demo, debian/copyright Files: *)"),  # 640x360, 24 fps
+    ), edition=4),
+    *_entries("apt", "pd-extendedview", "usr/share/doc/pd-extendedview/media/", "video", (
+        ("diver", "diver.mov", "GPL-3+ (IEM, KUG; pd-extendedview)"),  # underwater, bubbles, 640x480 MJPEG
+    ), edition=4),
 )
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
