@@ -44,7 +44,7 @@ Real photographs and camera videos, each at least 512x288, with a licence that a
 (GPL, LGPL, Creative Commons, public domain, MIT/BSD/Apache); since edition 2 also flat-shaded
 digital art, the nearest to animation any fetchable package has; since edition 3 also real camera
 videos and two animations at any size, and shorter than a clip (docs/training_data.md, "Added for
-run L"). The following are left out:
+run L"); since edition 4 rendered 3D cartoon scenes. The following are left out:
 
 * anything whose image rights are doubtful: OpenCV's messi5, baboon and fruits, insightface's t1,
   and lena;
