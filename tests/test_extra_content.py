@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_catalogue_names_are_unique_snake_case_and_new():
     assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == [
         "vtest", "tree", "city", "dog", "cockatoo", "office_window", "ball_throw", "falling_ball", "air_table",
         "teapot", "doves_lilies", "blupi_forest", "blupi_lab", "blupi_snow_wall", "blupi_bulldozer", "blupi_snow_house",
-        "blupi_space", "blupi_robot", "rocket_launch", "diver"]
+        "blupi_space", "blupi_robot", "rocket_launch", "diver", "cc_icons", "cc_earth", "cc_hands", "cc_refine"]
     assert all(e.manager in ("apt", "pip") and e.licence for e in EXTRA_CONTENT)
     assert {e.package for e in EXTRA_CONTENT if e.manager == "pip"} <= set(PIP_PINS)
     files = {Path(e.path).name.lower() for e in EXTRA_CONTENT}
@@ -167,8 +168,8 @@ def test_an_earlier_catalogue_edition_fetches_and_returns_only_its_contents(tmp_
     third = {e.package for e in EXTRA_CONTENT if e.edition == 3}
     assert len(third) == 5 and not third & {e.package for e in catalogue(2)}
     fourth = {e.package for e in EXTRA_CONTENT if e.edition == 4}
-    assert fourth == {"planetblupi-common", "renpy-demo", "pd-extendedview"}
-    assert [len(catalogue(k)) for k in (1, 2, 3, 4)] == [58, 82, 90, 99]
+    assert fourth == {"planetblupi-common", "renpy-demo", "pd-extendedview", "openboard-common"}
+    assert [len(catalogue(k)) for k in (1, 2, 3, 4)] == [58, 82, 90, 103]
     assert all(e.kind == "video" for e in EXTRA_CONTENT if e.edition >= 3)
     new_packages = second | third | fourth
     cache = _fake_cache(tmp_path / "extra", skip=tuple(new_packages))
@@ -240,6 +241,38 @@ def test_a_build_with_extra_content_uses_and_records_it(tmp_path, monkeypatch):
     params = json.loads((tmp_path / "set" / "demo_params.json").read_text())
     [src] = params["sources"]
     assert src["name"] == "rocks" and src["file"] == "rocks.jpg" and len(src["sha256"]) == 64
+
+
+def test_a_video_entry_with_a_start_frame_skips_to_it(tmp_path, monkeypatch):
+    # one file can give several contents (edition 4: four scenes of one animation, titles skipped)
+    from pipeline.demo import catalogue as catalogue_module
+    from pipeline.demo.sources import shipped_sources
+    from pipeline.io.video import read_frames
+
+    assert {e.name: e.start for e in EXTRA_CONTENT}["cc_earth"] == 1250
+    monkeypatch.setattr(subprocess, "run", _no_commands)
+    cache = _fake_cache(tmp_path / "extra")
+    carphone = next(p for p in shipped_sources() if p.name == "carphone_pristine.mp4")  # 120 frames, 176x144
+    (cache / "apt/opencv-doc/usr/share/doc/opencv-doc/examples/data/tree.avi").write_bytes(carphone.read_bytes())
+    entries = [e for e in EXTRA_CONTENT if e.name == "tree"]
+    parts = (extra_content.ExtraContent("tree_from_60", *(getattr(entries[0], f) for f in (
+        "manager", "package", "path", "kind", "licence")), start=60),)
+    monkeypatch.setattr(catalogue_module, "EXTRA_CONTENT", (*entries, *parts))
+    assert [(s.name, s.start) for s in extra_sources(cache, edition=1)] == [("tree", 0), ("tree_from_60", 60)]
+    df = build_training_set(tmp_path / "set", sources=["tree", "tree_from_60"], clip_frames=8, size=(224, 224),
+                            distortions={"h264": (51,)}, extra_content=cache, extra_edition=1)
+    clean = {r.source: read_frames(tmp_path / "set" / r.uri, range(8)).float() for r in df.itertuples()
+             if r.distortion == "clean"}
+    src = read_frames(carphone, range(68)).float()
+    for name, first in (("tree", 0), ("tree_from_60", 60)):
+        err = {k: float((clean[name] - src[k:k + 8]).abs().mean()) for k in (0, 60)}
+        assert err[first] < 3 < err[60 - first], (name, err)  # the frames from `start`, not the first ones
+    params = json.loads((tmp_path / "set" / "demo_params.json").read_text())
+    assert [s.get("start") for s in params["sources"]] == [None, 60]  # recorded only where it is not 0
+    with pytest.raises(ValueError, match="start frame 500 outside its 120 frames"):
+        monkeypatch.setattr(catalogue_module, "EXTRA_CONTENT", (*entries, replace(parts[0], start=500)))
+        build_training_set(tmp_path / "bad", sources=["tree_from_60"], clip_frames=8, size=(224, 224),
+                           distortions={"h264": (51,)}, extra_content=cache, extra_edition=1)
 
 
 def test_cli_passes_the_extra_content_and_its_val_split(tmp_path, monkeypatch):

@@ -280,12 +280,15 @@ def _finish(out_dir: Path, rows: list[dict], columns: Sequence[str], params: dic
     return _load_manifest(out_dir, columns)  # the same frame (types, rounding) a later no-op call returns
 
 
-def _video_frames(src: Path, clip_frames: int, max_height: int) -> tuple[torch.Tensor, Fraction]:
-    """The first ``clip_frames`` frames of a video, no taller than ``max_height`` (even sizes)."""
+def _video_frames(src: Path, clip_frames: int, max_height: int, start: int = 0) -> tuple[torch.Tensor, Fraction]:
+    """Up to ``clip_frames`` frames of a video from frame ``start`` (all it has after it, when fewer), no taller
+    than ``max_height`` (even sizes). Raises ValueError when the video ends before ``start``."""
     info = probe(src)
-    n = min(clip_frames, info.num_frames)
+    if not 0 <= start < info.num_frames:
+        raise ValueError(f"{src.name}: start frame {start} outside its {info.num_frames} frames")
+    n = min(clip_frames, info.num_frames - start)
     fps = Fraction(info.fps).limit_denominator(1001)
-    frames = read_frames(src, range(n))
+    frames = read_frames(src, range(start, start + n))
     h, w = frames.shape[1:3]
     if h > max_height:
         h, w = max_height, w * max_height / h
@@ -468,7 +471,7 @@ def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
     """A video's first frames (no taller than the output height) or a photograph filmed (at
     ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``)."""
     if src.kind == "video":
-        return _video_frames(src.path, clip_frames, size[0])
+        return _video_frames(src.path, clip_frames, size[0], src.start)
     photo = load_photo(src.path)
     film = src.film_hw or size
     rng = np.random.default_rng((int(seed), zlib.crc32(src.name.encode()), 0, MOTION_STREAM))
@@ -482,6 +485,7 @@ def _content_params(src: Source, sha256: str, clip_frames: int, size: tuple[int,
     common = {k: v for k, v in _common_params(seed, clip_frames, dist, "").items() if k != "label"}
     return {**common, "size": list(size), "name": src.name, "kind": src.kind, "file": src.path.name,
             "sha256": sha256, "film_hw": list(src.film_hw) if src.film_hw else None,
+            **({"start": src.start} if src.start else {}),  # absent at 0: earlier builds' records stay valid
             "torch_version": torch.__version__.split("+")[0]}
 
 
@@ -601,7 +605,8 @@ def build_training_set(
         "size": list(size),
         "splits": split_of,
         "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": sha[s.name],
-                     **({"film_hw": list(s.film_hw)} if s.film_hw else {})} for s in srcs],
+                     **({"film_hw": list(s.film_hw)} if s.film_hw else {}),
+                     **({"start": s.start} if s.start else {})} for s in srcs],
         "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
     }
     out_dir.mkdir(parents=True, exist_ok=True)

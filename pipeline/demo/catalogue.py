@@ -23,6 +23,7 @@ class ExtraContent:
     licence: str  # the file's licence, from debian/copyright, the package metadata or its README
     crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom): cut off a letterbox
     edition: int = 1  # the catalogue edition that added it (EXTRA_EDITIONS)
+    start: int = 0  # a video's first frame taken (one file can give several contents, titles skipped)
 
 
 # Catalogue editions: a build asks for one and gets every content added up to it, so a training run
@@ -31,7 +32,7 @@ EXTRA_EDITIONS: dict[int, str] = {
     1: "55 photographs and 3 videos (runs C to I)",
     2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
     3: "+ 6 real camera videos and 2 animations from Debian packages (run L)",
-    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi) and 2 real videos",
+    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi), 4 scenes of a 2D animation and 2 real videos",
 }
 EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
@@ -221,6 +222,16 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     *_entries("apt", "pd-extendedview", "usr/share/doc/pd-extendedview/media/", "video", (
         ("diver", "diver.mov", "GPL-3+ (IEM, KUG; pd-extendedview)"),  # underwater, bubbles, 640x480 MJPEG
     ), edition=4),
+    # Creative Commons' "Wanna Work Together?" (2D motion graphics, 480x352, 30 fps, 5402 frames): four scenes,
+    # each a content of its own (the first 64 frames are black titles)
+    *(ExtraContent(name, "apt", "openboard-common", "usr/share/openboard/library/videos/wannaworktogether.mp4",
+                   "video", "CC-BY (Creative Commons, animation by Ryan Junell); GPL-3 with OpenSSL exception in "
+                   "openboard's debian/copyright", edition=4, start=start) for name, start in (
+        ("cc_icons", 1000),  # icons flying out of a pencil
+        ("cc_earth", 1250),  # the Earth in a ring of photographed people
+        ("cc_hands", 2850),  # hands holding logos, flat green
+        ("cc_refine", 3650),  # lettering appears
+    )),
 )
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
@@ -235,12 +246,13 @@ def _check_catalogue() -> None:
     names = extra_content_names()
     bad = [n for n in names if not _NAME.fullmatch(n)]
     dup = sorted({n for n in names if names.count(n) > 1})
-    odd = [e.name for e in EXTRA_CONTENT if e.manager not in MANAGERS or e.kind not in KINDS]
+    odd = [e.name for e in EXTRA_CONTENT if e.manager not in MANAGERS or e.kind not in KINDS
+           or e.start < 0 or (e.start and e.kind != "video")]
     unpinned = sorted({e.package for e in EXTRA_CONTENT if e.manager == "pip" and e.package not in PIP_PINS})
     editions = sorted({e.name for e in EXTRA_CONTENT if e.edition not in EXTRA_EDITIONS})
     if bad or dup or odd or unpinned or editions:
         raise AssertionError(f"bad extra-content catalogue: names {bad}, duplicates {dup}, "
-                             f"manager/kind {odd}, unpinned pip packages {unpinned}, unknown editions {editions}")
+                             f"manager/kind/start {odd}, unpinned pip packages {unpinned}, unknown editions {editions}")
 
 
 def catalogue(edition: int | None = None) -> tuple[ExtraContent, ...]:

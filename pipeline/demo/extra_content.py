@@ -283,7 +283,7 @@ def extra_sources(cache_dir: str | os.PathLike, *, edition: int | None = None) -
             continue
         if path.suffix == ".npz" or e.crop is not None:
             path = _converted(e, path, cache_dir)
-        found.append(Source(e.name, e.kind, path))
+        found.append(Source(e.name, e.kind, path, start=e.start))
     if missing:
         warnings.warn(f"extra content missing from the unpacked packages in {cache_dir}: {', '.join(missing)}",
                       stacklevel=2)

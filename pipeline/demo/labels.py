@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .distortions import filter_valid, gaussian_kernel
 from .codec import CHUNK
+from .distortions import filter_valid, gaussian_kernel
 
 MOS_CENTER = 0.80
 MOS_WIDTH = 0.08

@@ -43,12 +43,14 @@ class Source:
 
     ``film_hw``: for a photograph, the (height, width) its camera films at instead of the build's size
     (a low-resolution camera: ``pipeline.demo.build.lowres_variants``); None for the build's size.
+    ``start``: for a video, the first frame the content takes (a catalogue entry may skip titles).
     """
 
     name: str
     kind: str  # "video" | "still"
     path: Path
     film_hw: tuple[int, int] | None = None
+    start: int = 0
 
 
 def _package_dir(module: str) -> Path | None:
