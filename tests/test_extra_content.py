@@ -249,7 +249,6 @@ def test_a_video_entry_with_a_start_frame_skips_to_it(tmp_path, monkeypatch):
     from pipeline.demo.sources import shipped_sources
     from pipeline.io.video import read_frames
 
-    assert {e.name: e.start for e in EXTRA_CONTENT}["cc_earth"] == 1250
     monkeypatch.setattr(subprocess, "run", _no_commands)
     cache = _fake_cache(tmp_path / "extra")
     carphone = next(p for p in shipped_sources() if p.name == "carphone_pristine.mp4")  # 120 frames, 176x144
@@ -269,10 +268,28 @@ def test_a_video_entry_with_a_start_frame_skips_to_it(tmp_path, monkeypatch):
         assert err[first] < 3 < err[60 - first], (name, err)  # the frames from `start`, not the first ones
     params = json.loads((tmp_path / "set" / "demo_params.json").read_text())
     assert [s.get("start") for s in params["sources"]] == [None, 60]  # recorded only where it is not 0
-    with pytest.raises(ValueError, match="start frame 500 outside its 120 frames"):
-        monkeypatch.setattr(catalogue_module, "EXTRA_CONTENT", (*entries, replace(parts[0], start=500)))
-        build_training_set(tmp_path / "bad", sources=["tree_from_60"], clip_frames=8, size=(224, 224),
-                           distortions={"h264": (51,)}, extra_content=cache, extra_edition=1)
+
+    # another start frame rebuilds that content only
+    built = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "set").glob("*.mp4")}
+    monkeypatch.setattr(catalogue_module, "EXTRA_CONTENT", (*entries, replace(parts[0], start=70)))
+    build_training_set(tmp_path / "set", sources=["tree", "tree_from_60"], clip_frames=8, size=(224, 224),
+                       distortions={"h264": (51,)}, extra_content=cache, extra_edition=1)
+    again = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "set").glob("*.mp4")}
+    assert {n for n in built if again[n] != built[n]} == {"tree_from_60__clean.mp4", "tree_from_60__h264_1.mp4"}
+
+    def build(start: int, clip_frames: int = 8, splits=None):
+        monkeypatch.setattr(catalogue_module, "EXTRA_CONTENT", (*entries, replace(parts[0], start=start)))
+        return build_training_set(tmp_path / "bad", sources=["tree", "tree_from_60"], clip_frames=clip_frames,
+                                  size=(224, 224), distortions={"h264": (51,)}, extra_content=cache,
+                                  extra_edition=1, splits=splits or {})
+
+    with pytest.raises(ValueError, match=r"tree \(from frame 0\) and tree_from_60 \(from frame 60\) share frames"):
+        build(60, clip_frames=64)  # scenes of one file must not overlap
+    with pytest.raises(ValueError, match="are in different splits"):
+        build(60, splits={"val": ["tree"]})  # nor leak between splits
+    assert not list((tmp_path / "bad").glob("*.mp4"))  # both refused before anything was encoded
+    with pytest.raises(ValueError, match="start frame 119 leaves fewer than 2 of its 120 frames"):
+        build(119)
 
 
 def test_cli_passes_the_extra_content_and_its_val_split(tmp_path, monkeypatch):

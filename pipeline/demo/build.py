@@ -284,8 +284,8 @@ def _video_frames(src: Path, clip_frames: int, max_height: int, start: int = 0) 
     """Up to ``clip_frames`` frames of a video from frame ``start`` (all it has after it, when fewer), no taller
     than ``max_height`` (even sizes). Raises ValueError when the video ends before ``start``."""
     info = probe(src)
-    if not 0 <= start < info.num_frames:
-        raise ValueError(f"{src.name}: start frame {start} outside its {info.num_frames} frames")
+    if not 0 <= start < info.num_frames - 1:
+        raise ValueError(f"{src.name}: start frame {start} leaves fewer than 2 of its {info.num_frames} frames")
     n = min(clip_frames, info.num_frames - start)
     fps = Fraction(info.fps).limit_denominator(1001)
     frames = read_frames(src, range(start, start + n))
@@ -415,6 +415,24 @@ def assign_splits(names: Sequence[str], splits: Mapping[str, Sequence[str]]) -> 
     return {n: where.get(n, "train") for n in names}
 
 
+def _check_scenes(srcs: Sequence[Source], split_of: Mapping[str, str], clip_frames: int) -> None:
+    """Contents cut from one video file (catalogue ``start`` frames) must not share frames, and must be in one
+    split: scenes of one film in train and val would leak content between them. Raises ValueError."""
+    by_file: dict[Path, list[Source]] = {}
+    for s in srcs:
+        if s.kind == "video":
+            by_file.setdefault(s.path, []).append(s)
+    for scenes in by_file.values():
+        scenes = sorted(scenes, key=lambda s: s.start)
+        if len({split_of[s.name] for s in scenes}) > 1:
+            raise ValueError(f"contents cut from one video {[s.name for s in scenes]} are in different splits "
+                             f"{[split_of[s.name] for s in scenes]}: put them in one")
+        for a, b in zip(scenes, scenes[1:]):
+            if b.start < a.start + clip_frames:
+                raise ValueError(f"{a.name} (from frame {a.start}) and {b.name} (from frame {b.start}) share frames "
+                                 f"at {clip_frames} frames a clip")
+
+
 def _extra(extra_content: str | os.PathLike | None, edition: int | None, verbose: bool) -> list[Source]:
     """The sources of extra-content catalogue `edition` (fetched into the folder if missing), or none."""
     if extra_content is None:
@@ -468,7 +486,7 @@ def lowres_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[S
 
 def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
                      seed: int) -> tuple[torch.Tensor, Fraction]:
-    """A video's first frames (no taller than the output height) or a photograph filmed (at
+    """A video's frames from its ``start`` (no taller than the output height) or a photograph filmed (at
     ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``)."""
     if src.kind == "video":
         return _video_frames(src.path, clip_frames, size[0], src.start)
@@ -591,6 +609,7 @@ def build_training_set(
     check_label(label, dist)
     srcs = _select(sources, _extra(extra_content, extra_edition, verbose))
     split_of = assign_splits([s.name for s in srcs], splits)
+    _check_scenes(srcs, split_of, clip_frames)
     variants = lowres_variants(srcs, lowres_every, seed)
     clash = sorted({v.name for v in variants} & set(split_of))
     if clash:

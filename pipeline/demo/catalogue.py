@@ -32,7 +32,7 @@ EXTRA_EDITIONS: dict[int, str] = {
     1: "55 photographs and 3 videos (runs C to I)",
     2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
     3: "+ 6 real camera videos and 2 animations from Debian packages (run L)",
-    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi), 4 scenes of a 2D animation and 2 real videos",
+    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi), 4 scenes of a 2D animation and 2 real videos (next run)",
 }
 EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
@@ -202,7 +202,7 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     *_entries("apt", "wordpress-theme-twentytwentytwo", "usr/share/wordpress/wp-content/themes/twentytwentytwo/"
               "assets/videos/", "video", (
         # M. P. Verneuil's "Colombes et lis" (public domain), animated for the theme: 1280x720, 31 frames
-        ("doves_lilies", "birds.mp4", "public domain artwork (theme readme); theme GPL-2+"),
+        ("doves_lilies", "birds.mp4", "public domain artwork (M. P. Verneuil, theme readme); theme GPL-2+"),
     ), edition=3),
     # Edition 4: Planet Blupi's cut scenes, rendered 3D cartoon like the test's bigbuckbunny (320x240, 12 fps;
     # Cinepak or Microsoft Video 1, so their clean versions carry the old codec's vector quantisation)
@@ -225,8 +225,8 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     # Creative Commons' "Wanna Work Together?" (2D motion graphics, 480x352, 30 fps, 5402 frames): four scenes,
     # each a content of its own (the first 64 frames are black titles)
     *(ExtraContent(name, "apt", "openboard-common", "usr/share/openboard/library/videos/wannaworktogether.mp4",
-                   "video", "CC-BY (Creative Commons, animation by Ryan Junell); GPL-3 with OpenSSL exception in "
-                   "openboard's debian/copyright", edition=4, start=start) for name, start in (
+                   "video", "CC-BY (Creative Commons' film, animation by Ryan Junell; version not stated in the package); "
+                   "Debian ships it under openboard's GPL-3 with OpenSSL exception", edition=4, start=start) for name, start in (
         ("cc_icons", 1000),  # icons flying out of a pencil
         ("cc_earth", 1250),  # the Earth in a ring of photographed people
         ("cc_hands", 2850),  # hands holding logos, flat green

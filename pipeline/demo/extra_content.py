@@ -40,11 +40,12 @@ exists is complete. The downloaded archive is deleted after unpacking, and its S
 
 Choice of content
 -----------------
-Real photographs and camera videos, each at least 512x288, with a licence that allows reuse
-(GPL, LGPL, Creative Commons, public domain, MIT/BSD/Apache); since edition 2 also flat-shaded
-digital art, the nearest to animation any fetchable package has; since edition 3 also real camera
-videos and two animations at any size, and shorter than a clip (docs/training_data.md, "Added for
-run L"); since edition 4 rendered 3D cartoon scenes. The following are left out:
+Real photographs and camera videos with a licence that allows reuse (GPL, LGPL, Creative Commons,
+public domain, MIT/BSD/Apache): in editions 1-2 each at least 512x288, and since edition 2 also
+flat-shaded digital art (the nearest to animation edition 2 found). Since edition 3, videos at any
+size, also shorter than a clip, and animations: edition 3 a rendered scene and an animated
+illustration, edition 4 rendered 3D cartoon scenes and four scenes of one 2D animation (a catalogue
+entry's ``start`` frame). docs/training_data.md has every edition. The following are left out:
 
 * anything whose image rights are doubtful: OpenCV's messi5, baboon and fruits, insightface's t1,
   and lena;
