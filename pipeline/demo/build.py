@@ -282,7 +282,7 @@ def _finish(out_dir: Path, rows: list[dict], columns: Sequence[str], params: dic
 
 def _video_frames(src: Path, clip_frames: int, max_height: int, start: int = 0) -> tuple[torch.Tensor, Fraction]:
     """Up to ``clip_frames`` frames of a video from frame ``start`` (all it has after it, when fewer), no taller
-    than ``max_height`` (even sizes). Raises ValueError when the video ends before ``start``."""
+    than ``max_height`` (even sizes). Raises ValueError when fewer than 2 frames follow ``start``."""
     info = probe(src)
     if not 0 <= start < info.num_frames - 1:
         raise ValueError(f"{src.name}: start frame {start} leaves fewer than 2 of its {info.num_frames} frames")

@@ -32,7 +32,7 @@ EXTRA_EDITIONS: dict[int, str] = {
     1: "55 photographs and 3 videos (runs C to I)",
     2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
     3: "+ 6 real camera videos and 2 animations from Debian packages (run L)",
-    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi), 4 scenes of a 2D animation and 2 real videos (next run)",
+    4: "+ 7 rendered 3D cartoon scenes (Planet Blupi), 4 scenes of a 2D animation and 2 real videos (run M)",
 }
 EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
@@ -225,8 +225,9 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
     # Creative Commons' "Wanna Work Together?" (2D motion graphics, 480x352, 30 fps, 5402 frames): four scenes,
     # each a content of its own (the first 64 frames are black titles)
     *(ExtraContent(name, "apt", "openboard-common", "usr/share/openboard/library/videos/wannaworktogether.mp4",
-                   "video", "CC-BY (Creative Commons' film, animation by Ryan Junell; version not stated in the package); "
-                   "Debian ships it under openboard's GPL-3 with OpenSSL exception", edition=4, start=start) for name, start in (
+                   "video", "CC-BY (Creative Commons' film, animation by Ryan Junell; version not stated in the "
+                   "package); Debian ships it under openboard's GPL-3 with OpenSSL exception", edition=4, start=start)
+      for name, start in (
         ("cc_icons", 1000),  # icons flying out of a pencil
         ("cc_earth", 1250),  # the Earth in a ring of photographed people
         ("cc_hands", 2850),  # hands holding logos, flat green
