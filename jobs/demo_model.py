@@ -34,6 +34,7 @@ from typing import Any
 
 from jobs.cli import main as cli
 from model.registry import REGISTRY_FILE, Weights, install_weights
+from pipeline.log import configure as configure_logging
 
 DEMO_WEIGHTS = "tiny-demo"  # the registry entry --install updates
 
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="only copy OUT/run's state to --save-state (after stopping a run that could not finish)")
     command = shlex.join(["python", "-m", "jobs.demo_model", *(sys.argv[1:] if argv is None else argv)])
     args, extra = p.parse_known_args(argv)  # anything else goes to `securevqa train`, after the recipe
+    configure_logging()  # the build's progress lines (securevqa.demo) before `securevqa train` configures its own
 
     from pipeline.demo.build import (
         DEFAULT_SPLITS,

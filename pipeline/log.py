@@ -70,6 +70,15 @@ def quiet_ray_logs(level: int = logging.INFO) -> None:
             memory.detection_time_interval_s = -1
 
 
+def duration(seconds: float) -> str:
+    """A time left for progress lines: "12m05s", "1h07m", or "unknown time"."""
+    if seconds == float("inf"):
+        return "unknown time"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 def driver_level() -> int:
     """The effective level of the `securevqa` logger here (on the driver), to hand to worker processes."""
     return logging.getLogger(ROOT).getEffectiveLevel()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -375,7 +377,7 @@ def test_adding_lowres_contents_encodes_only_them_and_removing_them_restores_the
     assert sorted(p.stem for p in (out / "contents").glob("*.json")) == sorted(TRAIN_SOURCES)
 
 
-def test_an_interrupted_training_build_resumes_with_the_unfinished_content(tmp_path, monkeypatch):
+def test_an_interrupted_training_build_resumes_with_the_unfinished_content(tmp_path, monkeypatch, caplog):
     real = demo_build._source_clips
 
     def fail_on_moon(name, *a, **k):
@@ -389,8 +391,12 @@ def test_an_interrupted_training_build_resumes_with_the_unfinished_content(tmp_p
     assert not (tmp_path / "t" / "demo_params.json").exists()
     monkeypatch.setattr(demo_build, "_source_clips", real)
     written = _count_encodes(monkeypatch)
-    df = _build_training(tmp_path / "t")
+    caplog.set_level(logging.INFO, logger="securevqa.demo")
+    df = _build_training(tmp_path / "t", verbose=True)
     assert written and {n.split("__")[0] for n in written} == {"moon"}
+    lines = caplog.text
+    assert "2 of 3 contents reused" in lines
+    assert re.search(r"\[1/1\] moon \(still, \w+\): \d+ frames .* clips in [\d.]+ s; about 0m00s left", lines), lines
     assert sorted(df.source.unique()) == sorted(TRAIN_SOURCES)
     # a record whose clip went missing is built again
     (tmp_path / "t" / "astronaut__blur_1.mp4").unlink()

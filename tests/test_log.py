@@ -52,6 +52,26 @@ def test_worker_takes_the_drivers_level_once(capsys):
     assert capsys.readouterr().out == "attack: v1 left out\n"  # workers write to stdout, which Ray forwards
 
 
+def test_durations_in_progress_lines():
+    assert [plog.duration(s) for s in (0, 59.6, 725, 3 * 3600 + 7 * 60 + 20, float("inf"))] == [
+        "0m00s", "1m00s", "12m05s", "3h07m", "unknown time"]
+
+
+def test_the_demo_model_job_shows_the_training_set_builds_progress(tmp_path, monkeypatch, capsys):
+    from jobs import demo_model
+    from pipeline.demo import build
+
+    def build_training_set(*a, **k):  # the build's progress line, then a stop before anything is trained
+        logging.getLogger("securevqa.demo").info("[1/170] dog (video, train): 64 frames; about 35m10s left")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "build_training_set", build_training_set)
+    logging.getLogger(plog.ROOT).handlers.clear()  # as in a fresh process: nothing configured yet
+    with pytest.raises(KeyboardInterrupt):
+        demo_model.main(["--out", str(tmp_path / "out"), "--no-extra-content"])
+    assert "[1/170] dog (video, train): 64 frames; about 35m10s left\n" in capsys.readouterr().err
+
+
 def test_cli_quiet_and_verbose_exclude_each_other(capsys):
     from jobs.cli import build_parser
 

@@ -140,6 +140,7 @@ import pandas as pd
 import torch
 
 from pipeline.io.video import probe, read_frames
+from pipeline.log import duration
 
 from .camera import MAX_SCALE, MOTION_STREAM, camera_path, film_still
 from .codec import CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize
@@ -644,6 +645,7 @@ def build_training_set(
     if verbose and reused:
         log.info(f"{len(reused)} of {len(srcs)} contents reused from an earlier build in {out_dir}")
     # Each content is built from its own seeded draws, so the clips do not depend on `workers`.
+    t_built = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
@@ -653,8 +655,9 @@ def build_training_set(
         for i, (src, (clips, shape, seconds)) in enumerate(zip(todo, results), start=1):
             built[src.name] = clips, shape
             if verbose:
+                left = (time.perf_counter() - t_built) / i * (len(todo) - i)
                 log.info(f"[{i}/{len(todo)}] {src.name} ({src.kind}, {split_of[src.name]}): {shape[0]} frames "
-                         f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s")
+                         f"{shape[2]}x{shape[1]}, {len(clips)} clips in {seconds:.1f} s; about {duration(left)} left")
     rows = [{**r, "kind": s.kind, "split": split_of[s.name]} for s in srcs for r in built[s.name][0]]
     _prune(out_dir, {Path(r["uri"]).name for r in rows}, {s.name for s in srcs})
     df = _finish(out_dir, apply_label_rule(rows, label), TRAINING_COLUMNS, params)

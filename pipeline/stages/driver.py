@@ -34,7 +34,7 @@ from pipeline.io.storage import make_key, stat_many
 from pipeline.io.table import KeyedTable
 from pipeline.io.video import ERROR_CODES as VIDEO_ERROR_CODES
 from pipeline.io.video import VideoDecodeError
-from pipeline.log import configure_worker
+from pipeline.log import configure_worker, duration
 
 from .options import RunOptions
 from .resources import auto_actors_per_gpu, plan_actors
@@ -315,15 +315,6 @@ class Progress:
         left = (self.total - finished) / rate if rate > 0 else float("inf")
         return (f"{self.stage}: {finished:,}/{self.total:,} videos ({100 * finished / self.total:.1f}%), "
                 f"{failed:,} failed, {rate:.2f} videos/s, about {duration(left)} left")
-
-
-def duration(seconds: float) -> str:
-    """A time left for progress lines: "12m05s", "1h07m", or "unknown time"."""
-    if seconds == float("inf"):
-        return "unknown time"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

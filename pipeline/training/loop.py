@@ -35,8 +35,7 @@ from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
 from model.pretext import ConditionHead, FidelityHead, TextureHead
 from model.rng import derive_seed
-from pipeline.log import configure_worker
-from pipeline.stages.driver import duration
+from pipeline.log import configure_worker, duration
 from pipeline.stages.inter import InterCache
 from pipeline.training.frame_cache import FrameCache
 
