@@ -24,7 +24,7 @@ from pipeline.demo import (
     label_table,
     split_table,
 )
-from pipeline.demo.build import DEMO_LOWRES_EVERY, MANIFEST
+from pipeline.demo.build import DEMO_LOWRES_EVERY, DEMO_LOWRES_VIDEO_EVERY, MANIFEST
 from pipeline.log import configure as configure_logging
 
 
@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lowres-every", type=int, default=0, metavar="N",
                     help="training set: also film about 1 photograph in N at low resolution (<name>_lowres, 144-240 "
                          "lines; 0: none; the demo model's set uses %d)" % DEMO_LOWRES_EVERY)
+    ap.add_argument("--lowres-video-every", type=int, default=0, metavar="N",
+                    help="training set: the same for about 1 video in N (its centre, downscaled; 0: none; the demo "
+                         "model's set uses %d)" % DEMO_LOWRES_VIDEO_EVERY)
     ap.add_argument("--extra-edition", type=int, default=None, metavar="N",
                     help="training set: the extra-content catalogue edition (pipeline.demo.catalogue "
                          "EXTRA_EDITIONS; default: the latest, the whole catalogue)")
@@ -65,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 splits = {**DEFAULT_SPLITS, "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
             df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
                                     splits=splits, extra_content=args.extra_content, workers=args.workers,
-                                    lowres_every=args.lowres_every, extra_edition=args.extra_edition, verbose=True)
+                                    lowres_every=args.lowres_every, lowres_video_every=args.lowres_video_every,
+                                    extra_edition=args.extra_edition, verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
                                 max_height=args.max_height, verbose=True)

@@ -62,10 +62,10 @@ def save_run_state(run: Path, dest: Path) -> None:
 
 
 def run_setting(key: str, given: int | None, out: Path, resume_from: str | None, *, new: int, before: int) -> int:
-    """A training-set setting (`lowres_every`, `extra_edition`) for this command: the value given; else the one
-    the run being continued recorded in its demo_model.json (OUT/run, or the --resume-from state it will start
-    from; `before` for a run made before the setting existed, which recorded none), so a run continues on the
-    training set it started with; else `new`, the library's default for a new run."""
+    """A training-set setting (`lowres_every`, `lowres_video_every`, `extra_edition`) for this command: the value
+    given; else the one the run being continued recorded in its demo_model.json (OUT/run, or the --resume-from
+    state it will start from; `before` for a run made before the setting existed, which recorded none), so a run
+    continues on the training set it started with; else `new`, the library's default for a new run."""
     if given is not None:
         return given
     for folder in (out / "run", Path(resume_from) if resume_from else None):
@@ -117,7 +117,9 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
     data = (f"the demo training set (pipeline/demo/build_training_set, seed 0, docs/training_data.md"
             f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'}"
             + (f", about 1 photograph in {setup['lowres_every']} also filmed at low resolution"
-               if setup.get("lowres_every") else "") + ")"
+               if setup.get("lowres_every") else "")
+            + (f", about 1 video in {setup['lowres_video_every']} also downscaled to low resolution"
+               if setup.get("lowres_video_every") else "") + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
     return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
@@ -146,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lowres-every", type=int, default=None, metavar="N",
                    help="also film about 1 photograph in N at low resolution (0: none; default: what the run "
                         "being continued used, else DEMO_LOWRES_EVERY of pipeline/demo/build.py)")
+    p.add_argument("--lowres-video-every", type=int, default=None, metavar="N",
+                   help="the same for about 1 video in N (its centre, downscaled; 0: none; default: what the run "
+                        "being continued used, else DEMO_LOWRES_VIDEO_EVERY of pipeline/demo/build.py)")
     p.add_argument("--extra-edition", type=int, default=None, metavar="N",
                    help="extra-content catalogue edition (pipeline/demo/catalogue.py EXTRA_EDITIONS; default: what "
                         "the run being continued used, else the latest)")
@@ -169,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.demo.build import (
         DEFAULT_SPLITS,
         DEMO_LOWRES_EVERY,
+        DEMO_LOWRES_VIDEO_EVERY,
         EXTRA_VAL_SPLIT,
         build_training_set,
         with_reference,
@@ -197,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                                                              "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
     trainset = Path(args.trainset or out / "trainset")
     lowres = run_setting("lowres_every", args.lowres_every, out, args.resume_from, new=DEMO_LOWRES_EVERY, before=0)
+    lowres_video = run_setting("lowres_video_every", args.lowres_video_every, out, args.resume_from,
+                               new=DEMO_LOWRES_VIDEO_EVERY, before=0)
     edition = run_setting("extra_edition", args.extra_edition, out, args.resume_from, new=EXTRA_EDITION, before=1)
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
-                              lowres_every=lowres, extra_edition=edition, verbose=True)
+                              lowres_every=lowres, lowres_video_every=lowres_video, extra_edition=edition,
+                              verbose=True)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
           f"({time.perf_counter() - t0:.0f} s)")
@@ -217,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = {"extra_content": extra_dir is not None, "recipe": RECIPE, "extra_args": extra}
     if lowres:  # runs made before low-resolution contents existed recorded no such key
         setup["lowres_every"] = lowres
+    if lowres_video:  # nor before low-resolution videos
+        setup["lowres_video_every"] = lowres_video
     if extra_dir is not None and edition > 1:  # nor did runs made on the first extra-content catalogue
         setup["extra_edition"] = edition
     setup_file = out / "run" / "demo_model.json"

