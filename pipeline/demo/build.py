@@ -617,7 +617,7 @@ def build_training_set(
     workers: contents built at once, each in its own process on one torch thread (the result is the
         same for any value: every content draws from its own seed); raises ValueError below 1.
     lowres_every: also film about 1 photograph in n at low resolution (``lowres_variants``; 0: none). A
-        variant ``<name>_lowres`` is in its photograph's split.
+        variant ``<name>_lowres`` is in its photograph's split; test contents get none.
     lowres_video_every: the same for about 1 video in n taller than the drawn format (its centre, downscaled).
     extra_edition: the extra-content catalogue edition (``pipeline.demo.extra_content.EXTRA_EDITIONS``;
         None: the latest); raises ValueError for an unknown one.
@@ -640,7 +640,9 @@ def build_training_set(
     split_of = assign_splits([s.name for s in srcs], splits)
     _check_scenes(srcs, split_of, clip_frames)
     heights = {s.name: probe(s.path).height for s in srcs if s.kind == "video"} if lowres_video_every else None
-    variants = lowres_variants(srcs, lowres_every, seed, video_every=lowres_video_every, heights=heights)
+    # The test contents stay as the demo set has them: no variant adds to what the held-out test scores.
+    variants = [v for v in lowres_variants(srcs, lowres_every, seed, video_every=lowres_video_every, heights=heights)
+                if split_of[v.name.removesuffix(LOWRES_SUFFIX)] != "test"]
     clash = sorted({v.name for v in variants} & set(split_of))
     if clash:
         raise ValueError(f"low-resolution contents {clash} clash with contents of the same name")
