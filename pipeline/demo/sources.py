@@ -41,8 +41,9 @@ class DemoDataError(RuntimeError):
 class Source:
     """One content of the training set: a shipped video or a shipped photograph.
 
-    ``film_hw``: for a photograph, the (height, width) its camera films at instead of the build's size
-    (a low-resolution camera: ``pipeline.demo.build.lowres_variants``); None for the build's size.
+    ``film_hw``: the (height, width) a low-resolution content is made at instead of the build's size (a
+    photograph's camera films at it; a video's centre is downscaled to it: ``pipeline.demo.build.lowres_variants``);
+    None for the build's size.
     ``start``: for a video, the first frame the content takes (a catalogue entry may skip titles).
     """
 
