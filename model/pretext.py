@@ -147,9 +147,11 @@ def fidelity_statistics(clips: Tensor, references: Tensor, *, frames: int, cell:
 class _TokenReadout(nn.Module):
     """Linear read-out of per-cell statistics from final intra tokens, and its loss.
 
-    The targets are standardised with statistics estimated once (on the first batch) and kept as
-    buffers, so a resumed run compares against the same scale. forward: intra features (N, C, T', h, w)
-    -> (N, T', h, w, S) standardised predictions.
+    The targets are standardised with a mean and standard deviation estimated once and kept as buffers,
+    so a resumed run compares against the same scale: by `fit` on a sample of many clips (what training
+    does: one batch of a few contents can be far narrower than the training set; docs/training.md, run N),
+    else on the first batch seen. forward: intra features (N, C, T', h, w) -> (N, T', h, w, S)
+    standardised predictions.
     """
 
     def __init__(self, dim: int, swin: SwinConfig, statistics: int) -> None:
@@ -160,12 +162,20 @@ class _TokenReadout(nn.Module):
         self.register_buffer("std", torch.ones(statistics))
         self.register_buffer("fitted", torch.tensor(False))
 
+    def fit(self, stats: Tensor) -> None:
+        """Sets the standardisation from raw statistics (..., S) of many cells (`statistics` of a sample
+        of clips), replacing any earlier fit. Raises ValueError for a wrong last dimension or fewer than 2 cells."""
+        flat = stats.reshape(-1, stats.shape[-1]).float()
+        if flat.shape[1] != self.mean.numel() or flat.shape[0] < 2:
+            raise ValueError(f"need (..., {self.mean.numel()}) statistics of at least 2 cells, "
+                             f"got {tuple(stats.shape)}")
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp_min(1e-3))
+        self.fitted.fill_(True)
+
     def _standardise(self, stats: Tensor) -> Tensor:
         if not bool(self.fitted):
-            flat = stats.reshape(-1, stats.shape[-1])
-            self.mean.copy_(flat.mean(0))
-            self.std.copy_(flat.std(0).clamp_min(1e-3))
-            self.fitted.fill_(True)
+            self.fit(stats)
         return (stats - self.mean) / self.std
 
     def forward(self, features: Tensor) -> Tensor:
@@ -184,10 +194,14 @@ class TextureHead(_TokenReadout):
     def __init__(self, dim: int, swin: SwinConfig) -> None:
         super().__init__(dim, swin, len(STATISTICS))
 
+    def statistics(self, clips: Tensor) -> Tensor:
+        """Raw `STATISTICS` of (N, 3, T, H, W) 0-255 clips -> (N, T', h, w, S), the input of `fit`."""
+        with torch.no_grad():
+            return texture_statistics(clips, frames=self.frames, cell=self.cell)
+
     def targets(self, clips: Tensor) -> Tensor:
         """Standardised statistics of (N, 3, T, H, W) 0-255 clips; fits the standardisation on first use."""
-        with torch.no_grad():
-            return self._standardise(texture_statistics(clips, frames=self.frames, cell=self.cell))
+        return self._standardise(self.statistics(clips))
 
     def loss(self, features: Tensor, clips: Tensor) -> Tensor:
         """Mean squared error of the read-out against the standardised statistics (1.0 = predicting the
@@ -203,9 +217,15 @@ class FidelityHead(_TokenReadout):
     def __init__(self, dim: int, swin: SwinConfig) -> None:
         super().__init__(dim, swin, len(FIDELITY))
 
-    def targets(self, clips: Tensor, references: Tensor) -> Tensor:
+    def statistics(self, clips: Tensor, references: Tensor) -> Tensor:
+        """Raw `FIDELITY` of (N, 3, T, H, W) 0-255 clips to their references -> (N, T', h, w, 2), the input
+        of `fit`."""
         with torch.no_grad():
-            return self._standardise(fidelity_statistics(clips, references, frames=self.frames, cell=self.cell))
+            return fidelity_statistics(clips, references, frames=self.frames, cell=self.cell)
+
+    def targets(self, clips: Tensor, references: Tensor) -> Tensor:
+        """Standardised fidelity of clips to references; fits the standardisation on first use."""
+        return self._standardise(self.statistics(clips, references))
 
     def loss(self, features: Tensor, clips: Tensor, references: Tensor) -> Tensor:
         """MSE of the read-out against the standardised fidelity of `clips` to `references` (both

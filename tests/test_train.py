@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from model import create_model
+from model import create_model, make_generator
 from model.losses import LossConfig
 from model.optim import build_optimizer
 from pipeline.demo.synthetic import moving_pattern
@@ -339,6 +339,37 @@ def test_reference_clips_come_from_the_same_frames_and_fragment_positions(sets):
     with pytest.raises(ValueError, match="reference video for every training row"):
         ClipDataset([{**rows[0], "reference": ""}], emb, cfg.sampling, 1, seed=3, salt="train", storage_options={},
                     with_reference=True)
+
+
+def test_the_fidelity_standardisation_is_fitted_on_a_sample_of_videos_not_one_batch(sets):
+    from model.pretext import FidelityHead
+    from pipeline.training.data import ClipDataset
+    from pipeline.training.loop import fit_standardisation
+
+    df = sets["train"]
+    clean = dict(zip(df["video_id"], df["uri"]))
+    rows = [{"video_id": r.video_id, "uri": r.uri, "mos": r.mos, "inter_key": "k",
+             "reference": clean[r.video_id.split("_")[0] + "_n0"]} for r in df.itertuples()]
+    cfg = build_model(TrainConfig(preset="tiny-cpu"), seed=0).cfg
+    emb = {"k": torch.zeros(cfg.sampling.inter_segments, cfg.inter_dim)}
+    ds = ClipDataset(rows, emb, cfg.sampling, 1, seed=3, salt="standardise", storage_options={}, with_reference=True)
+    head = FidelityHead(cfg.intra_dim, cfg.swin)
+    assert fit_standardisation(ds, None, head, make_generator(5), videos=len(rows) + 10) == len(rows)  # all
+    every = torch.cat([head.statistics(ds[i][0], ds[i][4]) for i in range(len(rows))]).reshape(-1, 2)
+    assert torch.allclose(head.mean, every.mean(0)) and torch.allclose(head.std, every.std(0))
+    # one batch of clean-ish versions (what the first batch could be) is far narrower than the sample
+    first = FidelityHead(cfg.intra_dim, cfg.swin)
+    mild = [i for i, r in enumerate(rows) if r["video_id"].endswith(("_n0", "_n1"))]
+    first.targets(torch.cat([ds[i][0] for i in mild]), torch.cat([ds[i][4] for i in mild]))
+    assert first.std[0] < 0.5 * head.std[0], (first.std, head.std)
+    # a part of the sample, replayable with the same generator seed
+    again = FidelityHead(cfg.intra_dim, cfg.swin)
+    assert fit_standardisation(ds, None, again, make_generator(5), videos=4) == 4
+    other = FidelityHead(cfg.intra_dim, cfg.swin)
+    fit_standardisation(ds, None, other, make_generator(5), videos=4)
+    assert torch.equal(again.std, other.std) and not torch.equal(again.std, head.std)
+    with pytest.raises(ValueError, match="statistics of at least 2 cells"):
+        head.fit(torch.zeros(5, 3))
 
 
 def test_a_run_with_the_fidelity_and_condition_targets_trains_them_and_resumes_them(ray_local, sets, tmp_path):

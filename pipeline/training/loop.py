@@ -154,6 +154,35 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     return total.item()
 
 
+# Videos whose clips fit the read-outs' target standardisation (model/pretext.py): a sample across contents
+# and conditions. One batch (2 contents) was the sample before; run N's first batch gave SSIM a standard
+# deviation of 0.064 against 0.158 for run M's, which made its fidelity MSE 3.5x run M's (docs/training.md).
+STANDARDISE_VIDEOS = 64
+
+
+def fit_standardisation(dataset: ClipDataset, texture: TextureHead | None, fidelity: FidelityHead | None,
+                        generator: torch.Generator, videos: int = STANDARDISE_VIDEOS) -> int:
+    """Fits the read-outs' target standardisation (`fit`) on the clips of `videos` training videos of
+    `dataset` drawn by `generator` (all when fewer); their clips are drawn by the dataset's own seed and salt.
+    `dataset` must carry references when `fidelity` is given. Returns the number of videos read."""
+    if texture is None and fidelity is None:
+        return 0
+    order = torch.randperm(len(dataset), generator=generator)[:videos].tolist()
+    tex, fid = [], []
+    for i in order:
+        item = dataset[i]
+        clips, reference = item[0], item[4] if dataset.with_reference else None
+        if texture is not None:
+            tex.append(texture.statistics(clips))
+        if fidelity is not None:
+            fid.append(fidelity.statistics(clips, reference))
+    if texture is not None:
+        texture.fit(torch.cat(tex))
+    if fidelity is not None:
+        fidelity.fit(torch.cat(fid))
+    return len(order)
+
+
 def train_loop(config: Mapping[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`: one worker's share of the whole run (resumes by itself)."""
     import ray.train
@@ -238,6 +267,19 @@ def train_loop(config: Mapping[str, Any]) -> None:
         start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
         if rank == 0:
             log.info(f"train: resumed after epoch {state['epoch'] + 1} (step {step})")
+    elif texture is not None or fidelity is not None:
+        # drawn from the run seed, not the rank: with a seed, every rank fits the same scale
+        sample = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "standardise", so, frames,
+                             with_reference=fidelity is not None)
+        t_fit = time.perf_counter()
+        n = fit_standardisation(sample, texture, fidelity, make_generator(derive_seed(seed, "standardise")))
+        if rank == 0:
+            def fmt(v: torch.Tensor) -> str:
+                return "(" + ", ".join(f"{x:.3f}" for x in v.tolist()) + ")"
+            fitted = "; ".join(f"{name} mean {fmt(h.mean)} std {fmt(h.std)}"
+                               for name, h in (("texture", texture), ("fidelity", fidelity)) if h is not None)
+            log.info(f"train: read-out targets standardised on {n} videos ({time.perf_counter() - t_fit:.0f} s): "
+                     f"{fitted}")
 
     val_loader = None
     if config["val"] and rank == 0:
