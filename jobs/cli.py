@@ -390,6 +390,9 @@ def _add_train(sub: Any) -> None:
                    help="rank term on z-scored predictions (scale-free; the reference ranks raw scores)")
     r.add_argument("--batch-weight", type=float,
                    help="with --group-by: weight of the whole-batch loss beside the per-group losses (default 0.1)")
+    r.add_argument("--batch-loss", choices=("reference", "srcc", "margin"),
+                   help="with --group-by: the whole-batch loss's kind (default: --loss's); 'reference' (PLCC + rank) "
+                        "asks contents for one score scale, where the margin hinge lets tied labels sit at any offset")
     r.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
     r.add_argument("--calibrate-inter", type=int, metavar="N",
                    help="estimate the frozen fast pathway's BatchNorm statistics on N training videos "
@@ -440,7 +443,8 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
 
     splits = args.protocol == "splits"
     base = RECIPES[args.recipe or ("splits" if splits else "reference")]
-    loss = dataclasses.replace(base.loss, **_given(kind=args.loss, batch_weight=args.batch_weight, margin=args.margin),
+    loss = dataclasses.replace(base.loss, **_given(kind=args.loss, batch_weight=args.batch_weight, margin=args.margin,
+                                                   batch_kind=args.batch_loss),
                                **({"rank_zscore": True} if args.rank_zscore else {}))
     given = _given(
         preset=args.preset, init_checkpoint=args.init, intra_pretrained=args.intra_pretrained,

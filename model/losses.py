@@ -13,6 +13,7 @@ losses, so they need at least two samples; B < 2 raises ValueError instead of re
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -150,10 +151,16 @@ class LossConfig:
     margin: float = 0.1  # kind "margin": score gap asked per unit of label
     # grouped_quality_loss: weight of the whole-batch term beside the per-group terms.
     batch_weight: float = 0.1
+    # grouped_quality_loss: the whole-batch term's kind (None: `kind`). The margin hinge is one-sided and
+    # ties cost nothing, so it leaves two contents' clean versions (both labelled 5) at any offset; a
+    # correlation ("reference") over the batch asks every content for one score scale (docs/training.md, "Run P").
+    batch_kind: LossKind | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"loss kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.batch_kind is not None and self.batch_kind not in _KINDS:
+            raise ValueError(f"batch loss kind must be one of {_KINDS} or None, got {self.batch_kind!r}")
         if self.rank_weight < 0 or self.srcc_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got rank {self.rank_weight}, srcc {self.srcc_weight}")
         if self.temperature <= 0:
@@ -178,7 +185,7 @@ def quality_loss(pred: Tensor, target: Tensor, cfg: LossConfig = LossConfig()) -
 
 def grouped_quality_loss(pred: Tensor, target: Tensor, groups: Tensor, cfg: LossConfig = LossConfig()) -> Tensor:
     """`quality_loss` within each group (e.g. the clips of one source content), averaged over groups,
-    plus `cfg.batch_weight` x `quality_loss` over the whole batch.
+    plus `cfg.batch_weight` x `quality_loss` over the whole batch, of kind `cfg.batch_kind` (default `cfg.kind`).
 
     Why: a correlation over a batch of two contents mostly measures the two contents' offsets (features
     differ ~5x more between contents than within one), so the quality differences inside each content
@@ -193,5 +200,6 @@ def grouped_quality_loss(pred: Tensor, target: Tensor, groups: Tensor, cfg: Loss
     per_group = [quality_loss(pred[groups == g], target[groups == g], cfg) for g in labels]
     loss = torch.stack(per_group).mean()
     if cfg.batch_weight and len(labels) > 1:
-        loss = loss + cfg.batch_weight * quality_loss(pred, target, cfg)
+        whole = cfg if cfg.batch_kind is None else dataclasses.replace(cfg, kind=cfg.batch_kind)
+        loss = loss + cfg.batch_weight * quality_loss(pred, target, whole)
     return loss

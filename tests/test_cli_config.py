@@ -8,7 +8,7 @@ import dataclasses
 from jobs.cli import build_parser, spec_and_options, train_config
 from model.losses import LossConfig
 from pipeline.stages.options import ModelSpec, RunOptions
-from pipeline.training.config import TrainConfig, TrainRun
+from pipeline.training.config import RECIPES, TrainConfig, TrainRun
 
 
 def _args(*argv: str):
@@ -46,6 +46,9 @@ def test_train_options_override_only_what_was_passed():
                                loss=LossConfig(kind="margin", rank_zscore=True))
     assert cfg == want
     assert run == dataclasses.replace(TrainRun(), workers=2)
+    cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
+                                "--batch-loss", "reference", "--batch-weight", "1.0"), {})
+    assert cfg.loss == dataclasses.replace(RECIPES["demo"].loss, batch_kind="reference", batch_weight=1.0)
 
 
 def test_demo_recipe_is_the_librarys_and_the_legacy_arguments_give_run_d_s_config():

@@ -1,5 +1,6 @@
 """Training losses: hand-computed values, agreement with scipy, gradients, and that they train."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -183,6 +184,28 @@ def test_grouped_loss_is_the_mean_of_per_group_losses_plus_the_batch_term():
     assert torch.allclose(per_group, grouped_quality_loss(pred, target, groups, LossConfig(batch_weight=0.0)))
     with pytest.raises(ValueError, match="one label per sample"):
         grouped_quality_loss(pred, target, groups[:4], cfg)
+
+
+def test_a_correlation_batch_term_sees_the_content_offset_the_margin_hinge_leaves():
+    from model.losses import grouped_quality_loss
+
+    # two contents, each its clean (5) and a degraded (3) version, ordered right within each content with
+    # a gap well over the margin; content 1 sits 0.5 lower, so its clean version scores below content 0's
+    target = t([5.0, 3.0, 5.0, 3.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    aligned, offset = t([1.0, 0.0, 1.0, 0.0]), t([1.0, 0.0, 0.5, -0.5])
+    margin = LossConfig(kind="margin", margin=0.1, batch_weight=1.0)
+    corr = dataclasses.replace(margin, batch_kind="reference")
+    # the one-sided hinge is satisfied either way: tied labels cost nothing, every ordered pair has its gap
+    assert grouped_quality_loss(offset, target, groups, margin).item() == 0.0
+    # the correlation over the batch is 0 without the offset and grows with it
+    assert grouped_quality_loss(aligned, target, groups, corr).item() < 1e-6
+    assert grouped_quality_loss(offset, target, groups, corr).item() > 0.01
+    # the per-group terms keep the group's own kind: without a batch term both configurations agree
+    no_batch = dataclasses.replace(corr, batch_weight=0.0)
+    assert grouped_quality_loss(offset, target, groups, no_batch).item() == 0.0
+    with pytest.raises(ValueError, match="batch loss kind"):
+        LossConfig(batch_kind="mse")
 
 
 def test_z_scored_rank_term_does_not_depend_on_the_score_scale():
