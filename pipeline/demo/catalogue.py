@@ -33,6 +33,7 @@ EXTRA_EDITIONS: dict[int, str] = {
     2: "+ 12 photographs and 12 pieces of digital art from Plasma and UKUI wallpapers (run J)",
     3: "+ 6 real camera videos and 2 animations from Debian packages (run L)",
     4: "+ 7 rendered 3D cartoon scenes (Planet Blupi), 4 scenes of a 2D animation and 2 real videos (run M)",
+    5: "+ 4 real camera videos with flat areas, a webcam and a hand-held grey camera (run Q)",
 }
 EXTRA_EDITION = max(EXTRA_EDITIONS)  # the default: the whole catalogue
 
@@ -233,6 +234,24 @@ EXTRA_CONTENT: tuple[ExtraContent, ...] = (
         ("cc_hands", 2850),  # hands holding logos, flat green
         ("cc_refine", 3650),  # lettering appears
     )),
+    # Edition 5: real camera video of the kinds the test's bikes and carphone are and training lacked most:
+    # large flat areas with real sensor noise, objects moving over them, a low-resolution webcam face.
+    *_entries("apt", "node-opencv", "usr/share/doc/node-opencv/examples/files/", "video", (
+        # a coin and a pen moved over a white table, 568x320, 30 fps, 242 frames
+        ("coin_and_pen", "motion.mov", "Expat (node-opencv, debian/copyright Files: *)"),
+    ), edition=5),
+    *_entries("apt", "python3-hug-doc", "usr/share/doc/python3-hug/examples/streaming_movie_server/", "video", (
+        # a Lego model before a plain backdrop, 560x320, 30 fps, 166 frames
+        ("lego_model", "movie.mp4", "Expat (hug, debian/copyright Files: *)"),
+    ), edition=5),
+    *_entries("apt", "kphotoalbum", "usr/share/kphotoalbum/demo/", "video", (
+        # a webcam face in a room, 160x120 MJPEG, 15 fps, 68 frames: a low-resolution talking head like carphone
+        ("webcam_face", "movie.avi", "GPL-2+ (KPhotoAlbum, debian/copyright: the whole package)"),
+    ), edition=5),
+    *_entries("apt", "visp-images-data", "usr/share/visp-images-data/ViSP-images/video/", "video", (
+        # a hand-held grey camera over a dotted cube on comic pages, 384x288 MPEG-1, 25 fps, 79 frames
+        ("visp_cube", "cube.mpeg", "GPL-2 (Inria, ViSP images, debian/copyright Files: *)"),
+    ), edition=5),
 )
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
