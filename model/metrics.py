@@ -36,6 +36,7 @@ __all__ = [
     "METRICS",
     "MIN_N",
     "bootstrap_ci",
+    "group_offsets",
     "krcc",
     "plcc",
     "quality_metrics",
@@ -127,6 +128,37 @@ def rmse(pred: Any, label: Any, *, rescale: bool = True) -> float:
 
 
 METRICS: dict[str, Callable[..., float]] = {"srcc": srcc, "plcc": plcc, "krcc": krcc, "rmse": rmse}
+
+
+def group_offsets(pred: Any, label: Any, groups: Any) -> dict[str, Any]:
+    """How far each group (a content, a dataset) sits from one linear map of scores to labels fitted
+    over all groups, and what the pooled SRCC and PLCC would be without those offsets.
+
+    A least-squares line ``label ~ a * pred + b`` over every valid pair; a group's offset is its mean
+    residual ``a * pred + b - label`` in label units (positive: the group reads better than its labels).
+    ``srcc`` and ``plcc`` are the pooled figures of the fitted scores minus their group's offset: the
+    within-group order is untouched, only the groups' levels are aligned. Returns ``{"n", "offsets":
+    {group: float}, "srcc", "plcc"}``; the figures are NaN (offsets empty) with fewer than MIN_N pairs
+    or constant predictions. Raises ValueError when the lengths differ.
+    """
+    p_all, y_all = _as_1d(pred), _as_1d(label)
+    g_all = np.asarray(groups, dtype=object).reshape(-1)
+    if not (p_all.shape == y_all.shape == g_all.shape):
+        raise ValueError(f"pred, label and groups differ in length: {p_all.size}, {y_all.size}, {g_all.size}")
+    keep = np.isfinite(p_all) & np.isfinite(y_all)
+    p, y, g = p_all[keep], y_all[keep], g_all[keep]
+    out: dict[str, Any] = {"n": int(p.size), "offsets": {}, "srcc": float("nan"), "plcc": float("nan")}
+    if p.size < MIN_N or _is_constant(p):
+        return out
+    a, b = np.polyfit(p, y, 1)
+    residual = a * p + b - y
+    aligned = a * p + b
+    for name in sorted(set(g.tolist()), key=str):
+        member = g == name
+        out["offsets"][name] = float(residual[member].mean())
+        aligned[member] -= out["offsets"][name]
+    out["srcc"], out["plcc"] = srcc(aligned, y), plcc(aligned, y)
+    return out
 
 
 def quality_metrics(pred: Any, label: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from scipy import stats
 
 from model.metrics import (
     bootstrap_ci,
+    group_offsets,
     krcc,
     plcc,
     quality_metrics,
@@ -160,3 +161,30 @@ def test_bootstrap_ci(noisy):
     assert all(math.isnan(v) for v in bootstrap_ci("srcc", [1.0, 1.0, 1.0], [1.0, 2.0, 3.0], n_boot=20))
     with pytest.raises(KeyError):
         bootstrap_ci("nope", pred, label)
+
+
+def test_group_offsets_find_a_shifted_group_and_aligning_it_restores_the_pooled_figures():
+    rng = np.random.default_rng(3)
+    label = np.tile(np.linspace(1, 5, 18), 3)
+    groups = np.repeat(["a", "b", "c"], 18)
+    pred = 0.5 * label + rng.normal(0, 0.05, label.size)
+    clean = group_offsets(pred, label, groups)
+    assert all(abs(v) < 0.05 for v in clean["offsets"].values())
+    shifted = pred - 0.5 * (groups == "b")  # group b reads 0.5 score = 1 label unit worse
+    out = group_offsets(shifted, label, groups)
+    assert out["n"] == 54 and set(out["offsets"]) == {"a", "b", "c"}
+    a, b = np.polyfit(shifted, label, 1)
+    for name in "abc":
+        member = groups == name
+        assert out["offsets"][name] == pytest.approx(np.mean(a * shifted[member] + b - label[member]))
+    assert out["offsets"]["b"] < -0.5 < 0.2 < out["offsets"]["a"]
+    # the pooled figures suffer from the offset; aligning the groups gives them back, order within groups kept
+    assert srcc(shifted, label) < out["srcc"] - 0.02
+    assert out["srcc"] == pytest.approx(clean["srcc"], abs=0.01) and out["plcc"] > plcc(shifted, label)
+    # NaN pairs are dropped; too few pairs or constant predictions give NaN and no offsets
+    with_nan = group_offsets(np.append(shifted, np.nan), np.append(label, 3.0), np.append(groups, "a"))
+    assert with_nan["n"] == 54 and with_nan["offsets"] == pytest.approx(out["offsets"])
+    flat = group_offsets(np.ones(6), np.arange(6.0), ["a"] * 3 + ["b"] * 3)
+    assert flat["offsets"] == {} and math.isnan(flat["srcc"]) and math.isnan(flat["plcc"])
+    with pytest.raises(ValueError, match="differ in length"):
+        group_offsets(pred, label, groups[:10])

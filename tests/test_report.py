@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.metrics import quality_metrics
+from model.metrics import group_offsets, quality_metrics
 from pipeline.io.table import KeyedTable
 from pipeline.report.build import build_report
 from pipeline.report.summary import compare_scores, load_scores, summarize
@@ -83,6 +83,10 @@ def test_report_two_datasets(tmp_path):
         assert d["score"]["mean"] == pytest.approx(sub_ok.score.mean())
     # RMSE after rescale is in each dataset's MOS units
     assert rep["datasets"]["konvid"]["rmse"] < 1 < rep["datasets"]["livevqc"]["rmse"]
+    # offsets between datasets: one least-squares line over both, each dataset's mean residual
+    off = group_offsets(ok.score.to_numpy(float), ok.mos.to_numpy(float), ok.dataset.to_numpy())
+    assert rep["dataset_offsets"]["offsets"] == pytest.approx(off["offsets"])
+    assert rep["dataset_offsets"]["srcc"] == pytest.approx(off["srcc"])
 
     s = rep["score"]
     scored = ok.score.to_numpy(float)
@@ -102,6 +106,7 @@ def test_report_two_datasets(tmp_path):
     md = (out / "report.md").read_text()
     assert "## Failures" in md and "Timeout after 300 s" in md and "`v003`" in md and "4 of 60 videos failed" in md
     assert "| konvid |" in md and "| livevqc |" in md
+    assert "Offsets between datasets" in md and f"konvid {off['offsets']['konvid']:+.2f}" in md
     assert "(score_hist.png)" in md and "(score_vs_mos.png)" in md
     hist = read_png(out / "score_hist.png")
     scatter = read_png(out / "score_vs_mos.png")

@@ -108,6 +108,12 @@ def render_markdown(rep: Mapping[str, Any], files: Mapping[str, str]) -> str:
               "constant values)." + (" Brackets: bootstrap 95% intervals over videos." if ci else "")]
         if len(rows) > 1:
             L += ["", "Pooled (**all**) figures mix MOS scales of different datasets; prefer the per-dataset rows."]
+        if "dataset_offsets" in rep:
+            off = rep["dataset_offsets"]
+            L += ["", "Offsets between datasets (each dataset's mean residual, in MOS units, after one least-squares "
+                  "line from score to MOS over all of them; positive: reads better than its MOS): "
+                  + ", ".join(f"{_md(k)} {v:+.2f}" for k, v in off["offsets"].items())
+                  + f". Without them the pooled SRCC would be {_num(off['srcc'])} and PLCC {_num(off['plcc'])}."]
 
     L += ["", "## Failures", ""]
     if n_failed == 0:

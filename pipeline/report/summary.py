@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.metrics import bootstrap_ci, quality_metrics
+from model.metrics import bootstrap_ci, group_offsets, quality_metrics
 from pipeline.io.storage import filesystem, is_local, join_uri
 from pipeline.io.table import KeyedTable, TableError
 
@@ -214,6 +214,12 @@ def summarize(scores: pd.DataFrame, *, n_boot: int = 0, seed: int = 0) -> dict[s
     rep.update(_group(df, n_boot, seed))
     rep["has_mos"] = rep["n_with_mos"] > 0
     rep["datasets"] = {str(name): _group(g, n_boot, seed) for name, g in df.groupby("dataset", sort=True)}
+    if sum(1 for d in rep["datasets"].values() if d["n_with_mos"]) > 1:
+        ok = df[df["ok"]]
+        off = group_offsets(ok["score"].to_numpy(), ok["mos"].to_numpy(), ok["dataset"].astype(str).to_numpy())
+        if off["offsets"]:
+            rep["dataset_offsets"] = {"offsets": {k: _f(v) for k, v in off["offsets"].items()},
+                                      "srcc": _f(off["srcc"]), "plcc": _f(off["plcc"])}
 
     mv = df["model_version"].dropna().astype(str)
     rep["model_versions"] = {str(k): int(v) for k, v in mv.value_counts().sort_index().items()}
