@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def clips(tmp_path_factory):
 
 
 def test_frames_equal_the_decoders(clips, tmp_path):
-    cache = FrameCache(tmp_path / "cache")
+    cache = FrameCache(tmp_path / "cache", min_free_bytes=0)
     rng = np.random.default_rng(0)
     for path in clips:
         with VideoReader(str(path)) as video:
@@ -44,7 +45,7 @@ def test_frames_equal_the_decoders(clips, tmp_path):
 
 
 def test_each_video_is_decoded_once_and_again_when_it_changes(clips, tmp_path):
-    cache = FrameCache(tmp_path / "cache")
+    cache = FrameCache(tmp_path / "cache", min_free_bytes=0)
     uri = str(clips[0])
     assert cache.warm([uri, uri]) == 1
     entry = cache.path(uri)
@@ -66,7 +67,7 @@ def test_cached_step_equals_the_decoding_step(clips, tmp_path):
     emb = {"k": torch.randn(s.inter_segments, vqa.cfg.inter_dim, generator=torch.Generator().manual_seed(0))}
     plain = ClipDataset(rows, emb, s, 1, seed=5, salt="train", storage_options={})
     cached = ClipDataset(rows, emb, s, 1, seed=5, salt="train", storage_options={},
-                         frame_cache=FrameCache(tmp_path / "cache"))
+                         frame_cache=FrameCache(tmp_path / "cache", min_free_bytes=0))
     for epoch in (0, 3):
         plain.set_epoch(epoch), cached.set_epoch(epoch)
         batches = []
@@ -92,3 +93,38 @@ def test_cached_step_equals_the_decoding_step(clips, tmp_path):
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-7)
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_cache_that_would_fill_its_disk_leaves_videos_to_the_decoder(clips, tmp_path, monkeypatch):
+    import pipeline.training.frame_cache as fc
+
+    uris = [str(p) for p in clips]
+    with VideoReader(uris[0]) as video:
+        first = video.info.num_frames * video.info.height * video.info.width * 3  # bytes of its cache entry
+    # a disk with room for the first video above the default reserve (MIN_FREE_BYTES), not for both
+    free = fc.MIN_FREE_BYTES + first + first // 2
+
+    def usage(path):  # what the cache wrote is taken from the free space
+        taken = sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npy"))
+        return SimpleNamespace(total=10 * free, free=free - taken)
+
+    monkeypatch.setattr(fc.shutil, "disk_usage", usage)
+    cache = FrameCache(tmp_path / "cache")
+    assert cache.min_free_bytes == fc.MIN_FREE_BYTES
+    assert cache.warm(uris) == 1  # the second no longer fits once the first is written
+    assert cache.left_out == {uris[1]}
+    assert cache.open(uris[0]) is not None and cache.open(uris[1]) is None
+    assert len(list((tmp_path / "cache").glob("*"))) == 1  # nothing half-written
+
+    # items are the same with the full cache as without any (the left-out video read by its decoder)
+    rows = [{"video_id": f"v{i}", "uri": u, "mos": 3.0, "inter_key": "k"} for i, u in enumerate(uris)]
+    vqa = build_model(TrainConfig(preset="tiny-cpu"), seed=0)
+    emb = {"k": torch.zeros(vqa.cfg.sampling.inter_segments, vqa.cfg.inter_dim)}
+    plain = ClipDataset(rows, emb, vqa.cfg.sampling, 2, seed=3, salt="train", storage_options={})
+    full = ClipDataset(rows, emb, vqa.cfg.sampling, 2, seed=3, salt="train", storage_options={}, frame_cache=cache)
+    for i in range(len(rows)):
+        assert torch.equal(plain[i][0], full[i][0])
+
+    # an explicit reserve larger than the disk's free space: nothing is decoded at all
+    none = FrameCache(tmp_path / "none", min_free_bytes=free + 1)
+    assert none.warm(uris) == 0 and none.left_out == set(uris) and not list((tmp_path / "none").glob("*"))

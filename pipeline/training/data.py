@@ -51,8 +51,9 @@ class ClipDataset(Dataset):
 
     def _clips(self, uri: str, seed: int | None) -> torch.Tensor:
         g = make_generator(seed)
-        if self.frame_cache is not None:
-            return intra_clips(self.frame_cache.open(uri), self.sampling, self.num_clips, g)
+        cached = self.frame_cache.open(uri) if self.frame_cache is not None else None
+        if cached is not None:  # the same frames as the decoder's (tests/test_frame_cache.py)
+            return intra_clips(cached, self.sampling, self.num_clips, g)
         with open_video(uri, self.storage_options) as video:
             return intra_clips(video, self.sampling, self.num_clips, g)
 

@@ -10,12 +10,18 @@ in memory and every DataLoader process shares. The frames are exactly the decode
 Meant for training sets of short clips: a 64-frame 288x512 clip takes 28 MB; a 10-minute 1080p video
 would take 90 GB. Entries are keyed by the file's content identity (`storage.content_key`: size and
 mtime, or ETag and version on object stores), so a changed file is decoded again; writes are atomic.
+
+The cache never fills its disk: a video whose frames would leave less than `MIN_FREE_BYTES` of its disk free
+(or the `min_free_bytes` given) is not cached; `open` returns None for it and the caller decodes it as
+without a cache (`ClipDataset` does), so training goes on at the uncached speed for those videos only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +32,14 @@ import torch
 
 from pipeline.io.storage import content_key
 
-__all__ = ["CachedFrames", "FrameCache"]
+__all__ = ["MIN_FREE_BYTES", "CachedFrames", "FrameCache"]
+
+log = logging.getLogger("securevqa.training")
+
+# What the cache leaves free on its disk. A full disk fails every other writer on the machine: the run's
+# checkpoints, Ray's object spilling, a package install (this project's virtual environment takes about
+# 5 GB). A 200-content training set takes about 64 GB of cache (docs/training.md).
+MIN_FREE_BYTES = 8 * 2**30
 
 
 @dataclass(frozen=True)
@@ -60,37 +73,61 @@ class FrameCache:
     """Every frame of each video, decoded once into `root` (a local folder).
 
     `open(uri)` decodes on first use (through `stages.open_video`, local or remote) and memory-maps after.
+    `min_free_bytes`: what the cache leaves free on its disk (default `MIN_FREE_BYTES`); videos that do not
+    fit are named in `left_out` and read by their decoder instead.
     """
 
-    def __init__(self, root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None,
+                 min_free_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.storage_options = dict(storage_options or {})
+        self.min_free_bytes = MIN_FREE_BYTES if min_free_bytes is None else int(min_free_bytes)
+        self.left_out: set[str] = set()  # uris not cached for lack of room
 
     def path(self, uri: str) -> Path:
         key = content_key(uri, storage_options=self.storage_options)
         return self.root / (hashlib.sha256(f"{uri}\n{key}".encode()).hexdigest()[:24] + ".npy")
 
-    def open(self, uri: str) -> CachedFrames:
-        return CachedFrames(self._ensure(uri)[0])
+    def open(self, uri: str) -> CachedFrames | None:
+        """The video's cached frames, decoded now if needed; None when they would not fit on the disk
+        (see `min_free_bytes`): read the video with its decoder then."""
+        path = self._ensure(uri)[0]
+        return CachedFrames(path) if path is not None else None
 
     def warm(self, uris: Iterable[str]) -> int:
-        """Decode every video not cached yet; returns how many were decoded."""
+        """Decode every video not cached yet; returns how many were decoded and cached (`left_out` names
+        those that did not fit)."""
         return sum(self._ensure(uri)[1] for uri in uris)
 
-    def _ensure(self, uri: str) -> tuple[Path, bool]:
-        """The entry's path, and whether it had to be decoded now."""
+    def _fits(self, nbytes: int) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free - nbytes >= self.min_free_bytes
+
+    def _ensure(self, uri: str) -> tuple[Path | None, bool]:
+        """The entry's path (None: not cached, no room), and whether it was decoded and cached now."""
         path = self.path(uri)
         if path.exists():
             return path, False
-        self._decode(uri, path)
-        return path, True
+        if uri in self.left_out or not self._fits(0):  # checked first: a full disk costs no decode
+            return self._leave_out(uri), False
+        return (path, True) if self._decode(uri, path) else (self._leave_out(uri), False)
 
-    def _decode(self, uri: str, path: Path) -> None:
+    def _leave_out(self, uri: str) -> None:
+        if not self.left_out:
+            gib = self.min_free_bytes / 2**30
+            log.warning(f"frame cache {self.root}: {uri} would leave less than {gib:.1f} GiB of its disk free; "
+                        "it and every video that does not fit are decoded each time instead of cached")
+        self.left_out.add(uri)
+
+    def _decode(self, uri: str, path: Path) -> bool:
         from pipeline.stages.batching import open_video
 
         with open_video(uri, self.storage_options) as video:
             frames = video.read(np.arange(video.info.num_frames)).numpy()
+        if not self._fits(frames.nbytes):
+            return False
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, frames)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+        return True

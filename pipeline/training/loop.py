@@ -213,7 +213,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
         todo = config["train"] + (config["val"] if rank == 0 else [])
         n = frames.warm(r["uri"] for r in todo)
         if rank == 0:
-            log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded "
+            gib = frames.min_free_bytes / 2**30
+            full = f"; {len(frames.left_out)} not cached, the disk keeping {gib:.1f} GiB free" if frames.left_out else ""
+            log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded{full} "
                   f"({time.perf_counter() - t_cache:.0f} s)")
     train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames,
                            with_reference=cfg.fidelity_weight > 0)
