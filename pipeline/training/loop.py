@@ -214,7 +214,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
         n = frames.warm(r["uri"] for r in todo)
         if rank == 0:
             gib = frames.min_free_bytes / 2**30
-            full = f"; {len(frames.left_out)} not cached, the disk keeping {gib:.1f} GiB free" if frames.left_out else ""
+            full = (f"; {len(frames.left_out)} not cached, the disk keeping {gib:.1f} GiB free"
+                    if frames.left_out else "")
             log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded{full} "
                   f"({time.perf_counter() - t_cache:.0f} s)")
     train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames,
