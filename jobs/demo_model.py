@@ -35,6 +35,7 @@ from typing import Any
 from jobs.cli import main as cli
 from model.registry import REGISTRY_FILE, Weights, install_weights
 from pipeline.log import configure as configure_logging
+from pipeline.training.history import read_history, training_minutes
 
 DEMO_WEIGHTS = "tiny-demo"  # the registry entry --install updates
 
@@ -254,15 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     rep = json.loads((out / "test_report" / "report.json").read_text())
-    summary: dict[str, Any] = {
-        "train_minutes": round(train_s / 60, 1), "total_minutes": round((time.perf_counter() - t0) / 60, 1),
+    summary: dict[str, Any] = {  # train_minutes: the whole run's, over every invocation that resumed it
+        "train_minutes": round(training_minutes(read_history(str(out / "run"))), 1),
+        "invocation_train_minutes": round(train_s / 60, 1), "total_minutes": round((time.perf_counter() - t0) / 60, 1),
         "held_out_test": {k: rep.get(k) for k in ("n_ok", "srcc", "plcc", "krcc", "rmse")},
         "per_content": rep.get("datasets"), "command": command,
         "code": None if commit is None else {"commit": commit[0], "dirty": commit[1]},
         "training_set": {"clips": len(data), "contents": int(data["source"].nunique()),
                          "splits": {str(k): int(v) for k, v in counts.items()}}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"demo model: trained in {summary['train_minutes']} min (everything: {summary['total_minutes']} min); "
+    print(f"demo model: trained in {summary['train_minutes']} min over the whole run (this invocation: "
+          f"{summary['invocation_train_minutes']} min training, {summary['total_minutes']} min in all); "
           f"held-out test contents: " + ", ".join(f"{k} {rep[k]:.3f}" for k in ("srcc", "plcc", "krcc", "rmse")))
     if args.install:
         _install_if_good(out, args.bar, commit)

@@ -21,7 +21,7 @@ from pipeline.demo.synthetic import moving_pattern
 from pipeline.training.config import STATE_FILE, TrainConfig, TrainRun
 from pipeline.training.data import GroupedBatchSampler
 from pipeline.training.loop import build_model, train_step
-from pipeline.training.history import read_history
+from pipeline.training.history import read_history, training_minutes
 from pipeline.training.run import train, train_splits
 from tests.helpers.procs import cli_subprocess, kill_tree
 
@@ -202,6 +202,11 @@ def test_resume_after_kill_continues_with_the_same_state(ray_local, sets, tmp_pa
     _wait_for_first_epoch(proc, killed)
     assert len(read_history(str(killed))["epochs"]) == 1, "killed after exactly one epoch"
     train(data, str(killed), cfg, TrainRun(workers=1, loader_workers=0, cache_uri=sets["cache"]))
+
+    # the run's training time counts both invocations' epochs, not only the resumed one's
+    epochs = [r for r in read_history(str(killed))["epochs"] if r["epoch"] > 0]  # epoch 0: validation only
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["train_s"] > 0 for r in epochs)
+    assert training_minutes({"epochs": epochs}) > training_minutes({"epochs": epochs[1:]}) > 0
 
     a, b = _latest_state(whole), _latest_state(killed)
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 4)

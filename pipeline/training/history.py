@@ -121,3 +121,10 @@ def recorded_seed(uri: str, so: Mapping[str, Any]) -> int:
 
 def read_history(output: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return _read_json(join_uri(output, "history.json"), storage_options)
+
+
+def training_minutes(history: Mapping[str, Any]) -> float:
+    """Minutes a run spent training and validating (history.json's `train_s` + `val_s` of every epoch): the
+    whole run's time, also when it was stopped and resumed in several invocations; start-up, stage 1 and the
+    frame cache are not counted."""
+    return sum(float(r.get("train_s") or 0.0) + float(r.get("val_s") or 0.0) for r in history["epochs"]) / 60
