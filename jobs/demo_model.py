@@ -63,10 +63,11 @@ def save_run_state(run: Path, dest: Path) -> None:
 
 
 def run_setting(key: str, given: int | None, out: Path, resume_from: str | None, *, new: int, before: int) -> int:
-    """A training-set setting (`lowres_every`, `lowres_video_every`, `extra_edition`) for this command: the value
-    given; else the one the run being continued recorded in its demo_model.json (OUT/run, or the --resume-from
-    state it will start from; `before` for a run made before the setting existed, which recorded none), so a run
-    continues on the training set it started with; else `new`, the library's default for a new run."""
+    """A training-set setting (`lowres_every`, `lowres_video_every`, `encoded_every`, `extra_edition`) for this
+    command: the value given; else the one the run being continued recorded in its demo_model.json (OUT/run, or
+    the --resume-from state it will start from; `before` for a run made before the setting existed, which recorded
+    none), so a run continues on the training set it started with; else `new`, the library's default for a new
+    run."""
     if given is not None:
         return given
     for folder in (out / "run", Path(resume_from) if resume_from else None):
@@ -120,7 +121,9 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
             + (f", about 1 photograph in {setup['lowres_every']} also filmed at low resolution"
                if setup.get("lowres_every") else "")
             + (f", about 1 video in {setup['lowres_video_every']} also downscaled to low resolution"
-               if setup.get("lowres_video_every") else "") + ")"
+               if setup.get("lowres_video_every") else "")
+            + (f", about 1 training content in {setup['encoded_every']} also as a distribution encode delivers it"
+               if setup.get("encoded_every") else "") + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
     return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
@@ -152,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lowres-video-every", type=int, default=None, metavar="N",
                    help="the same for about 1 video in N (its centre, downscaled; 0: none; default: what the run "
                         "being continued used, else DEMO_LOWRES_VIDEO_EVERY of pipeline/demo/build.py)")
+    p.add_argument("--encoded-every", type=int, default=None, metavar="N",
+                   help="also make about 1 training content in N as a distribution encode delivers it (0: none; "
+                        "default: what the run being continued used, else DEMO_ENCODED_EVERY of "
+                        "pipeline/demo/build.py)")
     p.add_argument("--extra-edition", type=int, default=None, metavar="N",
                    help="extra-content catalogue edition (pipeline/demo/catalogue.py EXTRA_EDITIONS; default: what "
                         "the run being continued used, else the latest)")
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.demo.build import (
         DEFAULT_SPLITS,
+        DEMO_ENCODED_EVERY,
         DEMO_LOWRES_EVERY,
         DEMO_LOWRES_VIDEO_EVERY,
         EXTRA_VAL_SPLIT,
@@ -206,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     lowres = run_setting("lowres_every", args.lowres_every, out, args.resume_from, new=DEMO_LOWRES_EVERY, before=0)
     lowres_video = run_setting("lowres_video_every", args.lowres_video_every, out, args.resume_from,
                                new=DEMO_LOWRES_VIDEO_EVERY, before=0)
+    encoded = run_setting("encoded_every", args.encoded_every, out, args.resume_from, new=DEMO_ENCODED_EVERY,
+                          before=0)
     edition = run_setting("extra_edition", args.extra_edition, out, args.resume_from, new=EXTRA_EDITION, before=1)
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
                               lowres_every=lowres, lowres_video_every=lowres_video, extra_edition=edition,
+                              encoded_every=encoded,
                               verbose=True)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
@@ -229,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         setup["lowres_every"] = lowres
     if lowres_video:  # nor before low-resolution videos
         setup["lowres_video_every"] = lowres_video
+    if encoded:  # nor before delivered copies
+        setup["encoded_every"] = encoded
     if extra_dir is not None and edition > 1:  # nor did runs made on the first extra-content catalogue
         setup["extra_edition"] = edition
     setup_file = out / "run" / "demo_model.json"

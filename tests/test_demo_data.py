@@ -358,6 +358,50 @@ def test_lowres_variants_pick_photographs_by_name_and_draw_a_small_format():
         lowres_variants(videos, 0, video_every=-1)
 
 
+def test_encoded_variants_pick_contents_by_name_and_draw_a_distribution_crf():
+    from pipeline.demo.build import ENCODED_CRFS, encoded_variants
+    from pipeline.demo.sources import Source
+
+    srcs = [Source(f"photo{i}", "still", Path(f"/p/{i}.png")) for i in range(30)]
+    srcs += [Source(f"video{i}", "video", Path(f"/v/{i}.mp4"), start=i) for i in range(10)]
+    assert encoded_variants(srcs, 0) == []
+    every = encoded_variants(srcs, 1)
+    assert [v.name for v in every] == [f"{s.name}_encoded" for s in srcs]  # photographs and videos alike
+    assert all(v.path == s.path and v.kind == s.kind and v.start == s.start for v, s in zip(every, srcs))
+    crfs = [v.source_crf for v in every]
+    assert all(ENCODED_CRFS[0] <= c <= ENCODED_CRFS[1] for c in crfs) and len(set(crfs)) > 5
+    assert encoded_variants(srcs, 1) == every  # deterministic
+    assert [v.source_crf for v in encoded_variants(srcs, 1, seed=1)] != crfs
+    third = encoded_variants(srcs, 3)
+    assert 4 <= len(third) <= 25 and {v.name for v in third} < {v.name for v in every}
+    with pytest.raises(ValueError, match="encoded_every must be >= 0"):
+        encoded_variants(srcs, -1)
+
+
+def test_a_delivered_copy_is_its_content_through_the_drawn_encode_and_only_in_training(tmp_path):
+    from pipeline.demo.build import ENCODED_SUFFIX, encoded_variants
+    from pipeline.demo.codec import roundtrip, x264_options
+    from pipeline.io.video import read_frames
+
+    df = _build_training(tmp_path / "s", encoded_every=1, distortions={"h264": (44,)}, label="condition")
+    # astronaut is the only training content: val (moon) and test (carphone) get no copy
+    assert sorted(df.source.unique()) == ["astronaut", "astronaut_encoded", "carphone", "moon"]
+    copy, orig = df[df.source == "astronaut_encoded"], df[df.source == "astronaut"]
+    assert set(copy.split) == {"train"}
+    # the labels name the condition only: the copy's clean clip is 5 like its content's
+    assert copy.set_index("distortion").mos.to_dict() == orig.set_index("distortion").mos.to_dict()
+    astronaut = next(s for s in demo_sources.training_sources() if s.name == "astronaut")
+    (variant,) = encoded_variants([astronaut], 1)
+    clean = read_frames(Path(orig[orig.distortion == "clean"].uri.iloc[0]), range(TRAIN_FRAMES)).float()
+    delivered = read_frames(Path(copy[copy.distortion == "clean"].uri.iloc[0]), range(TRAIN_FRAMES)).float()
+    # the content's own camera path through the drawn encode, then the clean clip's near-lossless CRF 12
+    filmed, fps = demo_build._training_frames(astronaut, TRAIN_FRAMES, TRAIN_SIZE, 0)
+    want = roundtrip(filmed, fps, "libx264", x264_options(variant.source_crf, filmed.shape[2])).float()
+    assert (delivered - want).abs().mean() < 0.3 * (delivered - clean).abs().mean()
+    assert 1 < (delivered - clean).abs().mean() < 10  # an encode of the same view, not another view
+    assert ENCODED_SUFFIX == "_encoded" and list(copy.mos) != [] and set(copy.mos) == {5.0, 2.55}
+
+
 def test_a_lowres_video_is_its_centre_downscaled_to_the_drawn_format(tmp_path):
     from pipeline.demo.build import LOWRES_SUFFIX, lowres_variants
     from pipeline.demo.codec import resize

@@ -144,7 +144,8 @@ from pipeline.io.video import probe, read_frames
 from pipeline.log import duration
 
 from .camera import MAX_SCALE, MOTION_STREAM, camera_path, film_still
-from .codec import CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize
+from .codec import (CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize, roundtrip,
+                    x264_options)
 from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort
 from .labels import (
     MOS_CENTER,
@@ -187,6 +188,14 @@ LOWRES_SUFFIX = "_lowres"
 LOWRES_STREAM = 2  # the format's draw (MOTION_STREAM draws the camera path)
 DEMO_LOWRES_EVERY = 2  # the demo model's training set films every 2nd photograph (by name hash) at low resolution
 DEMO_LOWRES_VIDEO_EVERY = 1  # and, since run N, every video taller than its drawn format (docs/training_data.md)
+# Delivered copies (docs/training_data.md, "Delivered copies"): a training content as a distribution encode
+# delivers it, its frames through libx264 at a CRF drawn from this inclusive range before the conditions. Real
+# "clean" files are such encodes (bikes, a test content, is 0.09 bit per pixel), and the labels name only the
+# condition applied to the file as delivered.
+ENCODED_SUFFIX = "_encoded"
+ENCODED_CRFS = (20, 32)
+ENCODED_STREAM = 3  # the CRF's draw
+DEMO_ENCODED_EVERY = 0  # new demo runs add none unless asked (--encoded-every); run S measures them
 CONTENTS = "contents"  # per-content records of a training build (what made its clips, their rows): reuse
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -511,17 +520,41 @@ def lowres_variants(srcs: Sequence[Source], every: int, seed: int = 0, *, video_
     return out
 
 
+def encoded_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
+    """Contents as a distribution encode delivers them: ``<name>_encoded``, whose frames go through libx264 at
+    a CRF drawn uniformly from ``ENCODED_CRFS`` by ``(seed, crc32(name), 0, ENCODED_STREAM)`` before the clean
+    clip and the conditions are made of them. Every content whose name's CRC-32 is a multiple of ``every``
+    (0: none; 1: all) gets one. Raises ValueError for ``every`` < 0."""
+    if every < 0:
+        raise ValueError(f"encoded_every must be >= 0, got {every}")
+    out = []
+    for src in srcs if every else ():
+        key = zlib.crc32(src.name.encode())
+        if key % every == 0:
+            rng = np.random.default_rng((int(seed), key, 0, ENCODED_STREAM))
+            crf = int(rng.integers(ENCODED_CRFS[0], ENCODED_CRFS[1] + 1))
+            out.append(replace(src, name=src.name + ENCODED_SUFFIX, source_crf=crf))
+    return out
+
+
 def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
                      seed: int) -> tuple[torch.Tensor, Fraction]:
     """A video's frames from its ``start`` (no taller than the output height) or a photograph filmed (at
-    ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``)."""
+    ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``); for a
+    delivered copy (``src.source_crf``), as its distribution encode decodes."""
     if src.kind == "video":
-        return _video_frames(src.path, clip_frames, size[0], src.start, src.film_hw)
-    photo = load_photo(src.path)
-    film = src.film_hw or size
-    rng = np.random.default_rng((int(seed), zlib.crc32(src.name.encode()), 0, MOTION_STREAM))
-    path = camera_path(tuple(photo.shape[:2]), film, clip_frames, rng, max_scale=MAX_SCALE * size[0] / film[0])
-    return film_still(photo, path, film), STILL_FPS
+        frames, fps = _video_frames(src.path, clip_frames, size[0], src.start, src.film_hw)
+    else:
+        photo = load_photo(src.path)
+        film = src.film_hw or size
+        # a copy films the same path as its content (drawn from the content's name, not the copy's)
+        name = src.name.removesuffix(ENCODED_SUFFIX) if src.source_crf is not None else src.name
+        rng = np.random.default_rng((int(seed), zlib.crc32(name.encode()), 0, MOTION_STREAM))
+        path = camera_path(tuple(photo.shape[:2]), film, clip_frames, rng, max_scale=MAX_SCALE * size[0] / film[0])
+        frames, fps = film_still(photo, path, film), STILL_FPS
+    if src.source_crf is not None:
+        frames = roundtrip(frames, fps, "libx264", x264_options(src.source_crf, frames.shape[2]))
+    return frames, fps
 
 
 def _content_params(src: Source, sha256: str, clip_frames: int, size: tuple[int, int], seed: int,
@@ -531,6 +564,7 @@ def _content_params(src: Source, sha256: str, clip_frames: int, size: tuple[int,
     return {**common, "size": list(size), "name": src.name, "kind": src.kind, "file": src.path.name,
             "sha256": sha256, "film_hw": list(src.film_hw) if src.film_hw else None,
             **({"start": src.start} if src.start else {}),  # absent at 0: earlier builds' records stay valid
+            **({"source_crf": src.source_crf} if src.source_crf is not None else {}),
             "torch_version": torch.__version__.split("+")[0]}
 
 
@@ -602,6 +636,7 @@ def build_training_set(
     lowres_every: int = 0,
     extra_edition: int | None = None,
     lowres_video_every: int = 0,
+    encoded_every: int = 0,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -619,6 +654,8 @@ def build_training_set(
     lowres_every: also film about 1 photograph in n at low resolution (``lowres_variants``; 0: none). A
         variant ``<name>_lowres`` is in its photograph's split; test contents get none.
     lowres_video_every: the same for about 1 video in n taller than the drawn format (its centre, downscaled).
+    encoded_every: also make about 1 training content in n as a distribution encode delivers it
+        (``encoded_variants``; 0: none). Only "train" contents get one, so validation and test stay comparable.
     extra_edition: the extra-content catalogue edition (``pipeline.demo.extra_content.EXTRA_EDITIONS``;
         None: the latest); raises ValueError for an unknown one.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
@@ -643,11 +680,14 @@ def build_training_set(
     # The test contents stay as the demo set has them: no variant adds to what the held-out test scores.
     variants = [v for v in lowres_variants(srcs, lowres_every, seed, video_every=lowres_video_every, heights=heights)
                 if split_of[v.name.removesuffix(LOWRES_SUFFIX)] != "test"]
-    clash = sorted({v.name for v in variants} & set(split_of))
+    copies = [v for v in encoded_variants(srcs, encoded_every, seed)
+              if split_of[v.name.removesuffix(ENCODED_SUFFIX)] == "train"]
+    clash = sorted({v.name for v in (*variants, *copies)} & set(split_of))
     if clash:
-        raise ValueError(f"low-resolution contents {clash} clash with contents of the same name")
+        raise ValueError(f"low-resolution or delivered-copy contents {clash} clash with contents of the same name")
     split_of.update({v.name: split_of[v.name.removesuffix(LOWRES_SUFFIX)] for v in variants})
-    srcs = [*srcs, *variants]
+    split_of.update({v.name: "train" for v in copies})
+    srcs = [*srcs, *variants, *copies]
     sha = {s.name: file_sha256(s.path) for s in srcs}
 
     params = {
@@ -657,7 +697,8 @@ def build_training_set(
         "splits": split_of,
         "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": sha[s.name],
                      **({"film_hw": list(s.film_hw)} if s.film_hw else {}),
-                     **({"start": s.start} if s.start else {})} for s in srcs],
+                     **({"start": s.start} if s.start else {}),
+                     **({"source_crf": s.source_crf} if s.source_crf is not None else {})} for s in srcs],
         "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,8 @@ class Source:
     photograph's camera films at it; a video's centre is downscaled to it: ``pipeline.demo.build.lowres_variants``);
     None for the build's size.
     ``start``: for a video, the first frame the content takes (a catalogue entry may skip titles).
+    ``source_crf``: for a delivered copy (``pipeline.demo.build.encoded_variants``), the CRF of the H.264
+    distribution encode its frames went through before the conditions; None for the content as filmed.
     """
 
     name: str
@@ -52,6 +54,7 @@ class Source:
     path: Path
     film_hw: tuple[int, int] | None = None
     start: int = 0
+    source_crf: int | None = None
 
 
 def _package_dir(module: str) -> Path | None:
