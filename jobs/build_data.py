@@ -2,7 +2,7 @@
 
     python -m jobs.build_data OUT_DIR [--seed N] [--frames N]                 # the demo set
     python -m jobs.build_data OUT_DIR --training-set [--extra-content DIR [--extra-edition N]] [--workers N]
-                              [--lowres-every N]
+                              [--lowres-every N] [--lowres-video-every N] [--encoded-every N]
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lowres-video-every", type=int, default=0, metavar="N",
                     help="training set: the same for about 1 video in N (its centre, downscaled; 0: none; the demo "
                          "model's set uses %d)" % DEMO_LOWRES_VIDEO_EVERY)
+    ap.add_argument("--encoded-every", type=int, default=0, metavar="N",
+                    help="training set: also make about 1 training content in N as a distribution encode delivers it "
+                         "(<name>_encoded, libx264 at a CRF drawn from ENCODED_CRFS before the conditions; 0: none)")
     ap.add_argument("--extra-edition", type=int, default=None, metavar="N",
                     help="training set: the extra-content catalogue edition (pipeline.demo.catalogue "
                          "EXTRA_EDITIONS; default: the latest, the whole catalogue)")
@@ -69,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             df = build_training_set(args.out_dir, seed=args.seed, clip_frames=args.frames, size=args.size,
                                     splits=splits, extra_content=args.extra_content, workers=args.workers,
                                     lowres_every=args.lowres_every, lowres_video_every=args.lowres_video_every,
-                                    extra_edition=args.extra_edition, verbose=True)
+                                    extra_edition=args.extra_edition, encoded_every=args.encoded_every,
+                                    verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,
                                 max_height=args.max_height, verbose=True)
