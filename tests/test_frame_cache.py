@@ -128,3 +128,17 @@ def test_a_cache_that_would_fill_its_disk_leaves_videos_to_the_decoder(clips, tm
     # an explicit reserve larger than the disk's free space: nothing is decoded at all
     none = FrameCache(tmp_path / "none", min_free_bytes=free + 1)
     assert none.warm(uris) == 0 and none.left_out == set(uris) and not list((tmp_path / "none").glob("*"))
+
+
+def test_a_video_that_cannot_fit_is_not_decoded_to_find_out(clips, tmp_path, monkeypatch):
+    import pipeline.training.frame_cache as fc
+
+    with VideoReader(str(clips[1])) as video:
+        size = video.info.num_frames * video.info.height * video.info.width * 3
+    monkeypatch.setattr(fc.shutil, "disk_usage", lambda path: SimpleNamespace(total=10 * size, free=2 * size))
+    decoded = []
+    real = VideoReader.read
+    monkeypatch.setattr(VideoReader, "read", lambda self, idx: decoded.append(len(idx)) or real(self, idx))
+    cache = FrameCache(tmp_path / "cache", min_free_bytes=int(1.5 * size))  # free space above it, the entry not
+    assert cache.warm([str(clips[1])]) == 0 and decoded == [] and cache.left_out == {str(clips[1])}
+    assert FrameCache(tmp_path / "fits", min_free_bytes=size // 2).warm([str(clips[1])]) == 1 and decoded

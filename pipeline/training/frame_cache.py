@@ -123,8 +123,11 @@ class FrameCache:
         from pipeline.stages.batching import open_video
 
         with open_video(uri, self.storage_options) as video:
-            frames = video.read(np.arange(video.info.num_frames)).numpy()
-        if not self._fits(frames.nbytes):
+            info = video.info
+            if not self._fits(info.num_frames * info.height * info.width * 3):  # the entry's size, before decoding
+                return False
+            frames = video.read(np.arange(info.num_frames)).numpy()
+        if not self._fits(frames.nbytes):  # the header's frame count can be short of what decodes
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
