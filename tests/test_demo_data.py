@@ -402,6 +402,57 @@ def test_a_delivered_copy_is_its_content_through_the_drawn_encode_and_only_in_tr
     assert ENCODED_SUFFIX == "_encoded" and list(copy.mos) != [] and set(copy.mos) == {5.0, 2.55}
 
 
+def test_soft_variants_pick_contents_by_name_and_draw_a_lens_psf():
+    from pipeline.demo.build import SOFT_SIGMAS, soft_variants
+    from pipeline.demo.sources import Source
+
+    srcs = [Source(f"photo{i}", "still", Path(f"/p/{i}.png")) for i in range(30)]
+    srcs += [Source(f"video{i}", "video", Path(f"/v/{i}.mp4"), start=i) for i in range(10)]
+    assert soft_variants(srcs, 0) == []
+    every = soft_variants(srcs, 1)
+    assert [v.name for v in every] == [f"{s.name}_soft" for s in srcs]  # photographs and videos alike
+    assert all(v.path == s.path and v.kind == s.kind and v.start == s.start and v.source_crf is None
+               for v, s in zip(every, srcs))
+    sigmas = [v.source_blur for v in every]
+    assert all(SOFT_SIGMAS[0] <= x <= SOFT_SIGMAS[1] for x in sigmas) and len(set(sigmas)) > 20
+    assert soft_variants(srcs, 1) == every  # deterministic
+    assert [v.source_blur for v in soft_variants(srcs, 1, seed=1)] != sigmas
+    half = soft_variants(srcs, 2)
+    assert 8 <= len(half) <= 32 and {v.name for v in half} < {v.name for v in every}
+    with pytest.raises(ValueError, match="soft_every must be >= 0"):
+        soft_variants(srcs, -1)
+
+
+def test_a_soft_copy_is_its_content_through_the_drawn_lens_and_only_in_training(tmp_path):
+    from pipeline.demo.build import SOFT_SUFFIX, soft_variants
+    from pipeline.demo.distortions import gaussian_blur
+    from pipeline.io.video import read_frames
+
+    df = _build_training(tmp_path / "s", soft_every=1, distortions={"h264": (44,)}, label="condition")
+    # astronaut is the only training content: val (moon) and test (carphone) get no copy
+    assert sorted(df.source.unique()) == ["astronaut", "astronaut_soft", "carphone", "moon"]
+    copy, orig = df[df.source == "astronaut" + SOFT_SUFFIX], df[df.source == "astronaut"]
+    assert set(copy.split) == {"train"}
+    # the labels name the condition only: the copy's clean clip is 5 like its content's
+    assert copy.set_index("distortion").mos.to_dict() == orig.set_index("distortion").mos.to_dict()
+    astronaut = next(s for s in demo_sources.training_sources() if s.name == "astronaut")
+    (variant,) = soft_variants([astronaut], 1)
+    clean = read_frames(Path(orig[orig.distortion == "clean"].uri.iloc[0]), range(TRAIN_FRAMES)).float()
+    soft = read_frames(Path(copy[copy.distortion == "clean"].uri.iloc[0]), range(TRAIN_FRAMES)).float()
+    # the content's own camera path through the drawn PSF (then the clean clip's near-lossless CRF 12)
+    filmed, _ = demo_build._training_frames(astronaut, TRAIN_FRAMES, TRAIN_SIZE, 0)
+    want = gaussian_blur(filmed, variant.source_blur).float()
+    # the clean clips' CRF 12 at this small size leaves about 2.5 levels of error: compare against that
+    assert (soft - want).abs().mean() < 0.7 * (soft - filmed.float()).abs().mean()
+    assert (soft - want).abs().mean() < 0.8 * (clean - want).abs().mean()
+    assert 1 < (soft - clean).abs().mean() < 15  # a softer picture of the same view, not another view
+
+    def detail(x: torch.Tensor) -> float:  # energy of the finest scale: horizontal second differences
+        return float((x[:, :, 2:] - 2 * x[:, :, 1:-1] + x[:, :, :-2]).pow(2).mean())
+
+    assert detail(soft) < 0.7 * detail(clean)
+
+
 def test_a_lowres_video_is_its_centre_downscaled_to_the_drawn_format(tmp_path):
     from pipeline.demo.build import LOWRES_SUFFIX, lowres_variants
     from pipeline.demo.codec import resize

@@ -16,7 +16,9 @@ Public API
   and videos of ``pipeline.demo.extra_content`` (fetched from Debian/PyPI packages into DIR once);
   ``EXTRA_VAL_SPLIT`` names four of them for validation. ``lowres_every=N`` films about one photograph
   in N again at 144-240 lines (``lowres_variants``, ``<name>_lowres``), ``lowres_video_every=N`` about one video
-  in N (its centre, downscaled). The label rule and its justification, the
+  in N (its centre, downscaled), ``encoded_every=N`` / ``soft_every=N`` a copy of about one training content
+  in N as a distribution encode delivers it / as a soft lens sees it (``encoded_variants``, ``soft_variants``).
+  The label rule and its justification, the
   sources and a real build's numbers are in ``docs/training_data.md``.
 - ``camera_path`` / ``film_still``: how a photograph becomes a clip (pan, slow zoom, roll drift,
   handheld shake; sub-pixel, antialiased).
@@ -146,7 +148,7 @@ from pipeline.log import duration
 from .camera import MAX_SCALE, MOTION_STREAM, camera_path, film_still
 from .codec import (CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, one_torch_thread, resize, roundtrip,
                     x264_options)
-from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort
+from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort, gaussian_blur
 from .labels import (
     MOS_CENTER,
     MOS_WIDTH,
@@ -196,6 +198,14 @@ ENCODED_SUFFIX = "_encoded"
 ENCODED_CRFS = (20, 32)
 ENCODED_STREAM = 3  # the CRF's draw
 DEMO_ENCODED_EVERY = 0  # none unless asked (--encoded-every): runs S, T gained nothing on test (training_data.md)
+# Soft copies (docs/training_data.md, "Soft copies"): a training content seen through a soft lens, a Gaussian PSF of
+# std drawn uniformly from this range (output px) before the conditions, labelled like its content. Real footage is
+# often soft at the source (bikes, a test content, measures like this range, while every real training video but
+# two is sharper), and the label rule names only the condition applied to the file as delivered.
+SOFT_SUFFIX = "_soft"
+SOFT_SIGMAS = (0.5, 1.0)
+SOFT_STREAM = 4  # the PSF's draw
+DEMO_SOFT_EVERY = 0  # none unless asked (--soft-every)
 CONTENTS = "contents"  # per-content records of a training build (what made its clips, their rows): reuse
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -537,21 +547,45 @@ def encoded_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[
     return out
 
 
+def soft_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
+    """Contents as a soft lens sees them: ``<name>_soft``, whose frames go through a Gaussian PSF of std (output
+    px) drawn uniformly from ``SOFT_SIGMAS`` by ``(seed, crc32(name), 0, SOFT_STREAM)`` before the clean clip and
+    the conditions are made of them. Every content whose name's CRC-32 is a multiple of ``every`` (0: none; 1: all)
+    gets one. Raises ValueError for ``every`` < 0."""
+    if every < 0:
+        raise ValueError(f"soft_every must be >= 0, got {every}")
+    out = []
+    for src in srcs if every else ():
+        key = zlib.crc32(src.name.encode())
+        if key % every == 0:
+            rng = np.random.default_rng((int(seed), key, 0, SOFT_STREAM))
+            sigma = round(float(rng.uniform(*SOFT_SIGMAS)), 3)
+            out.append(replace(src, name=src.name + SOFT_SUFFIX, source_blur=sigma))
+    return out
+
+
 def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
                      seed: int) -> tuple[torch.Tensor, Fraction]:
     """A video's frames from its ``start`` (no taller than the output height) or a photograph filmed (at
     ``src.film_hw`` for a low-resolution content, with the field of view of a film at ``size``); for a
-    delivered copy (``src.source_crf``), as its distribution encode decodes."""
+    delivered copy (``src.source_crf``), as its distribution encode decodes; for a soft copy
+    (``src.source_blur``), through its lens's PSF."""
     if src.kind == "video":
         frames, fps = _video_frames(src.path, clip_frames, size[0], src.start, src.film_hw)
     else:
         photo = load_photo(src.path)
         film = src.film_hw or size
         # a copy films the same path as its content (drawn from the content's name, not the copy's)
-        name = src.name.removesuffix(ENCODED_SUFFIX) if src.source_crf is not None else src.name
+        name = src.name
+        if src.source_crf is not None:
+            name = name.removesuffix(ENCODED_SUFFIX)
+        if src.source_blur is not None:
+            name = name.removesuffix(SOFT_SUFFIX)
         rng = np.random.default_rng((int(seed), zlib.crc32(name.encode()), 0, MOTION_STREAM))
         path = camera_path(tuple(photo.shape[:2]), film, clip_frames, rng, max_scale=MAX_SCALE * size[0] / film[0])
         frames, fps = film_still(photo, path, film), STILL_FPS
+    if src.source_blur is not None:
+        frames = gaussian_blur(frames, src.source_blur)
     if src.source_crf is not None:
         frames = roundtrip(frames, fps, "libx264", x264_options(src.source_crf, frames.shape[2]))
     return frames, fps
@@ -565,6 +599,7 @@ def _content_params(src: Source, sha256: str, clip_frames: int, size: tuple[int,
             "sha256": sha256, "film_hw": list(src.film_hw) if src.film_hw else None,
             **({"start": src.start} if src.start else {}),  # absent at 0: earlier builds' records stay valid
             **({"source_crf": src.source_crf} if src.source_crf is not None else {}),
+            **({"source_blur": src.source_blur} if src.source_blur is not None else {}),
             "torch_version": torch.__version__.split("+")[0]}
 
 
@@ -637,6 +672,7 @@ def build_training_set(
     extra_edition: int | None = None,
     lowres_video_every: int = 0,
     encoded_every: int = 0,
+    soft_every: int = 0,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -656,6 +692,8 @@ def build_training_set(
     lowres_video_every: the same for about 1 video in n taller than the drawn format (its centre, downscaled).
     encoded_every: also make about 1 training content in n as a distribution encode delivers it
         (``encoded_variants``; 0: none). Only "train" contents get one, so validation and test stay comparable.
+    soft_every: also make about 1 training content in n as a soft lens sees it (``soft_variants``; 0: none);
+        only "train" contents get one.
     extra_edition: the extra-content catalogue edition (``pipeline.demo.extra_content.EXTRA_EDITIONS``;
         None: the latest); raises ValueError for an unknown one.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
@@ -682,9 +720,10 @@ def build_training_set(
                 if split_of[v.name.removesuffix(LOWRES_SUFFIX)] != "test"]
     copies = [v for v in encoded_variants(srcs, encoded_every, seed)
               if split_of[v.name.removesuffix(ENCODED_SUFFIX)] == "train"]
+    copies += [v for v in soft_variants(srcs, soft_every, seed) if split_of[v.name.removesuffix(SOFT_SUFFIX)] == "train"]
     clash = sorted({v.name for v in (*variants, *copies)} & set(split_of))
     if clash:
-        raise ValueError(f"low-resolution or delivered-copy contents {clash} clash with contents of the same name")
+        raise ValueError(f"low-resolution or copy contents {clash} clash with contents of the same name")
     split_of.update({v.name: split_of[v.name.removesuffix(LOWRES_SUFFIX)] for v in variants})
     split_of.update({v.name: "train" for v in copies})
     srcs = [*srcs, *variants, *copies]
@@ -698,7 +737,8 @@ def build_training_set(
         "sources": [{"name": s.name, "kind": s.kind, "file": s.path.name, "sha256": sha[s.name],
                      **({"film_hw": list(s.film_hw)} if s.film_hw else {}),
                      **({"start": s.start} if s.start else {}),
-                     **({"source_crf": s.source_crf} if s.source_crf is not None else {})} for s in srcs],
+                     **({"source_crf": s.source_crf} if s.source_crf is not None else {}),
+                     **({"source_blur": s.source_blur} if s.source_blur is not None else {})} for s in srcs],
         "torch_version": torch.__version__.split("+")[0],  # the camera's resampling
     }
     out_dir.mkdir(parents=True, exist_ok=True)

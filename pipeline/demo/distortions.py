@@ -67,7 +67,9 @@ def filter_valid(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames through a Gaussian PSF of std ``sigma`` output px (reflected at the edges)
+    -> uint8 frames of the same shape: the ``blur`` condition, and a soft lens's picture."""
     k = gaussian_kernel(sigma)
     r = (len(k) - 1) // 2
     return map_chunks(frames, lambda x: filter_valid(F.pad(x, (r, r, r, r), mode="reflect"), k))
@@ -109,7 +111,7 @@ def distort(kind: str, ref: torch.Tensor, param: float, fps: Fraction,
     if kind == "scale":
         out = _scale_loss(ref, param)
     elif kind == "blur":
-        out = _blur(ref, param)
+        out = gaussian_blur(ref, param)
     elif kind == "noise":
         out = _noise(ref, param, rng)
     elif kind == "fps":

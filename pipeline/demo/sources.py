@@ -47,6 +47,8 @@ class Source:
     ``start``: for a video, the first frame the content takes (a catalogue entry may skip titles).
     ``source_crf``: for a delivered copy (``pipeline.demo.build.encoded_variants``), the CRF of the H.264
     distribution encode its frames went through before the conditions; None for the content as filmed.
+    ``source_blur``: for a soft copy (``pipeline.demo.build.soft_variants``), the std in output px of the Gaussian
+    PSF of the soft lens its frames are seen through before the conditions; None for the content as filmed.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Source:
     film_hw: tuple[int, int] | None = None
     start: int = 0
     source_crf: int | None = None
+    source_blur: float | None = None
 
 
 def _package_dir(module: str) -> Path | None:
