@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -99,4 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `kill` (SIGTERM) unwinds like Ctrl-C: the build's worker processes stop with it, none left behind
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     raise SystemExit(main())

@@ -26,6 +26,7 @@ import datetime
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -295,4 +296,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `kill` (SIGTERM) unwinds like Ctrl-C: the build's worker processes stop with it, none left behind
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())

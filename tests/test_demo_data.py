@@ -622,3 +622,46 @@ def test_a_video_shorter_than_a_clip_gives_every_frame_it_has(tmp_path):
         assert (info.num_frames, info.width, info.height) == (n, 176, 144), r.uri
     record = json.loads((tmp_path / "s" / "contents" / "carphone.json").read_text())
     assert record["shape"] == [n, 144, 176]
+
+
+def test_a_build_killed_with_sigterm_leaves_no_worker_behind_and_keeps_what_it_finished(tmp_path):
+    """`kill` on a training-set build with 2 workers: the build stops, its spawn workers with it (they used to
+    run on, orphaned, until they had built every content), and the contents finished so far stay reusable."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "t"
+    workers: list[psutil.Process] = []
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.build_data", str(out), "--training-set", "--workers", "2",
+                             "--frames", "24"], cwd=Path(__file__).resolve().parent.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # progress lines: kill once the first content is finished
+            if re.match(r"\[1/\d+\]", line):
+                break
+        else:
+            raise AssertionError(f"the build ended before its first progress line (exit {proc.wait()})")
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.stderr.close()  # not read to its end: orphaned workers would hold it open
+        assert proc.wait(timeout=120) != 0
+
+        def alive() -> list[int]:
+            return [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+        deadline = time.monotonic() + 30
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(), "the build's workers outlived it"
+    finally:
+        for p in (proc, *workers):  # a failed test leaves nothing running either
+            with contextlib.suppress(psutil.Error, OSError):
+                p.kill()
+    records = list((out / demo_build.CONTENTS).glob("*.json"))
+    assert 1 <= len(records) < 17  # what was finished is kept; the rest was never started
+    assert not (out / demo_build.MANIFEST).exists()

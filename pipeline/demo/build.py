@@ -761,6 +761,9 @@ def build_training_set(
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            # runs before the pool's own exit (which waits): an interrupted build drops the contents not yet
+            # started, finishes the ones its workers hold (their records stay reusable), and leaves no process
+            stack.callback(pool.shutdown, wait=False, cancel_futures=True)
             results = pool.map(_build_training_source, jobs)
         else:
             results = map(_build_training_source, jobs)

@@ -191,6 +191,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
 
     configure_worker(config.get("log_level", logging.INFO))
     cfg = TrainConfig.from_dict(config["cfg"])
+    recorded = TrainConfig.from_dict(config.get("recorded_cfg", config["cfg"]))  # paths as given, not as resolved
     run = TrainRun(**config["run"])
     seed, out, so = int(config["seed"]), config["output"], run.storage_options
     ctx = ray.train.get_context()
@@ -366,9 +367,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
             record["train_condition_loss"] = float(np.mean(condition_losses))
         validate(record)
         if rank == 0:
-            best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, cfg, seed)
+            best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, recorded, seed)
             history.append(record)
-            write_history(out, so, history, best, cfg, seed)
+            write_history(out, so, history, best, recorded, seed)
             log.info("train: " + epoch_line(record))
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:

@@ -80,6 +80,7 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     from ray.train.torch import TorchTrainer
 
     output = _absolute(output)
+    given = cfg  # what the run records (history.json, checkpoint metadata): the paths as the caller gave them
     # Ray Train workers do not run in the driver's working directory: a relative local path would not be found there.
     cfg = dataclasses.replace(cfg, **{name: _absolute(path) for name in ("init_checkpoint", "intra_pretrained",
                                                                           "inter_checkpoint")
@@ -117,7 +118,7 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     log.info(f"train: {len(train_rows)} training and {len(val_rows)} validation videos; seed {seed}; "
           f"{run.workers} worker(s); output {output}")
     use_gpu = run.use_gpu if run.use_gpu is not None else bool(ray.cluster_resources().get("GPU", 0))
-    config = {"cfg": cfg.to_dict(), "run": dataclasses.asdict(run), "seed": seed, "output": output,
+    config = {"cfg": cfg.to_dict(), "recorded_cfg": given.to_dict(), "run": dataclasses.asdict(run), "seed": seed, "output": output,
               "cache_uri": cache_uri, "train": train_rows, "val": val_rows, "spec": spec, "log_level": driver_level()}
     storage_path, storage_fs = _ray_storage(output, so)
     trainer = TorchTrainer(
