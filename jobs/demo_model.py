@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                          "splits": {str(k): int(v) for k, v in counts.items()}}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"demo model: trained in {summary['train_minutes']} min over the whole run (this invocation: "
-          f"{summary['invocation_train_minutes']} min training, {summary['total_minutes']} min in all); "
+          f"{summary['invocation_train_minutes']} min in `securevqa train`, stage 1 and frame cache included, "
+          f"{summary['total_minutes']} min in all); "
           f"held-out test contents: " + ", ".join(f"{k} {rep[k]:.3f}" for k in ("srcc", "plcc", "krcc", "rmse")))
     if args.install:
         _install_if_good(out, args.bar, commit)
