@@ -131,7 +131,7 @@ import multiprocessing
 import os
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from fractions import Fraction
@@ -530,21 +530,30 @@ def lowres_variants(srcs: Sequence[Source], every: int, seed: int = 0, *, video_
     return out
 
 
+def _copies(srcs: Sequence[Source], every: int, seed: int, what: str, stream: int,
+            make: Callable[[Source, np.random.Generator], Source]) -> list[Source]:
+    """``make(src, rng)`` for every content whose name's CRC-32 is a multiple of ``every`` (0: none; 1: all), ``rng``
+    drawn from ``(seed, crc32(name), 0, stream)``. Raises ValueError for ``every`` < 0 (named ``what``)."""
+    if every < 0:
+        raise ValueError(f"{what} must be >= 0, got {every}")
+    out = []
+    for src in srcs if every else ():
+        key = zlib.crc32(src.name.encode())
+        if key % every == 0:
+            out.append(make(src, np.random.default_rng((int(seed), key, 0, stream))))
+    return out
+
+
 def encoded_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
     """Contents as a distribution encode delivers them: ``<name>_encoded``, whose frames go through libx264 at
     a CRF drawn uniformly from ``ENCODED_CRFS`` by ``(seed, crc32(name), 0, ENCODED_STREAM)`` before the clean
     clip and the conditions are made of them. Every content whose name's CRC-32 is a multiple of ``every``
     (0: none; 1: all) gets one. Raises ValueError for ``every`` < 0."""
-    if every < 0:
-        raise ValueError(f"encoded_every must be >= 0, got {every}")
-    out = []
-    for src in srcs if every else ():
-        key = zlib.crc32(src.name.encode())
-        if key % every == 0:
-            rng = np.random.default_rng((int(seed), key, 0, ENCODED_STREAM))
-            crf = int(rng.integers(ENCODED_CRFS[0], ENCODED_CRFS[1] + 1))
-            out.append(replace(src, name=src.name + ENCODED_SUFFIX, source_crf=crf))
-    return out
+    def make(src: Source, rng: np.random.Generator) -> Source:
+        crf = int(rng.integers(ENCODED_CRFS[0], ENCODED_CRFS[1] + 1))
+        return replace(src, name=src.name + ENCODED_SUFFIX, source_crf=crf)
+
+    return _copies(srcs, every, seed, "encoded_every", ENCODED_STREAM, make)
 
 
 def soft_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
@@ -552,16 +561,10 @@ def soft_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Sou
     px) drawn uniformly from ``SOFT_SIGMAS`` by ``(seed, crc32(name), 0, SOFT_STREAM)`` before the clean clip and
     the conditions are made of them. Every content whose name's CRC-32 is a multiple of ``every`` (0: none; 1: all)
     gets one. Raises ValueError for ``every`` < 0."""
-    if every < 0:
-        raise ValueError(f"soft_every must be >= 0, got {every}")
-    out = []
-    for src in srcs if every else ():
-        key = zlib.crc32(src.name.encode())
-        if key % every == 0:
-            rng = np.random.default_rng((int(seed), key, 0, SOFT_STREAM))
-            sigma = round(float(rng.uniform(*SOFT_SIGMAS)), 3)
-            out.append(replace(src, name=src.name + SOFT_SUFFIX, source_blur=sigma))
-    return out
+    def make(src: Source, rng: np.random.Generator) -> Source:
+        return replace(src, name=src.name + SOFT_SUFFIX, source_blur=round(float(rng.uniform(*SOFT_SIGMAS)), 3))
+
+    return _copies(srcs, every, seed, "soft_every", SOFT_STREAM, make)
 
 
 def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
