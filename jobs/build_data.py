@@ -3,6 +3,7 @@
     python -m jobs.build_data OUT_DIR [--seed N] [--frames N]                 # the demo set
     python -m jobs.build_data OUT_DIR --training-set [--extra-content DIR [--extra-edition N]] [--workers N]
                               [--lowres-every N] [--lowres-video-every N] [--encoded-every N] [--soft-every N]
+                              [--soft-encoded-every N]
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--soft-every", type=int, default=0, metavar="N",
                     help="training set: also make about 1 training content in N as a soft lens sees it "
                          "(<name>_soft, a Gaussian PSF of std drawn from SOFT_SIGMAS before the conditions; 0: none)")
+    ap.add_argument("--soft-encoded-every", type=int, default=0, metavar="N",
+                    help="training set: also make about 1 training content in N as a soft lens sees it and a "
+                         "distribution encode then delivers it (<name>_soft_encoded, both draws; 0: none)")
     ap.add_argument("--extra-edition", type=int, default=None, metavar="N",
                     help="training set: the extra-content catalogue edition (pipeline.demo.catalogue "
                          "EXTRA_EDITIONS; default: the latest, the whole catalogue)")
@@ -77,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     splits=splits, extra_content=args.extra_content, workers=args.workers,
                                     lowres_every=args.lowres_every, lowres_video_every=args.lowres_video_every,
                                     extra_edition=args.extra_edition, encoded_every=args.encoded_every,
-                                    soft_every=args.soft_every,
+                                    soft_every=args.soft_every, soft_encoded_every=args.soft_encoded_every,
                                     verbose=True)
         else:
             df = build_demo_set(args.out_dir, seed=args.seed, clip_frames=args.frames,

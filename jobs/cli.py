@@ -90,7 +90,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     r.add_argument("--compact-every", type=int, metavar="N",
                    help="compact the output table every N commits while a stage runs, 0 never (default 100; "
                    "docs/tables.md)")
-    r.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
 
 
 def _preset(name: str) -> str:
@@ -420,7 +420,7 @@ def _add_train(sub: Any) -> None:
                    "decode the sampled frames every step)")
     x.add_argument("--cache", help="stage-1 inter cache (default: OUTPUT/inter); share it with the score job")
     x.add_argument("--limit", type=int, help="only the first N videos of the input")
-    x.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    x.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     _add_io(p)
 
 
@@ -491,6 +491,13 @@ def _train(args: argparse.Namespace, so: dict[str, Any]) -> int:
     return 0
 
 
+# Ray's own rule (ray.init): without an address it joins a Ray already running on this machine (the latest started,
+# whoever started it: `ray start`, another job), else starts one. A head node's users expect the former.
+RAY_ADDRESS_HELP = ("Ray cluster to join: host:port, ray://host:port, 'auto' (a Ray already running on this machine) "
+                    "or 'local' (a new one of this command's own); default: RAY_ADDRESS, else a Ray already running "
+                    "on this machine (Ray's rule: the latest started), else a new local one")
+
+
 def _init_ray(address: str | None) -> None:
     import ray
     import ray.data  # noqa: F401  (imported before quiet_ray_logs: importing it configures its loggers)
@@ -499,12 +506,17 @@ def _init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None)  # a cluster (ray job submit sets RAY_ADDRESS)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local"):
+        ray.init(address=address, include_dashboard=False)  # this machine's CPUs (and GPUs)
     else:
-        ray.init(include_dashboard=False)  # local: the machine's CPUs (and GPUs)
+        ray.init(address=address)  # a cluster (ray job submit sets RAY_ADDRESS)
     if driver_level() > logging.DEBUG:
         quiet_ray_logs(driver_level())
+    res = ray.cluster_resources()
+    log.info(
+        f"Ray: cluster at {ray.get_runtime_context().gcs_address}, {len(ray.nodes())} node(s), "
+        f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,8 @@ def save_run_state(run: Path, dest: Path) -> None:
 
 
 def run_setting(key: str, given: int | None, out: Path, resume_from: str | None, *, new: int, before: int) -> int:
-    """A training-set setting (`lowres_every`, `lowres_video_every`, `encoded_every`, `soft_every`, `extra_edition`) for this
+    """A training-set setting (`lowres_every`, `lowres_video_every`, `encoded_every`, `soft_every`,
+    `soft_encoded_every`, `extra_edition`) for this
     command: the value given; else the one the run being continued recorded in its demo_model.json (OUT/run, or
     the --resume-from state it will start from; `before` for a run made before the setting existed, which recorded
     none), so a run continues on the training set it started with; else `new`, the library's default for a new
@@ -126,7 +127,9 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
             + (f", about 1 training content in {setup['encoded_every']} also as a distribution encode delivers it"
                if setup.get("encoded_every") else "")
             + (f", about 1 training content in {setup['soft_every']} also as a soft lens sees it"
-               if setup.get("soft_every") else "") + ")"
+               if setup.get("soft_every") else "")
+            + (f", about 1 training content in {setup['soft_encoded_every']} also soft and then delivered"
+               if setup.get("soft_encoded_every") else "") + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
     return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
@@ -165,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soft-every", type=int, default=None, metavar="N",
                    help="also make about 1 training content in N as a soft lens sees it (0: none; default: what the "
                         "run being continued used, else DEMO_SOFT_EVERY of pipeline/demo/build.py)")
+    p.add_argument("--soft-encoded-every", type=int, default=None, metavar="N",
+                   help="also make about 1 training content in N as a soft lens sees it and a distribution encode "
+                        "then delivers it (0: none; default: what the run being continued used, else "
+                        "DEMO_SOFT_ENCODED_EVERY of pipeline/demo/build.py)")
     p.add_argument("--extra-edition", type=int, default=None, metavar="N",
                    help="extra-content catalogue edition (pipeline/demo/catalogue.py EXTRA_EDITIONS; default: what "
                         "the run being continued used, else the latest)")
@@ -188,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.demo.build import (
         DEFAULT_SPLITS,
         DEMO_ENCODED_EVERY,
+        DEMO_SOFT_ENCODED_EVERY,
         DEMO_SOFT_EVERY,
         DEMO_LOWRES_EVERY,
         DEMO_LOWRES_VIDEO_EVERY,
@@ -224,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     encoded = run_setting("encoded_every", args.encoded_every, out, args.resume_from, new=DEMO_ENCODED_EVERY,
                           before=0)
     soft = run_setting("soft_every", args.soft_every, out, args.resume_from, new=DEMO_SOFT_EVERY, before=0)
+    soft_encoded = run_setting("soft_encoded_every", args.soft_encoded_every, out, args.resume_from,
+                               new=DEMO_SOFT_ENCODED_EVERY, before=0)
     edition = run_setting("extra_edition", args.extra_edition, out, args.resume_from, new=EXTRA_EDITION, before=1)
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
                               lowres_every=lowres, lowres_video_every=lowres_video, extra_edition=edition,
-                              encoded_every=encoded, soft_every=soft,
+                              encoded_every=encoded, soft_every=soft, soft_encoded_every=soft_encoded,
                               verbose=True)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
@@ -252,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         setup["encoded_every"] = encoded
     if soft:  # nor before soft copies
         setup["soft_every"] = soft
+    if soft_encoded:  # nor before soft delivered copies
+        setup["soft_encoded_every"] = soft_encoded
     if extra_dir is not None and edition > 1:  # nor did runs made on the first extra-content catalogue
         setup["extra_edition"] = edition
     setup_file = out / "run" / "demo_model.json"

@@ -423,25 +423,54 @@ def test_soft_variants_pick_contents_by_name_and_draw_a_lens_psf():
         soft_variants(srcs, -1)
 
 
-def test_a_soft_copy_is_its_content_through_the_drawn_lens_and_only_in_training(tmp_path):
-    from pipeline.demo.build import SOFT_SUFFIX, soft_variants
+def test_soft_encoded_variants_are_the_soft_copies_through_the_delivered_copies_encode():
+    from pipeline.demo.build import encoded_variants, soft_encoded_variants, soft_variants
+    from pipeline.demo.sources import Source
+
+    srcs = [Source(f"photo{i}", "still", Path(f"/p/{i}.png")) for i in range(30)]
+    srcs += [Source(f"video{i}", "video", Path(f"/v/{i}.mp4"), start=i) for i in range(10)]
+    assert soft_encoded_variants(srcs, 0) == []
+    for every, seed in ((1, 0), (3, 0), (1, 1)):
+        both = soft_encoded_variants(srcs, every, seed)
+        soft, enc = soft_variants(srcs, every, seed), encoded_variants(srcs, every, seed)
+        assert [v.name for v in both] == [v.name + "_encoded" for v in soft] == [v.name[:-8] + "_soft_encoded"
+                                                                                for v in enc]
+        # the same draws as the two single copies: the PSF of one, then the encode of the other
+        assert [(v.source_blur, v.source_crf) for v in both] == [(a.source_blur, b.source_crf)
+                                                                 for a, b in zip(soft, enc)]
+        assert all(v.path == a.path and v.kind == a.kind and v.start == a.start for v, a in zip(both, soft))
+    assert 0 < len(soft_encoded_variants(srcs, 3)) < len(srcs)
+    with pytest.raises(ValueError, match="soft_encoded_every must be >= 0"):
+        soft_encoded_variants(srcs, -1)
+
+
+@pytest.mark.parametrize("every", ["soft_every", "soft_encoded_every"])
+def test_a_soft_copy_is_its_content_through_the_drawn_lens_and_only_in_training(tmp_path, every):
+    """Soft copies, and soft delivered copies: the drawn PSF, then (for the latter) the drawn encode."""
+    from pipeline.demo.build import soft_encoded_variants, soft_variants
+    from pipeline.demo.codec import roundtrip, x264_options
     from pipeline.demo.distortions import gaussian_blur
     from pipeline.io.video import read_frames
 
-    df = _build_training(tmp_path / "s", soft_every=1, distortions={"h264": (44,)}, label="condition")
+    variants, suffix = {"soft_every": (soft_variants, "_soft"),
+                        "soft_encoded_every": (soft_encoded_variants, "_soft_encoded")}[every]
+    df = _build_training(tmp_path / "s", **{every: 1}, distortions={"h264": (44,)}, label="condition")
     # astronaut is the only training content: val (moon) and test (carphone) get no copy
-    assert sorted(df.source.unique()) == ["astronaut", "astronaut_soft", "carphone", "moon"]
-    copy, orig = df[df.source == "astronaut" + SOFT_SUFFIX], df[df.source == "astronaut"]
+    assert sorted(df.source.unique()) == sorted(["astronaut", "astronaut" + suffix, "carphone", "moon"])
+    copy, orig = df[df.source == "astronaut" + suffix], df[df.source == "astronaut"]
     assert set(copy.split) == {"train"}
     # the labels name the condition only: the copy's clean clip is 5 like its content's
     assert copy.set_index("distortion").mos.to_dict() == orig.set_index("distortion").mos.to_dict()
     astronaut = next(s for s in demo_sources.training_sources() if s.name == "astronaut")
-    (variant,) = soft_variants([astronaut], 1)
+    (variant,) = variants([astronaut], 1)
     clean = read_frames(Path(orig[orig.distortion == "clean"].uri.iloc[0]), range(TRAIN_FRAMES)).float()
     soft = read_frames(Path(copy[copy.distortion == "clean"].uri.iloc[0]), range(TRAIN_FRAMES)).float()
-    # the content's own camera path through the drawn PSF (then the clean clip's near-lossless CRF 12)
-    filmed, _ = demo_build._training_frames(astronaut, TRAIN_FRAMES, TRAIN_SIZE, 0)
-    want = gaussian_blur(filmed, variant.source_blur).float()
+    # the content's own camera path through the drawn PSF (and encode), then the clean clip's near-lossless CRF 12
+    filmed, fps = demo_build._training_frames(astronaut, TRAIN_FRAMES, TRAIN_SIZE, 0)
+    want = gaussian_blur(filmed, variant.source_blur)
+    if variant.source_crf is not None:
+        want = roundtrip(want, fps, "libx264", x264_options(variant.source_crf, want.shape[2]))
+    want = want.float()
     # the clean clips' CRF 12 at this small size leaves about 2.5 levels of error: compare against that
     assert (soft - want).abs().mean() < 0.7 * (soft - filmed.float()).abs().mean()
     assert (soft - want).abs().mean() < 0.8 * (clean - want).abs().mean()

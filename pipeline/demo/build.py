@@ -206,6 +206,11 @@ SOFT_SUFFIX = "_soft"
 SOFT_SIGMAS = (0.5, 1.0)
 SOFT_STREAM = 4  # the PSF's draw
 DEMO_SOFT_EVERY = 0  # none unless asked (--soft-every)
+# Soft delivered copies (docs/training_data.md, "Soft delivered copies"): both, the soft copy's PSF and then the
+# delivered copy's encode (the same draws). Soft real footage delivered at a web rate: what bikes' clean clip reads
+# as to run U's condition read-out ("stream 34": half resolution, CRF 34, upscaled), where neither alone does.
+SOFT_ENCODED_SUFFIX = SOFT_SUFFIX + ENCODED_SUFFIX
+DEMO_SOFT_ENCODED_EVERY = 0  # none unless asked (--soft-encoded-every)
 CONTENTS = "contents"  # per-content records of a training build (what made its clips, their rows): reuse
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
@@ -567,6 +572,19 @@ def soft_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Sou
     return _copies(srcs, every, seed, "soft_every", SOFT_STREAM, make)
 
 
+def soft_encoded_variants(srcs: Sequence[Source], every: int, seed: int = 0) -> list[Source]:
+    """Contents as a soft lens sees them and a distribution encode then delivers them: ``<name>_soft_encoded``,
+    whose frames go through the PSF ``soft_variants`` draws for the content and then libx264 at the CRF
+    ``encoded_variants`` draws for it, before the clean clip and the conditions are made of them. Every content
+    whose name's CRC-32 is a multiple of ``every`` (0: none; 1: all) gets one (the contents ``soft_variants`` and
+    ``encoded_variants`` pick for the same ``every``). Raises ValueError for ``every`` < 0."""
+    if every < 0:
+        raise ValueError(f"soft_encoded_every must be >= 0, got {every}")
+    crf = {v.name.removesuffix(ENCODED_SUFFIX): v.source_crf for v in encoded_variants(srcs, every, seed)}
+    return [replace(v, name=v.name + ENCODED_SUFFIX, source_crf=crf[v.name.removesuffix(SOFT_SUFFIX)])
+            for v in soft_variants(srcs, every, seed)]
+
+
 def _training_frames(src: Source, clip_frames: int, size: tuple[int, int],
                      seed: int) -> tuple[torch.Tensor, Fraction]:
     """A video's frames from its ``start`` (no taller than the output height) or a photograph filmed (at
@@ -676,6 +694,7 @@ def build_training_set(
     lowres_video_every: int = 0,
     encoded_every: int = 0,
     soft_every: int = 0,
+    soft_encoded_every: int = 0,
 ) -> pd.DataFrame:
     """Build (or reuse) the training set in ``out_dir`` and return its manifest.
 
@@ -697,6 +716,8 @@ def build_training_set(
         (``encoded_variants``; 0: none). Only "train" contents get one, so validation and test stay comparable.
     soft_every: also make about 1 training content in n as a soft lens sees it (``soft_variants``; 0: none);
         only "train" contents get one.
+    soft_encoded_every: also make about 1 training content in n as a soft lens sees it and a distribution encode
+        then delivers it (``soft_encoded_variants``; 0: none); only "train" contents get one.
     extra_edition: the extra-content catalogue edition (``pipeline.demo.extra_content.EXTRA_EDITIONS``;
         None: the latest); raises ValueError for an unknown one.
     Columns: the demo set's plus ``kind`` ("video"/"still") and ``split``.
@@ -724,6 +745,8 @@ def build_training_set(
     copies = [v for v in encoded_variants(srcs, encoded_every, seed)
               if split_of[v.name.removesuffix(ENCODED_SUFFIX)] == "train"]
     copies += [v for v in soft_variants(srcs, soft_every, seed) if split_of[v.name.removesuffix(SOFT_SUFFIX)] == "train"]
+    copies += [v for v in soft_encoded_variants(srcs, soft_encoded_every, seed)
+               if split_of[v.name.removesuffix(SOFT_ENCODED_SUFFIX)] == "train"]
     clash = sorted({v.name for v in (*variants, *copies)} & set(split_of))
     if clash:
         raise ValueError(f"low-resolution or copy contents {clash} clash with contents of the same name")

@@ -12,7 +12,7 @@ from tests.helpers import REPO
 
 def cli_subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **(env_extra or {})}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"  # its own Ray: never the test session's, nor any other running on this machine
     return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
