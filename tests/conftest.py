@@ -57,17 +57,15 @@ def s3_endpoint():
             os.environ[k] = v
 
 
-# Every Ray a test starts, in this process or in a `securevqa` subprocess, is its own: never one already running on
-# this machine (ray.init joins that one when given no address; jobs/cli.py RAY_ADDRESS_HELP).
-os.environ["RAY_ADDRESS"] = "local"
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """One small local Ray for the whole test session (ray.init takes seconds)."""
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # address "local": a Ray of its own, never one already running on this machine (ray.init joins that one when
+    # given no address, and refuses num_cpus; jobs/cli.py RAY_ADDRESS_HELP). Not RAY_ADDRESS=local for the whole
+    # session: ray.job_submission's client reads it too, before the address it is given.
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
              ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     yield ray
