@@ -39,6 +39,15 @@ from pipeline.log import configure as configure_logging
 from pipeline.training.history import read_history, training_minutes
 
 DEMO_WEIGHTS = "tiny-demo"  # the registry entry --install updates
+# The training set's "about 1 in N" settings (option and build_training_set argument names, docs/training_data.md):
+# key, what gets a copy, and how, for the install record.
+COPY_SETTINGS = (
+    ("lowres_every", "photograph", "filmed at low resolution"),
+    ("lowres_video_every", "video", "downscaled to low resolution"),
+    ("encoded_every", "training content", "as a distribution encode delivers it"),
+    ("soft_every", "training content", "as a soft lens sees it"),
+    ("soft_encoded_every", "training content", "soft and then delivered"),
+)
 
 # The recipe is the library's (pipeline/training/config.py DEMO_RECIPE); docs/training.md says why each value.
 RECIPE = ["--recipe", "demo"]
@@ -120,16 +129,8 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
     ts = summary.get("training_set") or {}
     data = (f"the demo training set (pipeline/demo/build_training_set, seed 0, docs/training_data.md"
             f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'}"
-            + (f", about 1 photograph in {setup['lowres_every']} also filmed at low resolution"
-               if setup.get("lowres_every") else "")
-            + (f", about 1 video in {setup['lowres_video_every']} also downscaled to low resolution"
-               if setup.get("lowres_video_every") else "")
-            + (f", about 1 training content in {setup['encoded_every']} also as a distribution encode delivers it"
-               if setup.get("encoded_every") else "")
-            + (f", about 1 training content in {setup['soft_every']} also as a soft lens sees it"
-               if setup.get("soft_every") else "")
-            + (f", about 1 training content in {setup['soft_encoded_every']} also soft and then delivered"
-               if setup.get("soft_encoded_every") else "") + ")"
+            + "".join(f", about 1 {what} in {setup[key]} also {how}" for key, what, how in COPY_SETTINGS
+                      if setup.get(key)) + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
     return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
@@ -195,15 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.demo.build import (
         DEFAULT_SPLITS,
         DEMO_ENCODED_EVERY,
-        DEMO_SOFT_ENCODED_EVERY,
-        DEMO_SOFT_EVERY,
         DEMO_LOWRES_EVERY,
         DEMO_LOWRES_VIDEO_EVERY,
+        DEMO_SOFT_ENCODED_EVERY,
+        DEMO_SOFT_EVERY,
         EXTRA_VAL_SPLIT,
         build_training_set,
         with_reference,
     )
     from pipeline.demo.extra_content import EXTRA_EDITION
+
+    default = {"lowres_every": DEMO_LOWRES_EVERY, "lowres_video_every": DEMO_LOWRES_VIDEO_EVERY,
+               "encoded_every": DEMO_ENCODED_EVERY, "soft_every": DEMO_SOFT_EVERY,
+               "soft_encoded_every": DEMO_SOFT_ENCODED_EVERY}
 
     out = Path(args.out).resolve()
     package = REGISTRY_FILE.parent.parent.resolve()
@@ -226,19 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     splits = dict(DEFAULT_SPLITS) if extra_dir is None else {**DEFAULT_SPLITS,
                                                              "val": (*DEFAULT_SPLITS["val"], *EXTRA_VAL_SPLIT)}
     trainset = Path(args.trainset or out / "trainset")
-    lowres = run_setting("lowres_every", args.lowres_every, out, args.resume_from, new=DEMO_LOWRES_EVERY, before=0)
-    lowres_video = run_setting("lowres_video_every", args.lowres_video_every, out, args.resume_from,
-                               new=DEMO_LOWRES_VIDEO_EVERY, before=0)
-    encoded = run_setting("encoded_every", args.encoded_every, out, args.resume_from, new=DEMO_ENCODED_EVERY,
-                          before=0)
-    soft = run_setting("soft_every", args.soft_every, out, args.resume_from, new=DEMO_SOFT_EVERY, before=0)
-    soft_encoded = run_setting("soft_encoded_every", args.soft_encoded_every, out, args.resume_from,
-                               new=DEMO_SOFT_ENCODED_EVERY, before=0)
+    every = {key: run_setting(key, getattr(args, key), out, args.resume_from, new=default[key], before=0)
+             for key, _, _ in COPY_SETTINGS}
     edition = run_setting("extra_edition", args.extra_edition, out, args.resume_from, new=EXTRA_EDITION, before=1)
     data = build_training_set(trainset, seed=0, splits=splits, extra_content=extra_dir, workers=args.threads,
-                              lowres_every=lowres, lowres_video_every=lowres_video, extra_edition=edition,
-                              encoded_every=encoded, soft_every=soft, soft_encoded_every=soft_encoded,
-                              verbose=True)
+                              extra_edition=edition, verbose=True, **every)
     counts = data["split"].value_counts().to_dict()
     print(f"training set: {len(data)} clips from {data['source'].nunique()} contents {counts} "
           f"({time.perf_counter() - t0:.0f} s)")
@@ -254,16 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming the run committed in {args.resume_from}")
     # A run continues only on the training set and recipe it started with.
     setup = {"extra_content": extra_dir is not None, "recipe": RECIPE, "extra_args": extra}
-    if lowres:  # runs made before low-resolution contents existed recorded no such key
-        setup["lowres_every"] = lowres
-    if lowres_video:  # nor before low-resolution videos
-        setup["lowres_video_every"] = lowres_video
-    if encoded:  # nor before delivered copies
-        setup["encoded_every"] = encoded
-    if soft:  # nor before soft copies
-        setup["soft_every"] = soft
-    if soft_encoded:  # nor before soft delivered copies
-        setup["soft_encoded_every"] = soft_encoded
+    # runs made before a kind of content existed recorded no key for it
+    setup.update({key: n for key, n in every.items() if n})
     if extra_dir is not None and edition > 1:  # nor did runs made on the first extra-content catalogue
         setup["extra_edition"] = edition
     setup_file = out / "run" / "demo_model.json"
