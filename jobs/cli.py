@@ -111,6 +111,17 @@ def _recipe(name: str) -> str:
     return name
 
 
+def _depths(text: str) -> tuple[int, ...]:
+    """Swin blocks per stage, comma-separated positive integers ("1,1,4,2")."""
+    try:
+        depths = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        depths = ()
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"expected blocks per stage such as 1,1,4,2, got {text!r}")
+    return depths
+
+
 def _weights_name(name: str) -> str:
     """A registered and installed entry of model/registry.py."""
     from model.registry import get_weights
@@ -365,6 +376,9 @@ def _add_train(sub: Any) -> None:
     g.add_argument("--intra-pretrained", help="Video Swin K400 weights (mmaction .pth) for the intra backbone")
     g.add_argument("--inter-checkpoint", help="SlowFast R50 K400 weights (pytorchvideo .pyth) for the fast pathway")
     g.add_argument("--no-guardian", action="store_true", help="train without guardian maps (ablations only)")
+    g.add_argument("--deepen", type=_depths, metavar="D1,D2,D3,D4",
+                   help="Swin blocks per stage after loading --init (model/deepen.py): the appended blocks start "
+                   "as the identity, so the deeper model scores as the loaded one did and grows from there")
     r = p.add_argument_group("recipe (defaults: docs/design.md §2.4; --protocol splits changes epochs, batch, freezing)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
@@ -456,7 +470,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,
-        guardian=False if args.no_guardian else None)
+        guardian=False if args.no_guardian else None, deepen=args.deepen)
     cfg = dataclasses.replace(base, loss=loss, **given)
     run = TrainRun(storage_options=so, **_given(
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, threads=args.threads,

@@ -34,6 +34,10 @@ class TrainConfig:
     freeze_backbone: bool = False  # small-dataset protocol: only fusion and head learn
     head_dropout: float | None = None  # None: the preset's (0.5); training only, inference has none
     reinit_head: bool = False  # small-dataset protocol: fusion and head start afresh
+    # Swin blocks per stage after loading the weights (model/deepen.py): appended blocks start as the identity,
+    # so a small model that stopped fitting its training data grows from what it learned (docs/training.md,
+    # "Run W"). None: the architecture of the preset or the checkpoint.
+    deepen: tuple[int, ...] | None = None
     val_clips: int | None = None  # clips per validation video (None: the preset's test clips)
     guardian: bool = True
     # Batches of `group_size` clips from each of batch/group_size groups (e.g. source content): the
@@ -71,6 +75,8 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["loss"] = LossConfig(**d.get("loss", {}))
+        if d.get("deepen") is not None:
+            d["deepen"] = tuple(d["deepen"])  # a JSON round trip makes it a list
         return cls(**d)
 
 

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from model import SecureVQA, create_model, load_intra_pretrained, make_generator
+from model.deepen import deepen
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
@@ -49,12 +50,14 @@ log = logging.getLogger("securevqa.training")
 # ----------------------------------------------------------------------------- model, state
 
 def build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
-    """The model a run trains: preset or `init_checkpoint`, optional pretrained backbone, head re-initialised
-    and backbone frozen as `cfg` says, training head dropout; initialisation derived from `seed`."""
+    """The model a run trains: preset or `init_checkpoint`, optional pretrained backbone, deepened
+    (`cfg.deepen`, model/deepen.py), head re-initialised and backbone frozen as `cfg` says, training head dropout; initialisation derived from `seed`."""
     vqa, _ = create_model(cfg.preset, checkpoint=cfg.init_checkpoint, guardian=cfg.guardian,
                           init_seed=derive_seed(seed, "init"))
     if cfg.intra_pretrained:
         load_intra_pretrained(vqa, cfg.intra_pretrained)
+    if cfg.deepen:
+        vqa = deepen(vqa, cfg.deepen, init_seed=derive_seed(seed, "deepen"))
     if cfg.reinit_head:
         vqa.reset_head(derive_seed(seed, "head"))
     if cfg.freeze_backbone:
