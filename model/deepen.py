@@ -1,10 +1,11 @@
 """Deepen a trained SecureVQA: more Swin blocks per stage, the same function at the start.
 
-A small model that no longer fits its own training data (docs/training.md, "Run W") needs capacity, and
-starting a larger one from a random initialisation throws away what the small one learned. Here the new
+A small model that does not fit its own training data may lack capacity, and starting a larger one from
+a random initialisation throws away what the small one learned (docs/training.md, "Probes of
+2026-12-07", measures what three more blocks bought the demo model: 0.01 of training fit). Here the new
 blocks are appended to the end of their stages with their residual branches zeroed (the attention's output
-projection and the MLP's second linear layer, weights and biases), so each is the identity on its input
-and the deepened model scores every clip exactly as the original did; training then grows them from
+projection and the MLP's second linear layer, weights and biases), so each is the identity on its input and
+the deepened model scores every clip exactly as the original did; training then grows them from
 there (the zero-initialised last layer of a residual branch, as in Goyal et al. 2017 and Net2Net's
 identity growth). Everything else keeps its weights: the patch embedding, the existing blocks, the
 merging layers, the final norm, the fusion and the head. Block i of a stage attends in shifted windows

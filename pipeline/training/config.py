@@ -36,7 +36,7 @@ class TrainConfig:
     reinit_head: bool = False  # small-dataset protocol: fusion and head start afresh
     # Swin blocks per stage after loading the weights (model/deepen.py): appended blocks start as the identity,
     # so a small model that stopped fitting its training data grows from what it learned (docs/training.md,
-    # "Run W"). None: the architecture of the preset or the checkpoint.
+    # "Probes of 2026-12-07"). None: the architecture of the preset or the checkpoint.
     deepen: tuple[int, ...] | None = None
     val_clips: int | None = None  # clips per validation video (None: the preset's test clips)
     guardian: bool = True
