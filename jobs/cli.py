@@ -422,6 +422,12 @@ def _add_train(sub: Any) -> None:
                    help="weight of the condition target (model/pretext.py): the pooled intra features also name "
                    "each video's processing condition, the manifest's --condition-column (docs/training.md)")
     r.add_argument("--condition-column", help="manifest column naming each video's condition (default: condition)")
+    r.add_argument("--repeat-weight", type=float,
+                   help="weight of the frame-repeat ranking target: some clips of each batch are also scored with "
+                   "their frames held as the recipe's frame-rate drops, and must score lower by the labels' "
+                   "drops (TrainConfig.repeat_weight; the demo recipe's levels are fps k 2 and 4)")
+    r.add_argument("--repeat-clips", type=int, help="with --repeat-weight: videos of each batch that get held "
+                   "versions (default 2)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -467,6 +473,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, calibrate_inter=args.calibrate_inter,
         texture_weight=args.texture_weight, fidelity_weight=args.fidelity_weight,
         condition_weight=args.condition_weight, condition_column=args.condition_column,
+        repeat_weight=args.repeat_weight, repeat_clips=args.repeat_clips,
         freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,

@@ -21,7 +21,7 @@ from pipeline.demo.synthetic import moving_pattern
 from pipeline.training.config import STATE_FILE, TrainConfig, TrainRun
 from pipeline.training.data import GroupedBatchSampler
 from pipeline.training.loop import build_model, train_step
-from pipeline.training.history import read_history, training_minutes
+from pipeline.training.history import epoch_line, read_history, training_minutes
 from pipeline.training.run import train, train_splits
 from tests.helpers.procs import cli_subprocess, kill_tree
 
@@ -385,7 +385,8 @@ def test_a_run_with_the_fidelity_and_condition_targets_trains_them_and_resumes_t
                                     noise=lambda d: d["video_id"].str[-2:])  # the condition: n0 .. n5
     cfg = TrainConfig(preset="tiny-cpu", epochs=1, batch_size=4, group_column="dataset", group_size=2,
                       align_groups=True, loss=LossConfig(kind="margin"), val_clips=1, seed=3, fidelity_weight=1.0,
-                      texture_weight=1.0, condition_weight=1.0, condition_column="noise")
+                      texture_weight=1.0, condition_weight=1.0, condition_column="noise",
+                      repeat_weight=1.0, repeat_levels=((2, 0.64), (4, 1.64)), repeat_skip=("n0",))
     out = tmp_path / "run"
     run = TrainRun(workers=1, cache_uri=sets["cache"])
     with pytest.raises(ValueError, match="`reference` column"):
@@ -395,6 +396,7 @@ def test_a_run_with_the_fidelity_and_condition_targets_trains_them_and_resumes_t
     first = train(train_df, str(out), cfg, run, val=sets["val"])["epochs"]
     assert first[1]["train_fidelity_loss"] > 0 and first[1]["train_texture_loss"] > 0
     assert 0 < first[1]["train_condition_loss"] < 3 * np.log(len(NOISE))  # cross-entropy over the 6 conditions
+    assert first[1]["train_repeat_loss"] >= 0 and "frame-repeat hinge" in epoch_line(first[1])
     state = _latest_state(out)
     assert set(state["fidelity"]) == {"proj.weight", "proj.bias", "mean", "std", "fitted"}
     assert state["condition"]["proj.weight"].shape[0] == len(NOISE)

@@ -150,6 +150,7 @@ from .codec import (CLEAN_CRF, PRESET, X264_THREADS, decode_all, encode, even, o
                     x264_options)
 from .distortions import DEFAULT_DISTORTIONS, TRAINING_DISTORTIONS, check_distortions, distort, gaussian_blur
 from .labels import (
+    CONDITION_MOS,
     MOS_CENTER,
     MOS_WIDTH,
     SSIM_VIEW_SIDE,
@@ -823,8 +824,24 @@ def with_reference(data: pd.DataFrame) -> pd.DataFrame:
     missing = sorted(set(data["source"]) - set(clean.index))
     if missing:
         raise ValueError(f"no clean clip for the contents {missing[:5]}: the fidelity target needs one per content")
-    condition = data["distortion"].astype(str) + "_" + data["level"].astype(int).astype(str)
+    condition = [condition_name(d, lv) for d, lv in zip(data["distortion"].astype(str), data["level"].astype(int))]
     return data.assign(reference=data["source"].map(clean), condition=condition)
+
+
+def condition_name(distortion: str, level: int) -> str:
+    """A training video's processing condition as `with_reference` names it: "<distortion>_<level>" (level 0
+    for the clean clip, 1..n from the mildest setting, as in the `level` column)."""
+    return f"{distortion}_{int(level)}"
+
+
+# The training set's frame-rate drops as levels of the frame-repeat target (TrainConfig.repeat_levels): (k, the
+# clean label minus fps k's label), and their conditions, whose clips already repeat frames and never serve as
+# its bases (TrainConfig.repeat_skip).
+FRAME_DROP_LEVELS: tuple[tuple[int, float], ...] = tuple(
+    (int(k), round(CONDITION_MOS[("clean", 0.0)] - CONDITION_MOS[("fps", float(k))], 4))
+    for k in TRAINING_DISTORTIONS["fps"])
+FRAME_DROP_CONDITIONS: tuple[str, ...] = tuple(
+    condition_name("fps", i) for i in range(1, len(TRAINING_DISTORTIONS["fps"]) + 1))
 
 
 # ----------------------------------------------------------------------------- CLI

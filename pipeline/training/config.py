@@ -9,6 +9,7 @@ from typing import Any
 
 from model.losses import LossConfig
 from model.registry import REGISTRY_FILE
+from pipeline.demo.build import FRAME_DROP_CONDITIONS, FRAME_DROP_LEVELS
 
 STATE_FILE = "state.pt"
 
@@ -60,7 +61,29 @@ class TrainConfig:
     # name each training video's processing condition, the value of the manifest's `condition_column`.
     condition_weight: float = 0.0
     condition_column: str = "condition"
+    # Weight of the frame-repeat ranking target (0: none; docs/training.md, "Run X"). Each step, `repeat_clips`
+    # clips of the batch are also scored with their frames held as a frame-rate drop of each factor k of
+    # `repeat_levels` ((k, label drop) pairs: k in video frames, the drop in label units below the clip's
+    # own), with the same fragments and inter embedding, and a margin hinge (the loss's `margin` per label
+    # unit) asks the scores to fall in that order. The labels give fps k 2 and k 4 a full MOS apart, but
+    # nothing else in a step isolates frame repetition, and trained models read the two alike. Clips whose
+    # condition (`condition_column`) is in `repeat_skip` never serve: they repeat frames already.
+    repeat_weight: float = 0.0
+    repeat_clips: int = 2
+    repeat_levels: tuple[tuple[int, float], ...] = ()
+    repeat_skip: tuple[str, ...] = ()
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
+
+    def __post_init__(self) -> None:
+        if self.repeat_weight < 0 or self.repeat_clips < 1:
+            raise ValueError(f"repeat_weight must be >= 0 and repeat_clips >= 1, got {self.repeat_weight}, "
+                             f"{self.repeat_clips}")
+        if self.repeat_weight > 0 and not self.repeat_levels:
+            raise ValueError("the frame-repeat target (repeat_weight > 0) needs repeat_levels: (factor, label drop)")
+        for k, drop in self.repeat_levels:
+            if int(k) != k or k < 2 or drop <= 0:
+                raise ValueError(f"repeat_levels: factor must be an integer >= 2 and the label drop > 0, got "
+                                 f"({k}, {drop})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,6 +100,10 @@ class TrainConfig:
         d["loss"] = LossConfig(**d.get("loss", {}))
         if d.get("deepen") is not None:
             d["deepen"] = tuple(d["deepen"])  # a JSON round trip makes it a list
+        if "repeat_levels" in d:
+            d["repeat_levels"] = tuple((int(k), float(drop)) for k, drop in d["repeat_levels"])
+        if "repeat_skip" in d:
+            d["repeat_skip"] = tuple(d["repeat_skip"])
         return cls(**d)
 
 
@@ -115,6 +142,8 @@ DEMO_INIT = REGISTRY_FILE.parent / "demo_init_run_d.pt"
 DEMO_RECIPE = dataclasses.replace(
     DEMO_SCRATCH_RECIPE, init_checkpoint=str(DEMO_INIT), calibrate_inter=0, fidelity_weight=1.0,
     loss=LossConfig(kind="margin", margin=0.1, batch_weight=0.5), epochs=16, warmup_epochs=1, backbone_lr=3e-4,
+    # the frame-repeat target's levels, off until --repeat-weight (run X): the training set's frame-rate drops
+    repeat_levels=FRAME_DROP_LEVELS, repeat_skip=FRAME_DROP_CONDITIONS,
 )
 
 # Named starting points of `securevqa train --recipe NAME`; the options a user passes change fields of it.

@@ -29,6 +29,8 @@ def epoch_line(r: Mapping[str, Any]) -> str:
         s += f"; fidelity MSE {r['train_fidelity_loss']:.3f}"
     if r.get("train_condition_loss") is not None:
         s += f"; condition cross-entropy {r['train_condition_loss']:.3f}"
+    if r.get("train_repeat_loss") is not None:
+        s += f"; frame-repeat hinge {r['train_repeat_loss']:.4f}"
     for name in ("raw", "ema"):
         if r.get(f"val_{name}_srcc") is not None:
             s += f"; val {name} SRCC {r[f'val_{name}_srcc']:.4f} PLCC {r[f'val_{name}_plcc']:.4f}"
@@ -78,7 +80,7 @@ def plot_history(history: Sequence[Mapping[str, Any]]) -> bytes | None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
     a.plot(ep, [np.nan if r["train_loss"] is None else r["train_loss"] for r in history], marker="o", label="total")
     targets = {"texture statistics": "train_texture_loss", "fidelity": "train_fidelity_loss",
-               "condition": "train_condition_loss"}
+               "condition": "train_condition_loss", "frame repeat": "train_repeat_loss"}
     for label, key in targets.items():
         values = [r.get(key) for r in history]
         if any(t is not None for t in values):

@@ -18,6 +18,7 @@ The recipe (docs/design.md §2.4) is `TrainConfig`'s defaults; the small-dataset
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -31,11 +32,12 @@ from torch.utils.data import DataLoader
 
 from model import SecureVQA, create_model, load_intra_pretrained, make_generator
 from model.deepen import deepen
+from model.transforms import repeat_frames
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
 from model.pretext import ConditionHead, FidelityHead, TextureHead
-from model.rng import derive_seed
+from model.rng import derive_seed, resolve
 from pipeline.log import configure_worker, duration
 from pipeline.stages.inter import InterCache
 from pipeline.training.frame_cache import FrameCache
@@ -106,6 +108,8 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
                fidelity: FidelityHead | None = None, fidelity_weight: float = 0.0,
                references: torch.Tensor | None = None, condition: ConditionHead | None = None,
                condition_weight: float = 0.0, conditions: torch.Tensor | None = None,
+               repeat_weight: float = 0.0, repeat_levels: Sequence[tuple[int, float]] = (),
+               repeat_bases: torch.Tensor | None = None, frame_interval: int = 1,
                parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
@@ -115,8 +119,13 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     (model/pretext.py). With `fidelity`, `fidelity_weight` > 0 and `references` (the clips' clean versions,
     shaped like `clips`) they also regress their cells' SSIM and log MSE against the reference. With
     `condition`, `condition_weight` > 0 and `conditions` ((B,) class indices) the pooled features also name
-    each video's processing condition. Returns the total loss; `parts` receives "quality", "texture",
-    "fidelity" and "condition"."""
+    each video's processing condition. With `repeat_weight` > 0, `repeat_levels` ((k, label drop) pairs, k
+    in video frames) and `repeat_bases` (indices of the batch's videos), each base video's clips are also
+    scored with their frames held as a frame-rate drop of each k (`repeat_frames`, with a phase drawn from
+    `generator`; the clips are sampled every `frame_interval` frames, and a k that does not exceed it is
+    invisible and skipped), with the video's inter embedding, and `margin_rank_loss` (the loss's `margin`)
+    within each base asks the scores to fall by the label drops (TrainConfig.repeat_weight). Returns the
+    total loss; `parts` receives "quality", "texture", "fidelity", "condition" and "repeat"."""
     with_texture = texture is not None and texture_weight > 0
     with_fidelity = fidelity is not None and fidelity_weight > 0
     with_condition = condition is not None and condition_weight > 0
@@ -125,9 +134,29 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     if with_condition and conditions is None:
         raise ValueError("the condition target needs each video's condition")
     features = with_texture or with_fidelity or with_condition
-    out = model(clips, inter, generator=generator, return_features=features)
+    levels = [(k // frame_interval, drop) for k, drop in repeat_levels if k // frame_interval >= 2]
+    with_repeat = repeat_weight > 0 and repeat_bases is not None and len(repeat_bases) > 0 and bool(levels)
+    b = clips.shape[0]
+    if with_repeat:  # one forward for the batch and the held versions of its bases
+        base = clips[repeat_bases]
+        held = [repeat_frames(base, f, torch.randint(0, f, base.shape[:2], generator=resolve(generator)))
+                for f, _ in levels]
+        clips_in = torch.cat([clips, *held])
+        inter_in = torch.cat([inter, *[inter[repeat_bases]] * len(levels)])
+    else:
+        clips_in, inter_in = clips, inter
+    out = model(clips_in, inter_in, generator=generator, return_features=features)
     pred, feats = out if features else (out, None)
     pred = pred.mean(1)
+    if with_repeat:
+        pred, held_pred = pred[:b], pred[b:].view(len(levels), -1)
+        feats = feats[:b * clips.shape[1]] if feats is not None else None
+        # per base: its own score (drop 0) and its held versions', ranked by the label drops
+        scores = torch.cat([pred[repeat_bases][None], held_pred]).T.reshape(-1)
+        drops = torch.tensor([0.0, *(-d for _, d in levels)]).repeat(len(repeat_bases))
+        bases = torch.arange(len(repeat_bases)).repeat_interleave(len(levels) + 1)
+        repeat_loss = grouped_quality_loss(scores, drops, bases, dataclasses.replace(
+            loss_cfg, kind="margin", batch_weight=0.0))
     loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
     total = loss
     if with_texture:
@@ -145,6 +174,10 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
         total = total + condition_weight * condition_loss
         if parts is not None:
             parts["condition"] = condition_loss.item()
+    if with_repeat:
+        total = total + repeat_weight * repeat_loss
+        if parts is not None:
+            parts["repeat"] = repeat_loss.item()
     if parts is not None:
         parts["quality"] = loss.item()
     optimizer.zero_grad(set_to_none=True)
@@ -155,6 +188,15 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return total.item()
+
+
+def repeat_bases(conditions: Sequence[str | None], skip: Sequence[str], clips: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """The frame-repeat target's bases in a batch (`train_step`'s `repeat_bases`): the positions of up to `clips`
+    videos, drawn by `generator`, among those whose condition (one per video, None where unknown) is not in
+    `skip`, the conditions that repeat frames already. LongTensor (n,), n = min(clips, eligible)."""
+    ok = torch.tensor([k for k, c in enumerate(conditions) if c not in set(skip)], dtype=torch.long)
+    return ok[torch.randperm(len(ok), generator=generator)[:clips]]
 
 
 # Videos whose clips fit the read-outs' target standardisation (model/pretext.py): a sample across contents
@@ -327,7 +369,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         vqa.train()
-        losses, texture_losses, fidelity_losses, condition_losses = [], [], [], []
+        losses, texture_losses, fidelity_losses, condition_losses, repeat_losses = [], [], [], [], []
         for i, (clips, inter, mos, idx, *reference) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
             references = reference[0].to(device, non_blocking=True) if reference else None
@@ -337,18 +379,24 @@ def train_loop(config: Mapping[str, Any]) -> None:
                       if cfg.group_column and world == 1 else None)
             conditions = (torch.tensor([condition_ids[config["train"][j]["condition"]] for j in idx.tolist()])
                           if condition is not None else None)
+            bases = (repeat_bases([config["train"][j].get("condition") for j in idx.tolist()], cfg.repeat_skip,
+                                  cfg.repeat_clips, make_generator(derive_seed(seed, "repeat", epoch, i, rank)))
+                     if cfg.repeat_weight > 0 else None)
             parts: dict[str, float] = {}
             loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
                               grad_clip=cfg.grad_clip, texture=texture, texture_weight=cfg.texture_weight,
                               fidelity=fidelity, fidelity_weight=cfg.fidelity_weight, references=references,
                               condition=condition, condition_weight=cfg.condition_weight, conditions=conditions,
-                              parts=parts)
+                              repeat_weight=cfg.repeat_weight, repeat_levels=cfg.repeat_levels, repeat_bases=bases,
+                              frame_interval=sampling.frame_interval, parts=parts)
             if "texture" in parts:
                 texture_losses.append(parts["texture"])
             if "fidelity" in parts:
                 fidelity_losses.append(parts["fidelity"])
             if "condition" in parts:
                 condition_losses.append(parts["condition"])
+            if "repeat" in parts:
+                repeat_losses.append(parts["repeat"])
             scheduler.step()
             ema.update(vqa)
             step += 1
@@ -368,6 +416,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
             record["train_fidelity_loss"] = float(np.mean(fidelity_losses))
         if condition_losses:
             record["train_condition_loss"] = float(np.mean(condition_losses))
+        if repeat_losses:
+            record["train_repeat_loss"] = float(np.mean(repeat_losses))
         validate(record)
         if rank == 0:
             best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, recorded, seed)

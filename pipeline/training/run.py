@@ -107,10 +107,12 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     if cfg.fidelity_weight > 0 and "reference" not in manifest:
         raise ValueError("the fidelity target (fidelity_weight > 0) needs a `reference` column in the training "
                          "manifest: the uri of each video's clean, frame-aligned version")
-    condition = cfg.condition_column if cfg.condition_weight > 0 else None
+    condition = cfg.condition_column if cfg.condition_weight > 0 or (cfg.repeat_weight > 0 and cfg.repeat_skip) else None
     if condition and condition not in manifest:
-        raise ValueError(f"the condition target (condition_weight > 0) needs a {condition!r} column in the training "
-                         "manifest: each video's processing condition")
+        target = "condition target (condition_weight > 0)" if cfg.condition_weight > 0 else \
+            "frame-repeat target (repeat_weight > 0, with repeat_skip)"
+        raise ValueError(f"the {target} needs a {condition!r} column in the training manifest: each video's "
+                         "processing condition")
     train_rows = _inter_rows(manifest, spec, versions, cache_uri, so, cfg.group_column, cfg.fidelity_weight > 0,
                              condition)
     val_group = cfg.group_column if val is not None and cfg.group_column in val else None
