@@ -428,6 +428,9 @@ def _add_train(sub: Any) -> None:
                    "drops (TrainConfig.repeat_weight; the demo recipe's levels are fps k 2 and 4)")
     r.add_argument("--repeat-clips", type=int, help="with --repeat-weight: videos of each batch that get held "
                    "versions (default 2)")
+    r.add_argument("--repeat-phase", type=int, metavar="P",
+                   help="with --repeat-weight: hold frames from clip frame P (0: as in the test clips of 64-frame "
+                   "videos; default: a phase drawn per clip)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -473,7 +476,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, calibrate_inter=args.calibrate_inter,
         texture_weight=args.texture_weight, fidelity_weight=args.fidelity_weight,
         condition_weight=args.condition_weight, condition_column=args.condition_column,
-        repeat_weight=args.repeat_weight, repeat_clips=args.repeat_clips,
+        repeat_weight=args.repeat_weight, repeat_clips=args.repeat_clips, repeat_phase=args.repeat_phase,
         freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,

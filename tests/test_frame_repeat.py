@@ -74,7 +74,7 @@ def test_the_recipe_levels_come_from_the_labels_and_name_the_built_conditions():
 
 
 def test_the_config_round_trips_through_json_and_refuses_bad_levels():
-    cfg = dataclasses.replace(DEMO_RECIPE, repeat_weight=0.5, repeat_clips=3)
+    cfg = dataclasses.replace(DEMO_RECIPE, repeat_weight=0.5, repeat_clips=3, repeat_phase=0)
     back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and isinstance(back.repeat_levels[0], tuple)
     with pytest.raises(ValueError, match="needs repeat_levels"):
@@ -83,15 +83,18 @@ def test_the_config_round_trips_through_json_and_refuses_bad_levels():
         TrainConfig(repeat_levels=((1, 0.5),))
     with pytest.raises(ValueError, match="repeat_clips"):
         TrainConfig(repeat_clips=0)
+    with pytest.raises(ValueError, match="repeat_phase"):
+        TrainConfig(repeat_phase=-1)
 
 
 def test_the_cli_sets_the_target():
     from jobs.cli import build_parser, train_config
 
     args = build_parser().parse_args(["train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
-                                      "--repeat-weight", "2", "--repeat-clips", "3"])
+                                      "--repeat-weight", "2", "--repeat-clips", "3", "--repeat-phase", "0"])
     cfg, _ = train_config(args, {})
     assert (cfg.repeat_weight, cfg.repeat_clips, cfg.repeat_levels) == (2.0, 3, FRAME_DROP_LEVELS)
+    assert cfg.repeat_phase == 0 and DEMO_RECIPE.repeat_phase is None
 
 
 def test_bases_leave_out_the_skipped_conditions_and_replay_from_the_generator():

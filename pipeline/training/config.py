@@ -72,6 +72,10 @@ class TrainConfig:
     repeat_clips: int = 2
     repeat_levels: tuple[tuple[int, float], ...] = ()
     repeat_skip: tuple[str, ...] = ()
+    # Where the held frames fall in the clip: None, a phase drawn per clip; 0, held from the clip's first frame,
+    # as in every test clip of a 64-frame video (4 parts of 16 frames, offset 0), where each temporal token's
+    # two frames are equal at k 2 and at k 4 and only neighbouring tokens tell the two apart (run X).
+    repeat_phase: int | None = None
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class TrainConfig:
                              f"{self.repeat_clips}")
         if self.repeat_weight > 0 and not self.repeat_levels:
             raise ValueError("the frame-repeat target (repeat_weight > 0) needs repeat_levels: (factor, label drop)")
+        if self.repeat_phase is not None and self.repeat_phase < 0:
+            raise ValueError(f"repeat_phase must be None or >= 0, got {self.repeat_phase}")
         for k, drop in self.repeat_levels:
             if int(k) != k or k < 2 or drop <= 0:
                 raise ValueError(f"repeat_levels: factor must be an integer >= 2 and the label drop > 0, got "

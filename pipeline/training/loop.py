@@ -109,7 +109,7 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
                references: torch.Tensor | None = None, condition: ConditionHead | None = None,
                condition_weight: float = 0.0, conditions: torch.Tensor | None = None,
                repeat_weight: float = 0.0, repeat_levels: Sequence[tuple[int, float]] = (),
-               repeat_bases: torch.Tensor | None = None, frame_interval: int = 1,
+               repeat_bases: torch.Tensor | None = None, repeat_phase: int | None = None, frame_interval: int = 1,
                parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
@@ -121,8 +121,8 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     `condition`, `condition_weight` > 0 and `conditions` ((B,) class indices) the pooled features also name
     each video's processing condition. With `repeat_weight` > 0, `repeat_levels` ((k, label drop) pairs, k
     in video frames) and `repeat_bases` (indices of the batch's videos), each base video's clips are also
-    scored with their frames held as a frame-rate drop of each k (`repeat_frames`, with a phase drawn from
-    `generator`; the clips are sampled every `frame_interval` frames, and a k that does not exceed it is
+    scored with their frames held as a frame-rate drop of each k (`repeat_frames`, at `repeat_phase`, or a
+    phase drawn from `generator` per clip when None; the clips are sampled every `frame_interval` frames, and a k that does not exceed it is
     invisible and skipped), with the video's inter embedding, and `margin_rank_loss` (the loss's `margin`)
     within each base asks the scores to fall by the label drops (TrainConfig.repeat_weight). Returns the
     total loss; `parts` receives "quality", "texture", "fidelity", "condition" and "repeat"."""
@@ -139,8 +139,8 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     b = clips.shape[0]
     if with_repeat:  # one forward for the batch and the held versions of its bases
         base = clips[repeat_bases]
-        held = [repeat_frames(base, f, torch.randint(0, f, base.shape[:2], generator=resolve(generator)))
-                for f, _ in levels]
+        held = [repeat_frames(base, f, torch.randint(0, f, base.shape[:2], generator=resolve(generator))
+                              if repeat_phase is None else repeat_phase) for f, _ in levels]
         clips_in = torch.cat([clips, *held])
         inter_in = torch.cat([inter, *[inter[repeat_bases]] * len(levels)])
     else:
@@ -388,7 +388,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
                               fidelity=fidelity, fidelity_weight=cfg.fidelity_weight, references=references,
                               condition=condition, condition_weight=cfg.condition_weight, conditions=conditions,
                               repeat_weight=cfg.repeat_weight, repeat_levels=cfg.repeat_levels, repeat_bases=bases,
-                              frame_interval=sampling.frame_interval, parts=parts)
+                              repeat_phase=cfg.repeat_phase, frame_interval=sampling.frame_interval, parts=parts)
             if "texture" in parts:
                 texture_losses.append(parts["texture"])
             if "fidelity" in parts:
