@@ -13,7 +13,7 @@ import torch
 
 from model.losses import LossConfig
 from model.optim import build_optimizer
-from model.transforms import repeat_frames, skip_sample_indices
+from model.frame_repeat import repeat_frames
 from pipeline.demo.build import FRAME_DROP_CONDITIONS, FRAME_DROP_LEVELS, with_reference
 from pipeline.demo.distortions import distort
 from pipeline.demo.labels import CONDITION_MOS

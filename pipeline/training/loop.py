@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from model import SecureVQA, create_model, load_intra_pretrained, make_generator
 from model.deepen import deepen
-from model.transforms import repeat_frames
+from model.frame_repeat import repeat_frames
 from model.losses import LossConfig, grouped_quality_loss, quality_loss
 from model.metrics import quality_metrics, srcc
 from model.optim import ModelEMA, build_optimizer, warmup_cosine
