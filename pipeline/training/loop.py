@@ -122,10 +122,11 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     each video's processing condition. With `repeat_weight` > 0, `repeat_levels` ((k, label drop) pairs, k
     in video frames) and `repeat_bases` (indices of the batch's videos), each base video's clips are also
     scored with their frames held as a frame-rate drop of each k (`repeat_frames`, at `repeat_phase`, or a
-    phase drawn from `generator` per clip when None; the clips are sampled every `frame_interval` frames, and a k that does not exceed it is
-    invisible and skipped), with the video's inter embedding, and `margin_rank_loss` (the loss's `margin`)
-    within each base asks the scores to fall by the label drops (TrainConfig.repeat_weight). Returns the
-    total loss; `parts` receives "quality", "texture", "fidelity", "condition" and "repeat"."""
+    phase drawn from `generator` per clip when None; clips sampled every `frame_interval` frames do not
+    show a k that does not exceed it, so such a k is skipped), with the video's inter embedding, and
+    `margin_rank_loss` (the loss's `margin`) within each base asks the scores to fall by the label drops
+    (TrainConfig.repeat_weight). Returns the total loss; `parts` receives "quality", "texture", "fidelity",
+    "condition" and "repeat"."""
     with_texture = texture is not None and texture_weight > 0
     with_fidelity = fidelity is not None and fidelity_weight > 0
     with_condition = condition is not None and condition_weight > 0
