@@ -83,7 +83,8 @@ class TrainConfig:
             raise ValueError(f"repeat_weight must be >= 0 and repeat_clips >= 1, got {self.repeat_weight}, "
                              f"{self.repeat_clips}")
         if self.repeat_weight > 0 and not self.repeat_levels:
-            raise ValueError("the frame-repeat target (repeat_weight > 0) needs repeat_levels: (factor, label drop)")
+            raise ValueError("the frame-repeat target (repeat_weight > 0) needs repeat_levels: (factor, label drop) "
+                             "pairs; `securevqa train --recipe demo` carries the demo training set's")
         if self.repeat_phase is not None and self.repeat_phase < 0:
             raise ValueError(f"repeat_phase must be None or >= 0, got {self.repeat_phase}")
         for k, drop in self.repeat_levels:

@@ -196,7 +196,8 @@ def repeat_bases(conditions: Sequence[str | None], skip: Sequence[str], clips: i
     """The frame-repeat target's bases in a batch (`train_step`'s `repeat_bases`): the positions of up to `clips`
     videos, drawn by `generator`, among those whose condition (one per video, None where unknown) is not in
     `skip`, the conditions that repeat frames already. LongTensor (n,), n = min(clips, eligible)."""
-    ok = torch.tensor([k for k, c in enumerate(conditions) if c not in set(skip)], dtype=torch.long)
+    skip = set(skip)
+    ok = torch.tensor([k for k, c in enumerate(conditions) if c not in skip], dtype=torch.long)
     return ok[torch.randperm(len(ok), generator=generator)[:clips]]
 
 
