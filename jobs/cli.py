@@ -265,10 +265,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io(p)
     _add_train(sub)
     _add_attack(sub)
+    p = sub.add_parser("average", help="average the weights of checkpoints fine-tuned from one start (a model soup; "
+                       "docs/training.md, 'Weight averaging')")
+    p.add_argument("checkpoints", nargs="+", help="our-format checkpoints (best.pt of runs of one lineage), paths or URIs")
+    p.add_argument("--output", required=True, help="where the averaged checkpoint is written")
+    p.add_argument("--shares", type=_shares, metavar="A,B,...",
+                   help="each checkpoint's share, scaled to sum to 1 (default: uniform)")
+    _add_io(p)
     p = sub.add_parser("weights", help="list the registered weights (--weights NAME): preset, installed?, sha256, "
                        "metrics, recipe")
     p.add_argument("--json", action="store_true", help="every field of every entry, as JSON")
     return parser
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _average(args: argparse.Namespace, so: dict[str, Any]) -> int:
+    from model.api import average_weights
+
+    try:
+        meta = average_weights(args.checkpoints, args.output, args.shares, storage_options=so)
+    except ValueError as e:
+        print(f"securevqa average: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": args.output, **meta["average"]}))
+    return 0
 
 
 def _list_weights(args: argparse.Namespace) -> int:
@@ -570,6 +596,8 @@ def _main(argv: list[str] | None = None) -> int:
     from pipeline.report.build import build_report
     from pipeline.report.summary import load_scores
 
+    if args.command == "average":
+        return _average(args, so)
     if args.command == "train":
         return _train(args, so)
     if args.command == "attack":

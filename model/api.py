@@ -29,6 +29,7 @@ from .config import SecureVQAConfig, get_config
 from .device import select_device, uses_autocast
 from .registry import Weights, get_weights
 from .securevqa import InterEmbedder, SecureVQA
+from .soup import average_checkpoints
 
 FORMAT = "securevqa"
 FORMAT_VERSION = 1
@@ -189,8 +190,35 @@ def save_checkpoint(
         os.replace(tmp, uri)  # atomic: a crash never leaves half a checkpoint
 
 
+def average_weights(
+    checkpoints: list[str],
+    output: str,
+    weights: list[float] | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the weighted average of our-format checkpoints (paths or fsspec URIs) to `output`
+    (model/soup.py: same architecture and inter weights required; `weights` scaled to sum to 1, default
+    uniform). The average is loaded into a model strictly before it is saved, so the file reads back as any
+    checkpoint does. Returns the metadata written ({"average": {"sources", "weights"}}).
+
+    Raises ValueError (model.soup.average_checkpoints) and FileNotFoundError for a missing checkpoint.
+    """
+    avg = average_checkpoints([read_checkpoint(c, storage_options) for c in checkpoints], weights,
+                              sources=[os.fspath(c) for c in checkpoints])
+    cfg = SecureVQAConfig.from_dict(avg["config"])
+    vqa, inter = SecureVQA(cfg), InterEmbedder(cfg)
+    load_securevqa_weights(vqa, avg, source="the average")
+    if avg.get("inter") is not None:
+        load_inter_weights(inter, avg)
+    save_checkpoint(output, vqa, inter if avg.get("inter") is not None else None, metadata=avg["metadata"],
+                    storage_options=storage_options)
+    return avg["metadata"]
+
+
 __all__ = [
     "CheckpointMismatchError",
+    "average_weights",
     "create_model",
     "load_inter_weights",
     "load_intra_pretrained",

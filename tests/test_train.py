@@ -146,7 +146,8 @@ def test_short_run_learns_and_selects_the_best_checkpoint(ray_local, sets, tmp_p
     assert best > start + 0.3 and best >= 0.7
 
     # best.pt: the epoch and weights (raw or EMA) with the highest validation SRCC; loadable and scoring
-    scored = [(max(r["val_raw_srcc"], r["val_ema_srcc"]), r["epoch"]) for r in epochs[1:]]
+    # (epoch 0, the start, competes too: a run that only got worse keeps its start)
+    scored = [(max(r["val_raw_srcc"], r["val_ema_srcc"]), r["epoch"]) for r in epochs]
     best_srcc, best_epoch = max(scored, key=lambda t: t[0])  # ties: the earliest epoch keeps the title
     assert h["best"]["epoch"] == best_epoch and h["best"]["val_srcc"] == pytest.approx(best_srcc)
     ckpt = torch.load(out / "best.pt", weights_only=True)
@@ -406,3 +407,37 @@ def test_a_run_with_the_fidelity_and_condition_targets_trains_them_and_resumes_t
     later = _latest_state(out)["fidelity"]
     assert torch.equal(later["mean"], state["fidelity"]["mean"])  # the standardisation is kept
     assert not torch.equal(later["proj.weight"], state["fidelity"]["proj.weight"])  # and the head trains on
+
+
+def test_best_keeps_the_start_when_training_only_makes_things_worse(tmp_path):
+    """publish: epoch 0 (the validated start) competes for best.pt, so a run whose epochs all score lower
+    keeps its start as best, while last.pt follows the latest epoch."""
+    from pipeline.training.history import publish
+
+    start, _ = create_model("tiny-cpu", init_seed=1)
+    worse, inter = create_model("tiny-cpu", init_seed=2)
+    cfg, out = TrainConfig(preset="tiny-cpu"), str(tmp_path)
+    best = publish(out, {}, {"raw": start, "ema": start}, inter,
+                   {"epoch": 0, "val_raw_srcc": 0.80, "val_ema_srcc": 0.79}, None, cfg, 0)
+    best = publish(out, {}, {"raw": worse, "ema": worse}, inter,
+                   {"epoch": 1, "val_raw_srcc": 0.70, "val_ema_srcc": 0.75}, best, cfg, 0)
+    assert best == {"epoch": 0, "weights": "raw", "val_srcc": 0.80}
+    kept = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert kept["metadata"]["epoch"] == 0
+    k = next(iter(kept["securevqa"]))
+    assert torch.equal(kept["securevqa"][k], start.state_dict()[k])
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["metadata"]["epoch"] == 1
+    best = publish(out, {}, {"raw": worse, "ema": worse}, inter,
+                   {"epoch": 2, "val_raw_srcc": 0.81, "val_ema_srcc": 0.70}, best, cfg, 0)
+    assert best["epoch"] == 2 and torch.load(tmp_path / "best.pt", weights_only=True)["metadata"]["epoch"] == 2
+
+
+def test_a_warmup_as_long_as_the_run_is_refused_before_stage_1(tmp_path):
+    """`--epochs 1` with a one-epoch warm-up fails at once, naming both options, instead of in the Ray Train
+    controller after stage 1 (the videos here do not exist: stage 1 would fail on them first)."""
+    df = pd.DataFrame({"video_id": [f"v{i}" for i in range(40)], "uri": [str(tmp_path / f"v{i}.mp4") for i in range(40)],
+                       "mos": np.linspace(1, 5, 40)})
+    with pytest.raises(ValueError, match=r"warm-up \(1.0 epochs\) must be shorter than the run \(1 epochs\)"):
+        train(df, str(tmp_path / "run"), TrainConfig(preset="tiny-cpu", epochs=1, warmup_epochs=1.0, batch_size=4),
+              TrainRun(workers=1))
+    assert not (tmp_path / "run" / "inter").exists()

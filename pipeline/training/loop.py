@@ -350,6 +350,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
     if start_epoch == 0 and rank == 0 and val_loader is not None:
         record0: dict[str, Any] = {"epoch": 0, "step": 0, "train_loss": None, "train_s": 0.0}
         validate(record0)  # the starting point, so every curve shows what training added
+        # ... and a candidate for best.pt: a fine-tune that only makes things worse keeps its start.
+        best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record0, best, recorded, seed)
         history.append(record0)
         log.info("train: " + epoch_line(record0))
 

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from model import make_generator, save_checkpoint
+from model.optim import TINY_RUN_STEPS
 from model.rng import derive_seed
 from model.securevqa import guard_per_video
 from pipeline.io.storage import filesystem, is_local, join_uri, write_bytes
@@ -90,6 +91,7 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     _labelled(manifest, "training")
     if val is not None:
         _labelled(val, "validation")
+    _check_schedule(cfg, len(manifest))
     spec = ModelSpec(preset=cfg.preset, checkpoint=cfg.init_checkpoint, inter_checkpoint=cfg.inter_checkpoint,
                      guardian=cfg.guardian)
     if cfg.calibrate_inter:
@@ -134,6 +136,15 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
     if result.error is not None:
         raise result.error
     return read_history(output, so)
+
+
+def _check_schedule(cfg: TrainConfig, videos: int) -> None:
+    """Refuse a warm-up as long as the run before stage 1, not after it (model.optim.warmup_cosine's rule:
+    runs shorter than TINY_RUN_STEPS, smoke tests, shorten their warm-up instead)."""
+    total = cfg.epochs * (videos // max(2, cfg.batch_size))
+    if cfg.warmup_epochs >= cfg.epochs and total >= TINY_RUN_STEPS:
+        raise ValueError(f"the warm-up ({cfg.warmup_epochs} epochs) must be shorter than the run ({cfg.epochs} "
+                         f"epochs): lower --warmup-epochs or raise --epochs")
 
 
 def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: int, seed: int,
