@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import main as cli
+from model.checkpoint import read_checkpoint
 from model.registry import REGISTRY_FILE, Weights, install_weights
 from pipeline.log import configure as configure_logging
 from pipeline.training.history import read_history, training_minutes
@@ -102,12 +103,16 @@ def checkout_commit(folder: Path) -> tuple[str, bool] | None:
     return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
 
 
-def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str, bool] | None = None) -> Weights:
-    """Install OUT's run as the `DEMO_WEIGHTS` entry of `registry_file`: copy OUT/run/best.pt beside it
-    and record its sha256, the held-out test metrics and the command, code commit, seed and training time
-    the run recorded (OUT/summary.json, OUT/run/history.json, OUT/run/demo_model.json). `commit`: used
-    where the run recorded none (runs started before it did). Raises FileNotFoundError (a file missing)."""
-    summary = json.loads((out / "summary.json").read_text())
+def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str, bool] | None = None,
+            checkpoint: Path | None = None, summary_file: str = "summary.json") -> Weights:
+    """Install OUT's run as the `DEMO_WEIGHTS` entry of `registry_file`: copy OUT/run/best.pt (or
+    `checkpoint`) beside it and record its sha256, the held-out test metrics and the command, code commit,
+    seed and training time the run recorded (OUT/`summary_file`, OUT/run/history.json,
+    OUT/run/demo_model.json), and for a weight average (`securevqa average`) its sources and shares.
+    `commit`: used where the run recorded none (runs started before it did). Raises FileNotFoundError (a
+    file missing)."""
+    checkpoint = checkpoint or out / "run" / "best.pt"
+    summary = json.loads((out / summary_file).read_text())
     history = json.loads((out / "run" / "history.json").read_text())
     setup = json.loads((out / "run" / "demo_model.json").read_text())
     code = summary.get("code") or ({"commit": commit[0], "dirty": commit[1], "commit_when": "installed"}
@@ -126,6 +131,9 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
               "val_srcc": best.get("val_srcc"), "train_minutes": summary.get("train_minutes"),
               "total_minutes": summary.get("total_minutes"),
               "installed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    average = (read_checkpoint(checkpoint).get("metadata") or {}).get("average")
+    if average:  # the weights are an average of runs (model/soup.py): which, and their shares
+        recipe["average"] = average
     ts = summary.get("training_set") or {}
     data = (f"the demo training set (pipeline/demo/build_training_set, seed 0, docs/training_data.md"
             f"{', with the extra Debian/PyPI content' if setup.get('extra_content') else ', package content only'}"
@@ -133,21 +141,50 @@ def install(out: Path, *, registry_file: Path = REGISTRY_FILE, commit: tuple[str
                       if setup.get(key)) + ")"
             + (f": {ts['clips']} clips of {ts['contents']} contents, splits {ts['splits']}" if ts else "")
             + "; best epoch chosen on the val contents; metrics on the held-out test contents")
-    return install_weights(out / "run" / "best.pt", DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe,
-                           data=data, metrics=metrics)
+    return install_weights(checkpoint, DEMO_WEIGHTS, registry_file=registry_file, recipe=recipe, data=data,
+                           metrics=metrics)
 
 
 def _install_if_good(out: Path, bar: float, commit: tuple[str, bool] | None,
-                     registry_file: Path = REGISTRY_FILE) -> Weights | None:
-    test = json.loads((out / "summary.json").read_text())["held_out_test"]
+                     registry_file: Path = REGISTRY_FILE, checkpoint: Path | None = None,
+                     summary_file: str = "summary.json") -> Weights | None:
+    test = json.loads((out / summary_file).read_text())["held_out_test"]
     if min(test["srcc"], test["plcc"]) < bar:
         print(f"not installed: held-out SRCC {test['srcc']:.3f} / PLCC {test['plcc']:.3f} below the bar {bar} "
               f"(--bar 0 installs anyway)")
         return None
-    w = install(out, registry_file=registry_file, commit=commit)
-    print(f"installed {out / 'run' / 'best.pt'} -> {w.location} as weights {w.name!r} (sha256 {w.sha256}); "
-          f"registry entry updated in {registry_file}: commit it with the file")
+    w = install(out, registry_file=registry_file, commit=commit, checkpoint=checkpoint, summary_file=summary_file)
+    print(f"installed {checkpoint or out / 'run' / 'best.pt'} -> {w.location} as weights {w.name!r} (sha256 "
+          f"{w.sha256}); registry entry updated in {registry_file}: commit it with the file")
     return w
+
+
+def evaluate_checkpoint(out: Path, checkpoint: Path, command: str, commit: tuple[str, bool] | None,
+                        threads: int = 2) -> str:
+    """Score `checkpoint` on OUT's held-out test split (OUT/test.csv, the test protocol, seed 0, OUT/inter as
+    the stage-1 cache) and write OUT/summary_<checkpoint stem>.json: OUT/summary.json with this checkpoint's
+    test metrics, command and code commit. Returns that file's name. Raises SystemExit when the scoring fails
+    or OUT holds no finished run's test split and summary."""
+    for need in (out / "test.csv", out / "summary.json"):
+        if not need.exists():
+            raise SystemExit(f"--checkpoint is evaluated on a finished run's test split: {need} is missing")
+    name = checkpoint.stem if checkpoint.stem != "best" else checkpoint.parent.name
+    scores, report = out / f"test_scores_{name}", out / f"test_report_{name}"
+    code = cli(["score", "--input", str(out / "test.csv"), "--checkpoint", str(checkpoint), "--cache",
+                str(out / "inter"), "--output", str(scores), "--actors", "1", "--threads", str(threads), "--seed", "0"])
+    code = code or cli(["report", "--scores", str(scores), "--output", str(report)])
+    if code:
+        raise SystemExit(f"scoring {checkpoint} on {out / 'test.csv'} failed (exit {code})")
+    rep = json.loads((report / "report.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    summary.update({"held_out_test": {k: rep.get(k) for k in ("n_ok", "srcc", "plcc", "krcc", "rmse")},
+                    "per_content": rep.get("datasets"), "command": command, "checkpoint": str(checkpoint),
+                    "code": None if commit is None else {"commit": commit[0], "dirty": commit[1]}})
+    summary_file = f"summary_{name}.json"
+    (out / summary_file).write_text(json.dumps(summary, indent=2))
+    print(f"{checkpoint} on the held-out test contents: " + ", ".join(f"{k} {rep[k]:.3f}"
+                                                                   for k in ("srcc", "plcc", "krcc", "rmse")))
+    return summary_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                    "checkout only)")
     p.add_argument("--install-only", action="store_true",
                    help="install OUT's finished run (OUT/run/best.pt, OUT/summary.json) without training again")
+    p.add_argument("--checkpoint", help="with --install-only: install this checkpoint (e.g. a `securevqa average` of "
+                   "runs) instead of OUT/run/best.pt, once scored on OUT's held-out test split")
     p.add_argument("--bar", type=float, default=0.85, help="test SRCC and PLCC needed to install (issue 12's bar)")
     p.add_argument("--threads", type=int, default=2, help="training threads, and contents built at once")
     p.add_argument("--resume-from", help="committed run state to continue (e.g. model/weights/demo_run), "
@@ -218,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.install or args.install_only) and commit is None:
         raise SystemExit(f"--install updates {REGISTRY_FILE.parent} of a development checkout (git); this one is an "
                          "installed package: train without --install and load OUT/run/best.pt with --checkpoint")
+    if args.checkpoint and not args.install_only:
+        raise SystemExit("--checkpoint goes with --install-only (training installs its own best.pt)")
     if args.install_only:
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint).resolve()
+            summary_file = evaluate_checkpoint(out, checkpoint, command, commit, args.threads)
+            return 0 if _install_if_good(out, args.bar, commit, checkpoint=checkpoint, summary_file=summary_file) else 1
         return 0 if _install_if_good(out, args.bar, commit) else 1
     if args.save_only:
         if not args.save_state:

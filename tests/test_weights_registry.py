@@ -245,6 +245,33 @@ def test_install_updates_the_registry_entry_not_the_package(tmp_path, ckpt, caps
     assert (pkg2 / "registry.json").read_bytes() == package_registry and not (pkg2 / "securevqa_tiny_demo.pt").exists()
 
 
+def test_an_average_installs_with_its_sources_and_its_own_test_figures(tmp_path, ckpt):
+    """`jobs.demo_model --install-only --checkpoint SOUP`: the average is what gets installed, with the test
+    figures of its own summary and the sources and shares `securevqa average` recorded in it."""
+    from jobs import demo_model
+    from model.api import average_weights
+
+    other = tmp_path / "other.pt"
+    vqa, _ = create_model("tiny-cpu", init_seed=4)
+    save_checkpoint(str(other), vqa, create_model(checkpoint=str(ckpt))[1])  # the same fast pathway
+    soup = tmp_path / "soup.pt"
+    average_weights([str(ckpt), str(other)], str(soup), [1, 3])
+    pkg, out = tmp_path / "pkg", tmp_path / "out"
+    pkg.mkdir()
+    shutil.copyfile(REGISTRY_FILE, pkg / "registry.json")
+    _fake_run(out, ckpt, srcc=0.5)  # the run's own best.pt is below the bar ...
+    summary = json.loads((out / "summary.json").read_text())
+    summary["held_out_test"]["srcc"] = 0.88  # ... the average's evaluation (evaluate_checkpoint) is not
+    (out / "summary_soup.json").write_text(json.dumps(summary))
+    assert demo_model._install_if_good(out, 0.85, None, registry_file=pkg / "registry.json") is None
+    w = demo_model._install_if_good(out, 0.85, None, registry_file=pkg / "registry.json", checkpoint=soup,
+                                    summary_file="summary_soup.json")
+    assert w is not None and w.sha256 == sha256_of(soup) != sha256_of(ckpt) and w.metrics["srcc"] == 0.88
+    assert w.recipe["average"] == {"sources": [str(ckpt), str(other)], "weights": [0.25, 0.75]}
+    with pytest.raises(SystemExit, match="test.csv is missing"):
+        demo_model.evaluate_checkpoint(out, soup, "cmd", None)
+
+
 def test_install_needs_a_development_checkout_and_training_stays_outside_the_package(tmp_path):
     from jobs import demo_model
 
