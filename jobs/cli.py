@@ -7,6 +7,7 @@
     securevqa train   --input IN --output URI [--val IN | --protocol splits]
     securevqa attack  --input IN --output URI [--defenses ...] [--attack SPEC ...]
     securevqa weights [--json]     the named weights that --weights NAME loads (model/registry.py)
+    securevqa average CK CK ... --output CK [--shares A,B,...]   weight average of one lineage's runs
     securevqa vacuum  URI [--retention-hours H]   compact a table's files, delete what no version needs
     securevqa migrate URI          convert a shard store (before the Delta format) into a Delta table
 
@@ -266,11 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_attack(sub)
     p = sub.add_parser("average", help="average the weights of checkpoints fine-tuned from one start (a model soup; "
-                       "docs/training.md, 'Weight averaging')")
+                       "docs/training.md, 'Weight averaging')",
+                       description="Write the weighted mean of the trained weights (intra backbone, fusion, head) of "
+                       "checkpoints fine-tuned from one start: same architecture and the same fast pathway, which is "
+                       "checked (each fusion learned on its own inter embeddings). The output records its sources "
+                       "and shares; choose the shares on validation data (docs/training.md, 'Weight averaging').")
     p.add_argument("checkpoints", nargs="+", help="our-format checkpoints (best.pt of runs of one lineage), paths or URIs")
     p.add_argument("--output", required=True, help="where the averaged checkpoint is written")
     p.add_argument("--shares", type=_shares, metavar="A,B,...",
-                   help="each checkpoint's share, scaled to sum to 1 (default: uniform)")
+                   help="each checkpoint's share, >= 0, scaled to sum to 1 (default: uniform)")
     _add_io(p)
     p = sub.add_parser("weights", help="list the registered weights (--weights NAME): preset, installed?, sha256, "
                        "metrics, recipe")
@@ -310,6 +315,9 @@ def _list_weights(args: argparse.Namespace) -> int:
                          indent=2))
     else:
         print(weights_table())
+        for w in list_weights():  # what the figures mean (set, bar) is in each entry's notes
+            if w.installed and w.notes:
+                print(f"{w.name}: {w.notes}")
         print(f"default (no --checkpoint, --preset or --weights): {DEFAULT_WEIGHTS!r} where installed, else "
               f"the {UNTRAINED_PRESET!r} preset UNTRAINED")
     return 0

@@ -189,7 +189,8 @@ def evaluate_checkpoint(out: Path, checkpoint: Path, command: str, commit: tuple
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_model_output")
+    p.add_argument("--out", default="demo_model_output",
+                   help="the run's folder: training set, caches, run, test scores (default: demo_model_output)")
     p.add_argument("--trainset", help="training-set folder (default: OUT/trainset)")
     p.add_argument("--extra-content", help="cache of the extra Debian/PyPI content (default: OUT/extra)")
     p.add_argument("--no-extra-content", action="store_true", help="only the contents pip packages ship")
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="install OUT's finished run (OUT/run/best.pt, OUT/summary.json) without training again")
     p.add_argument("--checkpoint", help="with --install-only: install this checkpoint (e.g. a `securevqa average` of "
                    "runs) instead of OUT/run/best.pt, once scored on OUT's held-out test split")
-    p.add_argument("--bar", type=float, default=0.85, help="test SRCC and PLCC needed to install (issue 12's bar)")
+    p.add_argument("--bar", type=float, default=0.85,
+                   help="test SRCC and PLCC needed to install (default 0.85, issue 12's bar)")
     p.add_argument("--threads", type=int, default=2, help="training threads, and contents built at once")
     p.add_argument("--resume-from", help="committed run state to continue (e.g. model/weights/demo_run), "
                    "used when OUT/run holds no checkpoint yet")
@@ -260,8 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and not args.install_only:
         raise SystemExit("--checkpoint goes with --install-only (training installs its own best.pt)")
     if args.install_only:
+        if not (out / "summary.json").exists():
+            raise SystemExit(f"--install-only installs a finished run: {out / 'summary.json'} is missing (train with "
+                             f"--out {out} first)")
         if args.checkpoint:
             checkpoint = Path(args.checkpoint).resolve()
+            if not checkpoint.is_file():
+                raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
             summary_file = evaluate_checkpoint(out, checkpoint, command, commit, args.threads)
             return 0 if _install_if_good(out, args.bar, commit, checkpoint=checkpoint, summary_file=summary_file) else 1
         return 0 if _install_if_good(out, args.bar, commit) else 1

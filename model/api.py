@@ -190,6 +190,15 @@ def save_checkpoint(
         os.replace(tmp, uri)  # atomic: a crash never leaves half a checkpoint
 
 
+def _read_for_average(uri: str, storage_options: Mapping[str, Any] | None) -> Any:
+    try:
+        return read_checkpoint(uri, storage_options)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # not a torch file at all: a text file, random bytes, a directory
+        raise ValueError(f"{uri} is not a readable checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from e
+
+
 def average_weights(
     checkpoints: list[str],
     output: str,
@@ -202,9 +211,10 @@ def average_weights(
     uniform). The average is loaded into a model strictly before it is saved, so the file reads back as any
     checkpoint does. Returns the metadata written ({"average": {"sources", "weights"}}).
 
-    Raises ValueError (model.soup.average_checkpoints) and FileNotFoundError for a missing checkpoint.
+    Raises ValueError (model.soup.average_checkpoints, or a file that is not a torch checkpoint) and
+    FileNotFoundError for a missing checkpoint.
     """
-    avg = average_checkpoints([read_checkpoint(c, storage_options) for c in checkpoints], weights,
+    avg = average_checkpoints([_read_for_average(c, storage_options) for c in checkpoints], weights,
                               sources=[os.fspath(c) for c in checkpoints])
     cfg = SecureVQAConfig.from_dict(avg["config"])
     vqa, inter = SecureVQA(cfg), InterEmbedder(cfg)

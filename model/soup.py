@@ -9,6 +9,7 @@ over different fast pathways would pair a fusion with embeddings none of its mem
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -18,27 +19,24 @@ __all__ = ["average_checkpoints", "soup_weights"]
 
 def soup_weights(n: int, weights: Sequence[float] | None = None) -> list[float]:
     """The members' shares: uniform when `weights` is None, else `weights` scaled to sum to 1.
-    Raises ValueError for n < 2, a length other than n, a negative weight or an all-zero sum."""
+    Raises ValueError for n < 2, a length other than n, a share that is negative or not finite, or an
+    all-zero sum."""
     if n < 2:
         raise ValueError(f"an average needs at least 2 checkpoints, got {n}")
     if weights is None:
         return [1.0 / n] * n
     w = [float(x) for x in weights]
     if len(w) != n:
-        raise ValueError(f"{len(w)} weights for {n} checkpoints")
-    if any(x < 0 for x in w) or sum(w) <= 0:
-        raise ValueError(f"weights must be >= 0 with a positive sum, got {w}")
+        raise ValueError(f"{len(w)} shares for {n} checkpoints: give one share per checkpoint")
+    if not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"shares must be finite and >= 0 with a positive sum, got {w}")
     return [x / sum(w) for x in w]
 
 
-def _differing(dicts: Sequence[Mapping[str, torch.Tensor]]) -> list[str]:
-    first = dicts[0]
-    out = set()
-    for d in dicts[1:]:
-        out |= set(first) ^ set(d)
-        out |= {k for k in set(first) & set(d)
-                if first[k].shape != d[k].shape or not torch.equal(first[k], d[k])}
-    return sorted(out)
+def _differing(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys in one and not the other, or whose tensors differ; float tensors (weights, statistics) first."""
+    keys = (set(a) ^ set(b)) | {k for k in set(a) & set(b) if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])}
+    return sorted(keys, key=lambda k: (k in a and k in b and not a[k].is_floating_point(), k))
 
 
 def average_checkpoints(checkpoints: Sequence[Mapping], weights: Sequence[float] | None = None, *,
@@ -71,9 +69,11 @@ def average_checkpoints(checkpoints: Sequence[Mapping], weights: Sequence[float]
     if any(i is None for i in inters) and not all(i is None for i in inters):
         raise ValueError("some checkpoints carry inter weights and some do not: average checkpoints of one run's "
                          "lineage, whose fast pathway is the same")
-    if inters[0] is not None and (diff := _differing(inters)):
-        raise ValueError(f"the checkpoints' inter (fast pathway) weights differ ({len(diff)} keys, e.g. "
-                         f"{diff[:6]}): each fusion learned on its own embeddings, so they cannot be averaged")
+    for inter, name in zip(inters[1:], names[1:]):
+        if inters[0] is not None and (diff := _differing(inters[0], inter)):
+            raise ValueError(f"{name} has other inter (fast pathway) weights than {names[0]} ({len(diff)} keys "
+                             f"differ, e.g. {', '.join(diff[:3])}): each fusion learned on its own embeddings, so "
+                             "average only runs fine-tuned from one start, which share the fast pathway")
     averaged = {}
     for k, v in states[0].items():
         if v.is_floating_point():

@@ -28,7 +28,7 @@ def _pair(tmp_path, *, same_inter: bool = True):
 def test_soup_weights_are_scaled_and_checked():
     assert soup_weights(2) == [0.5, 0.5]
     assert soup_weights(3, [1, 1, 2]) == [0.25, 0.25, 0.5]
-    for bad in ([1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0]):
+    for bad in ([1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [float("nan"), 1.0, 1.0], [float("inf"), 1.0, 1.0]):
         with pytest.raises(ValueError):
             soup_weights(3, bad)
     with pytest.raises(ValueError, match="at least 2"):
@@ -58,8 +58,9 @@ def test_the_average_is_the_weighted_mean_and_loads_as_a_checkpoint(tmp_path):
 
 def test_different_fast_pathways_are_refused_with_the_keys_named(tmp_path):
     paths, _, _ = _pair(tmp_path, same_inter=False)
-    with pytest.raises(ValueError, match=r"inter \(fast pathway\) weights differ .*blocks\."):
-        average_checkpoints([read_checkpoint(p) for p in paths])
+    with pytest.raises(ValueError, match=r"b\.pt has other inter \(fast pathway\) weights than .*a\.pt "
+                                         r"\(\d+ keys differ, e\.g\. blocks\.0\.conv\.weight"):
+        average_checkpoints([read_checkpoint(p) for p in paths], sources=paths)
 
 
 def test_different_architectures_and_foreign_layouts_are_refused(tmp_path):
@@ -84,3 +85,15 @@ def test_cli_writes_the_average_and_says_why_it_refuses(tmp_path, capsys):
     assert main(["average", *bad, "--output", str(tmp_path / "no.pt"), "-q"]) == 2
     assert "fast pathway" in capsys.readouterr().err
     assert not (tmp_path / "no.pt").exists()
+
+
+def test_files_that_are_not_checkpoints_are_named_without_a_traceback(tmp_path, capsys):
+    paths, _, _ = _pair(tmp_path)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pt is not a readable checkpoint"):
+        average_weights([paths[0], str(text)], str(tmp_path / "x.pt"))
+    assert main(["average", paths[0], str(tmp_path), "--output", str(tmp_path / "x.pt"), "-q"]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err
+    assert main(["average", *paths, "--shares", "nan,1", "--output", str(tmp_path / "x.pt"), "-q"]) == 2
+    assert "finite" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

@@ -270,6 +270,11 @@ def test_an_average_installs_with_its_sources_and_its_own_test_figures(tmp_path,
     assert w.recipe["average"] == {"sources": [str(ckpt), str(other)], "weights": [0.25, 0.75]}
     with pytest.raises(SystemExit, match="test.csv is missing"):
         demo_model.evaluate_checkpoint(out, soup, "cmd", None)
+    # what a user gets wrong is said before anything runs
+    with pytest.raises(SystemExit, match="missing.pt: no such file"):
+        demo_model.main(["--out", str(out), "--install-only", "--checkpoint", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit, match="summary.json is missing"):
+        demo_model.main(["--out", str(tmp_path / "unfinished"), "--install-only"])
 
 
 def test_install_needs_a_development_checkout_and_training_stays_outside_the_package(tmp_path):
