@@ -196,7 +196,8 @@ def _read_for_average(uri: str, storage_options: Mapping[str, Any] | None) -> An
     except FileNotFoundError:
         raise
     except Exception as e:  # not a torch file at all: a text file, random bytes, a directory
-        raise ValueError(f"{uri} is not a readable checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from e
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"{uri} is not a readable checkpoint ({type(e).__name__}: {first_line})") from e
 
 
 def average_weights(
