@@ -159,6 +159,16 @@ def _install_if_good(out: Path, bar: float, commit: tuple[str, bool] | None,
     return w
 
 
+def test_report(out: Path, checkpoint: Path, scores: Path, report: Path, threads: int) -> tuple[int, dict[str, Any]]:
+    """Score `checkpoint` on OUT/test.csv with the test protocol (4 clips, guardian maps on, seed 0; OUT/inter as
+    the stage-1 cache) into `scores`, report into `report`; returns (exit code, report.json's content, or {}
+    when a step failed)."""
+    code = cli(["score", "--input", str(out / "test.csv"), "--checkpoint", str(checkpoint), "--cache",
+                str(out / "inter"), "--output", str(scores), "--actors", "1", "--threads", str(threads), "--seed", "0"])
+    code = code or cli(["report", "--scores", str(scores), "--output", str(report)])
+    return code, ({} if code else json.loads((report / "report.json").read_text()))
+
+
 def evaluate_checkpoint(out: Path, checkpoint: Path, command: str, commit: tuple[str, bool] | None,
                         threads: int = 2) -> str:
     """Score `checkpoint` on OUT's held-out test split (OUT/test.csv, the test protocol, seed 0, OUT/inter as
@@ -170,12 +180,9 @@ def evaluate_checkpoint(out: Path, checkpoint: Path, command: str, commit: tuple
             raise SystemExit(f"--checkpoint is evaluated on a finished run's test split: {need} is missing")
     name = checkpoint.stem if checkpoint.stem != "best" else checkpoint.parent.name
     scores, report = out / f"test_scores_{name}", out / f"test_report_{name}"
-    code = cli(["score", "--input", str(out / "test.csv"), "--checkpoint", str(checkpoint), "--cache",
-                str(out / "inter"), "--output", str(scores), "--actors", "1", "--threads", str(threads), "--seed", "0"])
-    code = code or cli(["report", "--scores", str(scores), "--output", str(report)])
+    code, rep = test_report(out, checkpoint, scores, report, threads)
     if code:
         raise SystemExit(f"scoring {checkpoint} on {out / 'test.csv'} failed (exit {code})")
-    rep = json.loads((report / "report.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     summary.update({"held_out_test": {k: rep.get(k) for k in ("n_ok", "srcc", "plcc", "krcc", "rmse")},
                     "per_content": rep.get("datasets"), "command": command, "checkpoint": str(checkpoint),
@@ -324,13 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_state:
         save_run_state(out / "run", Path(args.save_state))
     best = out / "run" / "best.pt"
-    code = code or cli(["score", "--input", str(test), "--checkpoint", str(best), "--cache", str(out / "inter"),
-                        "--output", str(out / "test_scores"), "--actors", "1", "--threads", str(args.threads),
-                        "--seed", "0"])
-    code = code or cli(["report", "--scores", str(out / "test_scores"), "--output", str(out / "test_report")])
     if code:
         return code
-    rep = json.loads((out / "test_report" / "report.json").read_text())
+    code, rep = test_report(out, best, out / "test_scores", out / "test_report", args.threads)
+    if code:
+        return code
     summary: dict[str, Any] = {  # train_minutes: the whole run's, over every invocation that resumed it
         "train_minutes": round(training_minutes(read_history(str(out / "run"))), 1),
         "invocation_train_minutes": round(train_s / 60, 1), "total_minutes": round((time.perf_counter() - t0) / 60, 1),
