@@ -34,6 +34,14 @@ class Fusion(nn.Module):
         self.to_intra = bottleneck(inter_dim, intra_dim)  # B_intra(z2)
         self.to_inter = bottleneck(intra_dim, inter_dim)  # B_inter(z1)
 
+    @torch.no_grad()
+    def forget_inter_(self) -> "Fusion":
+        """Zero the mixing weights that read the inter embedding, so the output no longer depends on it
+        (gradients still reach those weights). For a fusion whose inter branch was replaced: the new
+        embedding starts as no signal rather than as noise on weights fitted to the old one."""
+        self.mix.weight[:, self.intra_dim :] = 0
+        return self
+
     def forward(self, intra: Tensor, inter: Tensor) -> Tensor:
         z = self.mix(torch.cat([intra, inter], 1))
         z1, z2 = z[:, : self.intra_dim], z[:, self.intra_dim :]

@@ -271,6 +271,33 @@ class FastPathway(nn.Module):
             raise ValueError("calibrate_batchnorm_ needs at least one batch of real clips")
         return seen
 
+    @torch.no_grad()
+    def difference_stem_(self, lag: int = 1) -> "FastPathway":
+        """Turn the stem into temporal-difference filters: output channel c applies its own spatial filter
+        (the kernel summed over time) to frame t + lag minus frame t, with alternate channels taking the
+        opposite sign so that the ReLU after the stem passes both directions of change.
+
+        Why: a randomly initialised pathway (the `tiny-cpu` stand-in for Kinetics-pretrained SlowFast) is
+        dominated by appearance and carries no motion a read-out finds; a frame-hold probe (none / k 2 /
+        k 4) on its embedding is at chance, on the difference stem's 0.87 across unseen contents
+        (docs/training.md, "A temporal-difference stem for the fast pathway"). The guardian map, one per
+        video, cancels in the difference. Shapes are unchanged; BatchNorm statistics must be estimated
+        again afterwards (`calibrate_batchnorm_`). Raises ValueError when the stem's temporal kernel
+        cannot reach `lag` frames ahead of its centre.
+        """
+        conv = self.blocks[0].conv
+        kt = conv.weight.shape[2]
+        centre = kt // 2
+        if lag < 1 or centre + lag >= kt:
+            raise ValueError(f"a stem with temporal kernel {kt} cannot take a difference over {lag} frame(s)")
+        spatial = conv.weight.sum(dim=2)  # (C_out, C_in, kh, kw)
+        sign = torch.ones(spatial.shape[0], 1, 1, 1, dtype=spatial.dtype)
+        sign[1::2] = -1
+        conv.weight.zero_()
+        conv.weight[:, :, centre] = -sign * spatial
+        conv.weight[:, :, centre + lag] = sign * spatial
+        return self
+
     def freeze_(self) -> "FastPathway":
         """Eval mode (BatchNorm uses running statistics) and no gradients: the frozen inter backbone."""
         self.eval()
