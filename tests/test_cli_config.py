@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from jobs.cli import build_parser, spec_and_options, train_config
 from model.losses import LossConfig
 from pipeline.stages.options import ModelSpec, RunOptions
@@ -49,6 +51,11 @@ def test_train_options_override_only_what_was_passed():
     cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
                                 "--batch-loss", "reference", "--batch-weight", "1.0"), {})
     assert cfg.loss == dataclasses.replace(RECIPES["demo"].loss, batch_kind="reference", batch_weight=1.0)
+    cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
+                                "--calibrate-inter", "32", "--difference-stem"), {})
+    assert cfg == dataclasses.replace(RECIPES["demo"], calibrate_inter=32, difference_stem=True)
+    with pytest.raises(ValueError, match="calibrate_inter"):  # the demo recipe keeps its weights' calibration
+        train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo", "--difference-stem"), {})
 
 
 def test_demo_recipe_is_the_librarys_and_the_legacy_arguments_give_run_d_s_config():

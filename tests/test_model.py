@@ -275,3 +275,18 @@ def test_shifted_blocks_shift_by_the_base_half_window(case):
         first = stage.blocks[0](x, BlockGeometry.build(tokens, window, (8, 7, 7), False, False))
         ref = _reference_shifted_block(blk, first, clamped, shift)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fusion_that_forgets_the_inter_branch_scores_without_it_and_still_learns_it():
+    from model.fusion import FusionHead
+
+    torch.manual_seed(0)
+    head = FusionHead(48, 16).eval()
+    intra, inter = torch.randn(2, 48, 4, 1, 1), torch.randn(2, 4, 16)
+    before = head(intra, inter)
+    assert head.fusion.forget_inter_() is head.fusion
+    after = head(intra, inter)
+    assert not torch.allclose(before, after)  # it did read the inter embedding before
+    assert torch.allclose(after, head(intra, 5 * torch.randn(2, 4, 16)))  # now it does not
+    head(intra, inter).sum().backward()
+    assert head.fusion.mix.weight.grad[:, 48:].abs().sum() > 0  # but can learn to again

@@ -311,3 +311,29 @@ def test_batchnorm_calibration_gives_the_random_pathway_unit_scale_features() ->
     assert all(torch.equal(fp.state_dict()[k], v) for k, v in weights.items())
     with pytest.raises(ValueError, match="at least one batch"):
         fp.calibrate_batchnorm_([])
+
+
+def test_difference_stem_answers_to_change_only_and_sees_frame_holds() -> None:
+    """The difference stem's output is zero wherever frame t + 1 equals frame t: on a still clip, on the held
+    frames of a frame-rate drop, and whatever map is added to every frame (the guardian map); it answers where
+    frames change. Shapes and the rest of the pathway are unchanged."""
+    torch.manual_seed(0)
+    fp = FastPathway(get_config("tiny-cpu").fastpath).freeze_()
+    rest = {k: v.clone() for k, v in fp.state_dict().items() if not k.startswith("blocks.0.conv")}
+    assert fp.difference_stem_() is fp
+    w = fp.blocks[0].conv.weight
+    assert torch.allclose(w.sum(dim=2), torch.zeros_like(w[:, :, 0]), atol=1e-6)  # blind to what stays
+    assert all(torch.equal(fp.state_dict()[k], v) for k, v in rest.items())
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randn(1, 3, 8, 32, 32, generator=g)
+    held = frames[:, :, [0, 0, 2, 2, 4, 4, 6, 6]]  # fps k 2 from a kept frame
+    still = frames[:, :, [3] * 8] + torch.randn(1, 3, 1, 32, 32, generator=g)  # one frame plus a fixed map
+    with torch.no_grad():
+        conv = fp.blocks[0].conv
+        out_held, out_moving, out_still = conv(held), conv(frames), conv(still)
+    inner = slice(0, 7)  # the last frame's t + 1 is the zero padding
+    assert out_still[:, :, inner].abs().max() < 1e-4
+    assert out_held[:, :, [0, 2, 4]].abs().max() < 1e-4 and out_held[:, :, [1, 3, 5]].abs().min() >= 0
+    assert out_held[:, :, [1, 3, 5]].abs().mean() > 0.1 and out_moving[:, :, inner].abs().mean() > 0.1
+    with pytest.raises(ValueError, match="temporal kernel 1"):
+        FastPathway(dataclasses.replace(get_config("tiny-cpu").fastpath, stem_kernel=(1, 7, 7))).difference_stem_()

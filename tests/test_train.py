@@ -441,3 +441,24 @@ def test_a_warmup_as_long_as_the_run_is_refused_before_stage_1(tmp_path):
         train(df, str(tmp_path / "run"), TrainConfig(preset="tiny-cpu", epochs=1, warmup_epochs=1.0, batch_size=4),
               TrainRun(workers=1))
     assert not (tmp_path / "run" / "inter").exists()
+
+
+def test_the_difference_stem_is_calibrated_saved_and_the_fusion_starts_blind_to_it(sets, tmp_path):
+    from model.checkpoint import read_checkpoint
+    from pipeline.stages.options import ModelSpec
+    from pipeline.training.loop import build_model
+    from pipeline.training.run import calibrate_inter
+
+    with pytest.raises(ValueError, match="calibrate_inter"):
+        TrainConfig(preset="tiny-cpu", difference_stem=True)
+    uri = str(tmp_path / "inter_calibrated.pt")
+    calibrate_inter(sets["train"], ModelSpec(preset="tiny-cpu"), uri, videos=2, seed=0, difference_stem=True)
+    ckpt = read_checkpoint(uri)
+    assert ckpt["metadata"]["inter_calibration"]["difference_stem"] is True
+    assert ckpt["inter"]["blocks.0.conv.weight"].sum(dim=2).abs().max() < 1e-5
+    cfg = TrainConfig(preset="tiny-cpu", calibrate_inter=2, difference_stem=True)
+    vqa = build_model(cfg, seed=0)
+    mix = vqa.head.fusion.mix.weight
+    assert mix[:, vqa.cfg.intra_dim:].abs().max() == 0 and mix[:, :vqa.cfg.intra_dim].abs().max() > 0
+    assert build_model(dataclasses.replace(cfg, difference_stem=False, calibrate_inter=0), seed=0) \
+        .head.fusion.mix.weight[:, vqa.cfg.intra_dim:].abs().max() > 0

@@ -62,6 +62,8 @@ def build_model(cfg: TrainConfig, seed: int) -> SecureVQA:
         vqa = deepen(vqa, cfg.deepen, init_seed=derive_seed(seed, "deepen"))
     if cfg.reinit_head:
         vqa.reset_head(derive_seed(seed, "head"))
+    if cfg.difference_stem:  # a new inter embedding: the fusion starts blind to it, not fitted to the old one
+        vqa.head.fusion.forget_inter_()
     if cfg.freeze_backbone:
         vqa.freeze_intra()
     if cfg.head_dropout is not None:

@@ -96,7 +96,8 @@ def train(manifest: pd.DataFrame, output: str, cfg: TrainConfig = TrainConfig(),
                      guardian=cfg.guardian)
     if cfg.calibrate_inter:
         spec = dataclasses.replace(spec, inter_checkpoint=calibrate_inter(
-            manifest, spec, join_uri(output, "inter_calibrated.pt"), cfg.calibrate_inter, seed, so))
+            manifest, spec, join_uri(output, "inter_calibrated.pt"), cfg.calibrate_inter, seed, so,
+            difference_stem=cfg.difference_stem))
     cache_uri = _absolute(run.cache_uri or join_uri(output, "inter"))
     everything = pd.concat([manifest, val]) if val is not None else manifest
     everything = everything.drop_duplicates("uri")
@@ -148,17 +149,20 @@ def _check_schedule(cfg: TrainConfig, videos: int) -> None:
 
 
 def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: int, seed: int,
-                    storage_options: Mapping[str, Any] | None = None) -> str:
+                    storage_options: Mapping[str, Any] | None = None, *, difference_stem: bool = False) -> str:
     """Estimate the frozen fast pathway's BatchNorm statistics on the inter segments of `videos` videos of
     `manifest` (drawn with `seed`) and save the model there (`uri`, project checkpoint format, read back
     with --inter-checkpoint); returns `uri`. Idempotent: an existing file is reused, so a resumed run
-    keeps the same inter weights, hence the same stage-1 cache keys.
+    keeps the same inter weights, hence the same stage-1 cache keys. `difference_stem`: make the stem
+    temporal-difference filters first (model.slowfast.FastPathway.difference_stem_).
     """
     so = storage_options or {}
     fs, path = filesystem(uri, so)
     if fs.exists(path):
         return uri
     vqa, inter = spec.build(so)
+    if difference_stem:
+        inter.fastpath.difference_stem_()
     order = torch.randperm(len(manifest), generator=make_generator(derive_seed(seed, "calibrate-inter")))
     rows = manifest.iloc[order[:videos].tolist()]
     t0 = time.perf_counter()
@@ -173,7 +177,7 @@ def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: i
     seen = inter.fastpath.calibrate_batchnorm_(batches())
     save_checkpoint(uri, vqa, inter, storage_options=so,
                     metadata={"inter_calibration": {"videos": rows["video_id"].astype(str).tolist(), "seed": seed,
-                                                    "segments": seen}})
+                                                    "segments": seen, "difference_stem": difference_stem}})
     log.info(f"train: fast-pathway BatchNorm statistics from {len(rows)} training videos ({seen} segments, "
           f"{time.perf_counter() - t0:.0f} s) -> {uri}")
     return uri
