@@ -445,8 +445,9 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--calibrate-inter", type=int, metavar="N",
                    help="estimate the frozen fast pathway's BatchNorm statistics on N training videos "
                    "(a randomly initialised pathway; never with pretrained SlowFast weights)")
-    r.add_argument("--difference-stem", action="store_true",
-                   help="with --calibrate-inter: make the fast pathway's stem temporal-difference filters, so the "
+    r.add_argument("--difference-stem", type=int, metavar="N",
+                   help="with --calibrate-inter: make N of the fast pathway's stem channels temporal-difference "
+                   "filters (the last N; tiny-cpu's stem has 4), so the "
                    "inter branch sees frame holds, and start the fusion blind to the new embedding (once, when "
                    "switching; docs/training.md)")
     r.add_argument("--texture-weight", type=float,
@@ -512,7 +513,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         inter_checkpoint=args.inter_checkpoint, epochs=args.epochs, batch_size=args.batch_size, head_lr=args.head_lr,
         backbone_lr=args.backbone_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, calibrate_inter=args.calibrate_inter,
-        difference_stem=args.difference_stem or None,
+        difference_stem=args.difference_stem,
         texture_weight=args.texture_weight, fidelity_weight=args.fidelity_weight,
         condition_weight=args.condition_weight, condition_column=args.condition_column,
         repeat_weight=args.repeat_weight, repeat_clips=args.repeat_clips, repeat_phase=args.repeat_phase,

@@ -272,7 +272,7 @@ class FastPathway(nn.Module):
         return seen
 
     @torch.no_grad()
-    def difference_stem_(self, lag: int = 1) -> "FastPathway":
+    def difference_stem_(self, lag: int = 1, channels: int | None = None) -> "FastPathway":
         """Turn the stem into temporal-difference filters: output channel c applies its own spatial filter
         (the kernel summed over time) to frame t + lag minus frame t, with alternate channels taking the
         opposite sign so that the ReLU after the stem passes both directions of change.
@@ -282,20 +282,26 @@ class FastPathway(nn.Module):
         k 4) on its embedding is at chance, on the difference stem's 0.87 across unseen contents
         (docs/training.md, "A temporal-difference stem for the fast pathway"). The guardian map, one per
         video, cancels in the difference. Shapes are unchanged; BatchNorm statistics must be estimated
-        again afterwards (`calibrate_batchnorm_`). Raises ValueError when the stem's temporal kernel
-        cannot reach `lag` frames ahead of its centre.
+        again afterwards (`calibrate_batchnorm_`). `channels`: only the last that many stem channels change
+        (None: all), so the others keep seeing appearance. Raises ValueError when the stem's temporal kernel
+        cannot reach `lag` frames ahead of its centre, or `channels` is not in 1..stem width.
         """
         conv = self.blocks[0].conv
         kt = conv.weight.shape[2]
         centre = kt // 2
         if lag < 1 or centre + lag >= kt:
             raise ValueError(f"a stem with temporal kernel {kt} cannot take a difference over {lag} frame(s)")
+        width = conv.weight.shape[0]
+        n = width if channels is None else channels
+        if not 1 <= n <= width:
+            raise ValueError(f"channels must be in 1..{width} (the stem's width), got {channels}")
         spatial = conv.weight.sum(dim=2)  # (C_out, C_in, kh, kw)
-        sign = torch.ones(spatial.shape[0], 1, 1, 1, dtype=spatial.dtype)
+        sign = torch.ones(width, 1, 1, 1, dtype=spatial.dtype)
         sign[1::2] = -1
-        conv.weight.zero_()
-        conv.weight[:, :, centre] = -sign * spatial
-        conv.weight[:, :, centre + lag] = sign * spatial
+        new = torch.zeros_like(conv.weight)
+        new[:, :, centre] = -sign * spatial
+        new[:, :, centre + lag] = sign * spatial
+        conv.weight[width - n:] = new[width - n:]
         return self
 
     def freeze_(self) -> "FastPathway":

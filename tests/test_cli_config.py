@@ -52,10 +52,10 @@ def test_train_options_override_only_what_was_passed():
                                 "--batch-loss", "reference", "--batch-weight", "1.0"), {})
     assert cfg.loss == dataclasses.replace(RECIPES["demo"].loss, batch_kind="reference", batch_weight=1.0)
     cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
-                                "--calibrate-inter", "32", "--difference-stem"), {})
-    assert cfg == dataclasses.replace(RECIPES["demo"], calibrate_inter=32, difference_stem=True)
+                                "--calibrate-inter", "32", "--difference-stem", "4"), {})
+    assert cfg == dataclasses.replace(RECIPES["demo"], calibrate_inter=32, difference_stem=4)
     with pytest.raises(ValueError, match="calibrate_inter"):  # the demo recipe keeps its weights' calibration
-        train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo", "--difference-stem"), {})
+        train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo", "--difference-stem", "2"), {})
 
 
 def test_demo_recipe_is_the_librarys_and_the_legacy_arguments_give_run_d_s_config():

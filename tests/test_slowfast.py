@@ -337,3 +337,15 @@ def test_difference_stem_answers_to_change_only_and_sees_frame_holds() -> None:
     assert out_held[:, :, [1, 3, 5]].abs().mean() > 0.1 and out_moving[:, :, inner].abs().mean() > 0.1
     with pytest.raises(ValueError, match="temporal kernel 1"):
         FastPathway(dataclasses.replace(get_config("tiny-cpu").fastpath, stem_kernel=(1, 7, 7))).difference_stem_()
+
+
+def test_a_partial_difference_stem_keeps_the_first_channels_as_they_were() -> None:
+    torch.manual_seed(0)
+    fp = FastPathway(get_config("tiny-cpu").fastpath)
+    before = fp.blocks[0].conv.weight.detach().clone()
+    w = fp.difference_stem_(channels=2).blocks[0].conv.weight
+    assert torch.equal(w[:2], before[:2])  # appearance channels untouched
+    assert w[2:].sum(dim=2).abs().max() < 1e-6 and w[2:].abs().max() > 0
+    assert torch.allclose(w[2:, :, 3], before[2:].sum(dim=2) * torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="channels must be in 1..4"):
+        fp.difference_stem_(channels=5)

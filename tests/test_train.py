@@ -450,15 +450,15 @@ def test_the_difference_stem_is_calibrated_saved_and_the_fusion_starts_blind_to_
     from pipeline.training.run import calibrate_inter
 
     with pytest.raises(ValueError, match="calibrate_inter"):
-        TrainConfig(preset="tiny-cpu", difference_stem=True)
+        TrainConfig(preset="tiny-cpu", difference_stem=4)
     uri = str(tmp_path / "inter_calibrated.pt")
-    calibrate_inter(sets["train"], ModelSpec(preset="tiny-cpu"), uri, videos=2, seed=0, difference_stem=True)
+    calibrate_inter(sets["train"], ModelSpec(preset="tiny-cpu"), uri, videos=2, seed=0, difference_stem=4)
     ckpt = read_checkpoint(uri)
-    assert ckpt["metadata"]["inter_calibration"]["difference_stem"] is True
+    assert ckpt["metadata"]["inter_calibration"]["difference_stem"] == 4
     assert ckpt["inter"]["blocks.0.conv.weight"].sum(dim=2).abs().max() < 1e-5
-    cfg = TrainConfig(preset="tiny-cpu", calibrate_inter=2, difference_stem=True)
+    cfg = TrainConfig(preset="tiny-cpu", calibrate_inter=2, difference_stem=4)
     vqa = build_model(cfg, seed=0)
     mix = vqa.head.fusion.mix.weight
     assert mix[:, vqa.cfg.intra_dim:].abs().max() == 0 and mix[:, :vqa.cfg.intra_dim].abs().max() > 0
-    assert build_model(dataclasses.replace(cfg, difference_stem=False, calibrate_inter=0), seed=0) \
+    assert build_model(dataclasses.replace(cfg, difference_stem=0, calibrate_inter=0), seed=0) \
         .head.fusion.mix.weight[:, vqa.cfg.intra_dim:].abs().max() > 0

@@ -50,11 +50,12 @@ class TrainConfig:
     # Videos of the training split whose clips estimate the frozen fast pathway's BatchNorm statistics
     # before stage 1 (0: keep the weights' own; model.slowfast.FastPathway.calibrate_batchnorm_).
     calibrate_inter: int = 0
-    # Make the fast pathway's stem temporal-difference filters before that calibration (needs calibrate_inter > 0;
+    # Make that many of the fast pathway's stem channels (the last ones; 0: none) temporal-difference filters
+    # before that calibration (needs calibrate_inter > 0;
     # model.slowfast.FastPathway.difference_stem_) and start the fusion blind to the new embedding
     # (model.fusion.Fusion.forget_inter_). A random pathway sees appearance and no frame holds; this one reads the
     # hold factor (docs/training.md, "A temporal-difference stem for the fast pathway"). Once, when switching.
-    difference_stem: bool = False
+    difference_stem: int = 0
     # Weight of the texture-statistics target on the final intra tokens (model/pretext.py; 0: none). It
     # makes a randomly initialised Swin measure local energy, which a pooled quality loss barely teaches.
     texture_weight: float = 0.0
@@ -84,6 +85,8 @@ class TrainConfig:
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def __post_init__(self) -> None:
+        if self.difference_stem < 0:
+            raise ValueError(f"difference_stem is a number of stem channels, >= 0, got {self.difference_stem}")
         if self.difference_stem and self.calibrate_inter <= 0:
             raise ValueError("the difference stem changes every BatchNorm's input: give calibrate_inter > 0 "
                              "(--calibrate-inter N) with it")

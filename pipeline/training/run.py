@@ -149,12 +149,12 @@ def _check_schedule(cfg: TrainConfig, videos: int) -> None:
 
 
 def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: int, seed: int,
-                    storage_options: Mapping[str, Any] | None = None, *, difference_stem: bool = False) -> str:
+                    storage_options: Mapping[str, Any] | None = None, *, difference_stem: int = 0) -> str:
     """Estimate the frozen fast pathway's BatchNorm statistics on the inter segments of `videos` videos of
     `manifest` (drawn with `seed`) and save the model there (`uri`, project checkpoint format, read back
     with --inter-checkpoint); returns `uri`. Idempotent: an existing file is reused, so a resumed run
-    keeps the same inter weights, hence the same stage-1 cache keys. `difference_stem`: make the stem
-    temporal-difference filters first (model.slowfast.FastPathway.difference_stem_).
+    keeps the same inter weights, hence the same stage-1 cache keys. `difference_stem`: make that many stem
+    channels temporal-difference filters first (model.slowfast.FastPathway.difference_stem_; 0: none).
     """
     so = storage_options or {}
     fs, path = filesystem(uri, so)
@@ -162,7 +162,7 @@ def calibrate_inter(manifest: pd.DataFrame, spec: ModelSpec, uri: str, videos: i
         return uri
     vqa, inter = spec.build(so)
     if difference_stem:
-        inter.fastpath.difference_stem_()
+        inter.fastpath.difference_stem_(channels=difference_stem)
     order = torch.randperm(len(manifest), generator=make_generator(derive_seed(seed, "calibrate-inter")))
     rows = manifest.iloc[order[:videos].tolist()]
     t0 = time.perf_counter()
