@@ -284,7 +284,8 @@ class FastPathway(nn.Module):
         video, cancels in the difference. Shapes are unchanged; BatchNorm statistics must be estimated
         again afterwards (`calibrate_batchnorm_`). `channels`: only the last that many stem channels change
         (None: all), so the others keep seeing appearance. Raises ValueError when the stem's temporal kernel
-        cannot reach `lag` frames ahead of its centre, or `channels` is not in 1..stem width.
+        cannot reach `lag` frames ahead of its centre, `channels` is not in 1..stem width, or those channels are
+        difference filters already.
         """
         conv = self.blocks[0].conv
         kt = conv.weight.shape[2]
@@ -296,6 +297,11 @@ class FastPathway(nn.Module):
         if not 1 <= n <= width:
             raise ValueError(f"channels must be in 1..{width} (the stem's width), got {channels}")
         spatial = conv.weight.sum(dim=2)  # (C_out, C_in, kh, kw)
+        chosen = slice(width - n, width)
+        if (spatial[chosen].abs().amax(dim=(1, 2, 3)) <= 1e-6 * conv.weight[chosen].abs().amax(dim=(1, 2, 3, 4))).any():
+            # a difference filter sums to zero over time: doing it again would zero the stem
+            raise ValueError("the stem is already a temporal-difference filter bank there (kernels that sum to zero "
+                             "over time): a continued run keeps its checkpoint's stem")
         sign = torch.ones(width, 1, 1, 1, dtype=spatial.dtype)
         sign[1::2] = -1
         new = torch.zeros_like(conv.weight)

@@ -54,6 +54,11 @@ def test_train_options_override_only_what_was_passed():
     cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
                                 "--calibrate-inter", "32", "--difference-stem", "4"), {})
     assert cfg == dataclasses.replace(RECIPES["demo"], calibrate_inter=32, difference_stem=4)
+    cfg, _ = train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
+                                "--repeat-weight", "1", "--repeat-inter"), {})
+    assert cfg == dataclasses.replace(RECIPES["demo"], repeat_weight=1.0, repeat_inter=True)
+    with pytest.raises(ValueError, match="repeat_weight > 0"):
+        train_config(_args("train", "--input", "m.csv", "--output", "o", "--repeat-inter"), {})
     with pytest.raises(ValueError, match="calibrate_inter"):  # the demo recipe keeps its weights' calibration
         train_config(_args("train", "--input", "m.csv", "--output", "o", "--recipe", "demo", "--difference-stem", "2"), {})
 

@@ -156,3 +156,63 @@ def test_a_step_with_the_target_equals_the_plain_step_when_off_and_trains_the_or
         versions = torch.cat([clips, repeat_frames(clips, 2, 1), repeat_frames(clips, 4, 3)])
         s = vqa(versions, inter.repeat(3, 1, 1), generator=g).mean(1).view(3, 2)
     assert (s[0] > s[1]).all() and (s[1] > s[2]).all(), s
+
+
+def test_held_inter_embeddings_carry_the_target_to_the_inter_branch():
+    """Still clips look the same held or not, so the target can only be met through the inter embedding:
+    with `repeat_inter` giving each level its own embedding the hinge falls, without it it cannot."""
+    cfg = TrainConfig(preset="tiny-cpu", head_dropout=0.0, freeze_backbone=True)
+    still = _clips()[:, :, :, :1].expand(-1, -1, -1, 16, -1, -1).contiguous()
+    mos = torch.tensor([3.0, 3.0])
+    dim = build_model(cfg, seed=0).cfg.inter_dim
+    g = torch.Generator().manual_seed(5)
+    inter = torch.randn(2, 8, dim, generator=g)
+    per_level = {k: torch.randn(2, 8, dim, generator=g) for k, _ in FRAME_DROP_LEVELS}
+    asked = []
+
+    def held(k):
+        asked.append(k)
+        return per_level[k]
+
+    def run(repeat_inter):
+        vqa = build_model(cfg, seed=0)
+        vqa.train()
+        opt = build_optimizer(vqa, backbone_lr=0.0, head_lr=3e-3)
+        seen = []
+        for i in range(25):
+            parts = {}
+            train_step(vqa, still, inter, mos, opt, LossConfig(kind="margin", margin=0.1), parts=parts,
+                       generator=torch.Generator().manual_seed(i), repeat_weight=1.0, repeat_levels=FRAME_DROP_LEVELS,
+                       repeat_bases=torch.tensor([0, 1]), repeat_inter=repeat_inter)
+            seen.append(parts["repeat"])
+        return seen
+
+    reused = run(None)
+    # held = base but for the guardian maps: nothing to learn
+    assert np.mean(reused[-5:]) > 0.8 * np.mean(reused[:5]), reused
+    with_held = run(held)
+    assert asked[:2] == [k for k, _ in FRAME_DROP_LEVELS]  # called once per level, in video frames
+    assert np.mean(with_held[-5:]) < 0.5 * np.mean(with_held[:5]), (with_held, reused)
+
+
+def test_held_inter_decodes_segments_as_stage_1_does_and_holds_them(tmp_path):
+    from model import create_model, make_generator
+    from pipeline.stages.batching import open_video
+    from pipeline.stages.inference import inter_segments
+    from pipeline.training.held_inter import HeldInter
+    from tests.helpers.videos import write_video
+
+    _, inter = create_model("tiny-cpu")
+    inter.fastpath.difference_stem_()
+    uri = write_video(tmp_path / "v.mp4", 64, 128, 96)  # every frame differs
+    held = HeldInter(inter, phase=0)
+    segments = held.segments([str(uri)])
+    with open_video(str(uri), {}) as video:
+        assert torch.equal(segments[0], inter_segments(video, inter))
+    same = held.embed(segments, 1, make_generator(0))
+    assert torch.allclose(same, inter(segments, generator=make_generator(0)), atol=1e-5)
+    k2, k4 = held.embed(segments, 2, make_generator(0)), held.embed(segments, 4, make_generator(0))
+    assert k2.shape == same.shape == (1, 8, inter.cfg.inter_dim)
+    assert (k2 - same).norm() > 0.05 * same.norm() and (k4 - k2).norm() > 0.05 * same.norm()
+    embed = held.for_bases([str(uri)], make_generator(0))
+    assert torch.equal(embed(2), k2)

@@ -349,3 +349,7 @@ def test_a_partial_difference_stem_keeps_the_first_channels_as_they_were() -> No
     assert torch.allclose(w[2:, :, 3], before[2:].sum(dim=2) * torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
     with pytest.raises(ValueError, match="channels must be in 1..4"):
         fp.difference_stem_(channels=5)
+    with pytest.raises(ValueError, match="already a temporal-difference"):  # a continued run must not zero it
+        fp.difference_stem_(channels=2)
+    with pytest.raises(ValueError, match="already a temporal-difference"):  # one chosen channel is one already
+        fp.difference_stem_(channels=3)

@@ -387,7 +387,8 @@ def test_a_run_with_the_fidelity_and_condition_targets_trains_them_and_resumes_t
     cfg = TrainConfig(preset="tiny-cpu", epochs=1, batch_size=4, group_column="dataset", group_size=2,
                       align_groups=True, loss=LossConfig(kind="margin"), val_clips=1, seed=3, fidelity_weight=1.0,
                       texture_weight=1.0, condition_weight=1.0, condition_column="noise",
-                      repeat_weight=1.0, repeat_levels=((2, 0.64), (4, 1.64)), repeat_skip=("n0",))
+                      repeat_weight=1.0, repeat_levels=((2, 0.64), (4, 1.64)), repeat_skip=("n0",),
+                      repeat_inter=True)
     out = tmp_path / "run"
     run = TrainRun(workers=1, cache_uri=sets["cache"])
     with pytest.raises(ValueError, match="`reference` column"):

@@ -82,6 +82,10 @@ class TrainConfig:
     # as in every test clip of a 64-frame video (4 parts of 16 frames, offset 0), where each temporal token's
     # two frames are equal at k 2 and at k 4 and only neighbouring tokens tell the two apart (run X).
     repeat_phase: int | None = None
+    # The held versions also get held inter segments (pipeline/training/held_inter.py: each base video's inter
+    # frames decoded per step and embedded by the frozen pathway) instead of the base video's cached embedding,
+    # so the target reaches the inter branch (worth it with a difference stem, which sees holds).
+    repeat_inter: bool = False
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,9 @@ class TrainConfig:
         if self.repeat_weight > 0 and not self.repeat_levels:
             raise ValueError("the frame-repeat target (repeat_weight > 0) needs repeat_levels: (factor, label drop) "
                              "pairs; `securevqa train --recipe demo` carries the demo training set's")
+        if self.repeat_inter and self.repeat_weight <= 0:
+            raise ValueError("repeat_inter holds the inter segments of the frame-repeat target's clips: give "
+                             "repeat_weight > 0 with it")
         if self.repeat_phase is not None and self.repeat_phase < 0:
             raise ValueError(f"repeat_phase must be None or >= 0, got {self.repeat_phase}")
         for k, drop in self.repeat_levels:

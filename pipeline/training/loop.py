@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from pipeline.training.frame_cache import FrameCache
 
 from .config import STATE_FILE, TrainConfig, TrainRun
 from .data import ClipDataset, GroupedBatchSampler, loader_init
+from .held_inter import HeldInter
 from .history import epoch_line, publish, write_history
 
 log = logging.getLogger("securevqa.training")
@@ -112,6 +113,7 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
                condition_weight: float = 0.0, conditions: torch.Tensor | None = None,
                repeat_weight: float = 0.0, repeat_levels: Sequence[tuple[int, float]] = (),
                repeat_bases: torch.Tensor | None = None, repeat_phase: int | None = None, frame_interval: int = 1,
+               repeat_inter: Callable[[int], torch.Tensor] | None = None,
                parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
@@ -125,7 +127,8 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     in video frames) and `repeat_bases` (indices of the batch's videos), each base video's clips are also
     scored with their frames held as a frame-rate drop of each k (`repeat_frames`, at `repeat_phase`, or a
     phase drawn from `generator` per clip when None; clips sampled every `frame_interval` frames do not
-    show a k that does not exceed it, so such a k is skipped), with the video's inter embedding, and
+    show a k that does not exceed it, so such a k is skipped), with the video's inter embedding (or, given
+    `repeat_inter`, with `repeat_inter(k)`: the bases' embeddings (n, S, Ce) of their videos held by k), and
     `margin_rank_loss` (the loss's `margin`) within each base asks the scores to fall by the label drops
     (TrainConfig.repeat_weight). Returns the total loss; `parts` receives "quality", "texture", "fidelity",
     "condition" and "repeat"."""
@@ -137,15 +140,16 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     if with_condition and conditions is None:
         raise ValueError("the condition target needs each video's condition")
     features = with_texture or with_fidelity or with_condition
-    levels = [(k // frame_interval, drop) for k, drop in repeat_levels if k // frame_interval >= 2]
+    levels = [(k // frame_interval, drop, k) for k, drop in repeat_levels if k // frame_interval >= 2]
     with_repeat = repeat_weight > 0 and repeat_bases is not None and len(repeat_bases) > 0 and bool(levels)
     b = clips.shape[0]
     if with_repeat:  # one forward for the batch and the held versions of its bases
         base = clips[repeat_bases]
         held = [repeat_frames(base, f, torch.randint(0, f, base.shape[:2], generator=resolve(generator))
-                              if repeat_phase is None else repeat_phase) for f, _ in levels]
+                              if repeat_phase is None else repeat_phase) for f, _, _ in levels]
         clips_in = torch.cat([clips, *held])
-        inter_in = torch.cat([inter, *[inter[repeat_bases]] * len(levels)])
+        inter_in = torch.cat([inter, *[repeat_inter(k).to(inter) if repeat_inter else inter[repeat_bases]
+                                       for _, _, k in levels]])
     else:
         clips_in, inter_in = clips, inter
     out = model(clips_in, inter_in, generator=generator, return_features=features)
@@ -156,7 +160,7 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
         feats = feats[:b * clips.shape[1]] if feats is not None else None
         # per base: its own score (drop 0) and its held versions', ranked by the label drops
         scores = torch.cat([pred[repeat_bases][None], held_pred]).T.reshape(-1)
-        drops = torch.tensor([0.0, *(-d for _, d in levels)]).repeat(len(repeat_bases))
+        drops = torch.tensor([0.0, *(-d for _, d, _ in levels)]).repeat(len(repeat_bases))
         bases = torch.arange(len(repeat_bases)).repeat_interleave(len(levels) + 1)
         repeat_loss = grouped_quality_loss(scores, drops, bases, dataclasses.replace(
             loss_cfg, kind="margin", batch_weight=0.0))
@@ -251,6 +255,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
     vqa = build_model(cfg, seed).to(device)
     # The inter weights are saved with every exported model, so scoring with it reuses this run's cache.
     inter_model = config["spec"].build(so)[1].cpu() if rank == 0 else None
+    held = (HeldInter(config["spec"].build(so)[1].to(device), so, cfg.repeat_phase)
+            if cfg.repeat_weight > 0 and cfg.repeat_inter else None)
     cache = InterCache(config["cache_uri"], so)
     keys = [r["inter_key"] for r in config["train"] + config["val"]]
     found = cache.lookup(keys)
@@ -375,7 +381,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                             pin_memory=device.type == "cuda", persistent_workers=False, **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         vqa.train()
-        losses, texture_losses, fidelity_losses, condition_losses, repeat_losses = [], [], [], [], []
+        losses: list[float] = []
+        part_losses: dict[str, list[float]] = {}  # the auxiliary targets', per step
         for i, (clips, inter, mos, idx, *reference) in enumerate(loader):
             clips, inter = clips.to(device, non_blocking=True), inter.to(device, non_blocking=True)
             references = reference[0].to(device, non_blocking=True) if reference else None
@@ -388,21 +395,19 @@ def train_loop(config: Mapping[str, Any]) -> None:
             bases = (repeat_bases([config["train"][j].get("condition") for j in idx.tolist()], cfg.repeat_skip,
                                   cfg.repeat_clips, make_generator(derive_seed(seed, "repeat", epoch, i, rank)))
                      if cfg.repeat_weight > 0 else None)
+            held_inter = (held.for_bases([config["train"][j]["uri"] for j in idx[bases].tolist()], g)
+                          if held is not None and bases is not None and len(bases) else None)
             parts: dict[str, float] = {}
             loss = train_step(model, clips, inter, mos, optimizer, cfg.loss, generator=g, groups=groups,
                               grad_clip=cfg.grad_clip, texture=texture, texture_weight=cfg.texture_weight,
                               fidelity=fidelity, fidelity_weight=cfg.fidelity_weight, references=references,
                               condition=condition, condition_weight=cfg.condition_weight, conditions=conditions,
                               repeat_weight=cfg.repeat_weight, repeat_levels=cfg.repeat_levels, repeat_bases=bases,
-                              repeat_phase=cfg.repeat_phase, frame_interval=sampling.frame_interval, parts=parts)
-            if "texture" in parts:
-                texture_losses.append(parts["texture"])
-            if "fidelity" in parts:
-                fidelity_losses.append(parts["fidelity"])
-            if "condition" in parts:
-                condition_losses.append(parts["condition"])
-            if "repeat" in parts:
-                repeat_losses.append(parts["repeat"])
+                              repeat_phase=cfg.repeat_phase, frame_interval=sampling.frame_interval,
+                              repeat_inter=held_inter, parts=parts)
+            for name in ("texture", "fidelity", "condition", "repeat"):
+                if name in parts:
+                    part_losses.setdefault(name, []).append(parts[name])
             scheduler.step()
             ema.update(vqa)
             step += 1
@@ -416,14 +421,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                       f"lr {scheduler.get_last_lr()[-1]:.2e} ({rate:.2f} s/step; {duration(left)} left)")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                                   "train_s": time.perf_counter() - t0}
-        if texture_losses:
-            record["train_texture_loss"] = float(np.mean(texture_losses))
-        if fidelity_losses:
-            record["train_fidelity_loss"] = float(np.mean(fidelity_losses))
-        if condition_losses:
-            record["train_condition_loss"] = float(np.mean(condition_losses))
-        if repeat_losses:
-            record["train_repeat_loss"] = float(np.mean(repeat_losses))
+        for name, values in part_losses.items():
+            record[f"train_{name}_loss"] = float(np.mean(values))
         validate(record)
         if rank == 0:
             best = publish(out, so, {"raw": vqa, "ema": ema.module}, inter_model, record, best, recorded, seed)
