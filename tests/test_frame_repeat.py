@@ -216,3 +216,24 @@ def test_held_inter_decodes_segments_as_stage_1_does_and_holds_them(tmp_path):
     assert (k2 - same).norm() > 0.05 * same.norm() and (k4 - k2).norm() > 0.05 * same.norm()
     embed = held.for_bases([str(uri)], make_generator(0))
     assert torch.equal(embed(2), k2)
+
+
+def test_held_inter_reads_the_frame_cache_and_decodes_what_it_left_out(tmp_path):
+    from model import create_model
+    from pipeline.training.frame_cache import FrameCache
+    from pipeline.training.held_inter import HeldInter
+    from tests.helpers.videos import write_video
+
+    _, inter = create_model("tiny-cpu")
+    a = str(write_video(tmp_path / "a.mp4", 40, 128, 96))
+    b = str(write_video(tmp_path / "b.mp4", 48, 96, 128))
+    decoded = HeldInter(inter).segments([a, b])
+    cache = FrameCache(tmp_path / "frames")
+    cache.warm([a])
+    cache.left_out.add(b)  # as if the disk had no room for it: read from its file
+    held = HeldInter(inter, frame_cache=cache)
+    opened = []
+    real_open = cache.open
+    cache.open = lambda uri: opened.append(uri) or real_open(uri)
+    assert torch.equal(held.segments([a, b]), decoded)
+    assert opened == [a, b] and cache.path(a).exists() and not cache.path(b).exists()

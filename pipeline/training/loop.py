@@ -255,8 +255,6 @@ def train_loop(config: Mapping[str, Any]) -> None:
     vqa = build_model(cfg, seed).to(device)
     # The inter weights are saved with every exported model, so scoring with it reuses this run's cache.
     inter_model = config["spec"].build(so)[1].cpu() if rank == 0 else None
-    held = (HeldInter(config["spec"].build(so)[1].to(device), so, cfg.repeat_phase)
-            if cfg.repeat_weight > 0 and cfg.repeat_inter else None)
     cache = InterCache(config["cache_uri"], so)
     keys = [r["inter_key"] for r in config["train"] + config["val"]]
     found = cache.lookup(keys)
@@ -274,6 +272,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
                     if frames.left_out else "")
             log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded{full} "
                   f"({time.perf_counter() - t_cache:.0f} s)")
+    held = (HeldInter(config["spec"].build(so)[1].to(device), so, cfg.repeat_phase, frames)
+            if cfg.repeat_weight > 0 and cfg.repeat_inter else None)
     train_ds = ClipDataset(config["train"], emb, sampling, sampling.train_clips, seed, "train", so, frames,
                            with_reference=cfg.fidelity_weight > 0)
     group_ids = {g: i for i, g in enumerate(sorted({r["group"] for r in config["train"]}))}
