@@ -473,6 +473,9 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--repeat-inter", action="store_true",
                    help="with --repeat-weight: the held clips also get their videos' inter segments held and embedded "
                    "(decoded each step), so the target reaches the inter branch; use with --difference-stem")
+    r.add_argument("--repeat-pairs", choices=("all", "held"),
+                   help="with --repeat-weight: 'all' ranks each clip above its held versions and those by their "
+                   "drops (default); 'held' only the held versions among themselves (fps k 2 above k 4)")
     r.add_argument("--val-clips", type=int, help="clips per validation video (default: the preset's 4)")
     r.add_argument("--seed", type=int, help="replay a run (default: drawn at start and recorded in history.json)")
     x = p.add_argument_group("run")
@@ -520,7 +523,7 @@ def train_config(args: argparse.Namespace, so: dict[str, Any]) -> tuple[Any, Any
         texture_weight=args.texture_weight, fidelity_weight=args.fidelity_weight,
         condition_weight=args.condition_weight, condition_column=args.condition_column,
         repeat_weight=args.repeat_weight, repeat_clips=args.repeat_clips, repeat_phase=args.repeat_phase,
-        repeat_inter=args.repeat_inter or None,
+        repeat_inter=args.repeat_inter or None, repeat_pairs=args.repeat_pairs,
         freeze_backbone=args.freeze_backbone, reinit_head=args.reinit_head,
         val_clips=args.val_clips, group_column=args.group_by, group_size=args.group_size,
         head_dropout=args.head_dropout, seed=args.seed, align_groups=args.align_groups or None,

@@ -91,10 +91,12 @@ def test_the_cli_sets_the_target():
     from jobs.cli import build_parser, train_config
 
     args = build_parser().parse_args(["train", "--input", "m.csv", "--output", "o", "--recipe", "demo",
-                                      "--repeat-weight", "2", "--repeat-clips", "3", "--repeat-phase", "0"])
+                                      "--repeat-weight", "2", "--repeat-clips", "3", "--repeat-phase", "0",
+                                      "--repeat-pairs", "held"])
     cfg, _ = train_config(args, {})
     assert (cfg.repeat_weight, cfg.repeat_clips, cfg.repeat_levels) == (2.0, 3, FRAME_DROP_LEVELS)
     assert cfg.repeat_phase == 0 and DEMO_RECIPE.repeat_phase is None
+    assert cfg.repeat_pairs == "held" and DEMO_RECIPE.repeat_pairs == "all"
 
 
 def test_bases_leave_out_the_skipped_conditions_and_replay_from_the_generator():
@@ -195,6 +197,35 @@ def test_held_inter_embeddings_carry_the_target_to_the_inter_branch():
     assert np.mean(with_held[-5:]) < 0.5 * np.mean(with_held[:5]), (with_held, reused)
 
 
+def test_held_pairs_rank_the_held_versions_without_the_clip_itself():
+    """repeat_pairs "held": the target compares fps k 2 with k 4 only, so the clip's own score (here moved by
+    its own inter embedding) does not enter it; with "all" it does."""
+    cfg = TrainConfig(preset="tiny-cpu", head_dropout=0.0, freeze_backbone=True)
+    clips, mos = _clips(), torch.tensor([3.0, 3.0])
+    dim = build_model(cfg, seed=0).cfg.inter_dim
+    g = torch.Generator().manual_seed(7)
+    per_level = {k: torch.randn(2, 8, dim, generator=g) for k, _ in FRAME_DROP_LEVELS}
+    own = [torch.randn(2, 8, dim, generator=g) * s for s in (1.0, 5.0)]
+
+    def repeat_part(pairs, inter):
+        vqa = build_model(cfg, seed=0)
+        vqa.eval()  # no dropout: two calls differ only by their inputs
+        opt = build_optimizer(vqa, backbone_lr=0.0, head_lr=0.0)
+        parts: dict[str, float] = {}
+        train_step(vqa, clips, inter, mos, opt, LossConfig(kind="margin", margin=0.1), parts=parts,
+                   generator=torch.Generator().manual_seed(3), repeat_weight=1.0, repeat_levels=FRAME_DROP_LEVELS,
+                   repeat_bases=torch.tensor([0, 1]), repeat_inter=per_level.__getitem__, repeat_pairs=pairs)
+        return parts["repeat"]
+
+    held = [repeat_part("held", e) for e in own]
+    both = [repeat_part("all", e) for e in own]
+    assert held[0] == held[1] and both[0] != both[1], (held, both)
+    with pytest.raises(ValueError, match="repeat_pairs"):
+        TrainConfig(repeat_pairs="clean")
+    with pytest.raises(ValueError, match="two or more"):
+        TrainConfig(repeat_weight=1.0, repeat_levels=((2, 0.64),), repeat_pairs="held")
+
+
 def test_held_inter_decodes_segments_as_stage_1_does_and_holds_them(tmp_path):
     from model import create_model, make_generator
     from pipeline.stages.batching import open_video
@@ -228,7 +259,7 @@ def test_held_inter_reads_the_frame_cache_and_decodes_what_it_left_out(tmp_path)
     a = str(write_video(tmp_path / "a.mp4", 40, 128, 96))
     b = str(write_video(tmp_path / "b.mp4", 48, 96, 128))
     decoded = HeldInter(inter).segments([a, b])
-    cache = FrameCache(tmp_path / "frames")
+    cache = FrameCache(tmp_path / "frames", min_free_bytes=0)  # whatever this machine's disk has free
     cache.warm([a])
     cache.left_out.add(b)  # as if the disk had no room for it: read from its file
     held = HeldInter(inter, frame_cache=cache)

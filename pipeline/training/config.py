@@ -86,6 +86,10 @@ class TrainConfig:
     # frames decoded per step and embedded by the frozen pathway) instead of the base video's cached embedding,
     # so the target reaches the inter branch (worth it with a difference stem, which sees holds).
     repeat_inter: bool = False
+    # Which pairs the target ranks: "all", the clip above each held version and the held versions by their
+    # drops; "held", only the held versions among themselves (k 2 above k 4), which opens the gap between
+    # frame-drop levels without asking every held version to fall below its clip (run AG).
+    repeat_pairs: str = "all"
     seed: int | None = None  # None: the driver draws one (recorded in history.json, so a run can be replayed)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,11 @@ class TrainConfig:
         if self.repeat_inter and self.repeat_weight <= 0:
             raise ValueError("repeat_inter holds the inter segments of the frame-repeat target's clips: give "
                              "repeat_weight > 0 with it")
+        if self.repeat_pairs not in ("all", "held"):
+            raise ValueError(f"repeat_pairs must be 'all' or 'held', got {self.repeat_pairs!r}")
+        if self.repeat_pairs == "held" and len(self.repeat_levels) < 2:
+            raise ValueError("repeat_pairs 'held' ranks held versions among themselves: give two or more "
+                             "repeat_levels")
         if self.repeat_phase is not None and self.repeat_phase < 0:
             raise ValueError(f"repeat_phase must be None or >= 0, got {self.repeat_phase}")
         for k, drop in self.repeat_levels:

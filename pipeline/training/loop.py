@@ -113,7 +113,7 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
                condition_weight: float = 0.0, conditions: torch.Tensor | None = None,
                repeat_weight: float = 0.0, repeat_levels: Sequence[tuple[int, float]] = (),
                repeat_bases: torch.Tensor | None = None, repeat_phase: int | None = None, frame_interval: int = 1,
-               repeat_inter: Callable[[int], torch.Tensor] | None = None,
+               repeat_inter: Callable[[int], torch.Tensor] | None = None, repeat_pairs: str = "all",
                parts: dict[str, float] | None = None) -> float:
     """One optimizer step on a batch: clips (B, K, 3, T, H, W) 0-255, inter (B, S, Ce), mos (B,).
 
@@ -130,7 +130,7 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     show a k that does not exceed it, so such a k is skipped), with the video's inter embedding (or, given
     `repeat_inter`, with `repeat_inter(k)`: the bases' embeddings (n, S, Ce) of their videos held by k), and
     `margin_rank_loss` (the loss's `margin`) within each base asks the scores to fall by the label drops
-    (TrainConfig.repeat_weight). Returns the total loss; `parts` receives "quality", "texture", "fidelity",
+    (TrainConfig.repeat_weight; `repeat_pairs` "held": the held versions only, without the clip itself). Returns the total loss; `parts` receives "quality", "texture", "fidelity",
     "condition" and "repeat"."""
     with_texture = texture is not None and texture_weight > 0
     with_fidelity = fidelity is not None and fidelity_weight > 0
@@ -159,9 +159,10 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
         pred, held_pred = pred[:b], pred[b:].view(len(levels), -1)
         feats = feats[:b * clips.shape[1]] if feats is not None else None
         # per base: its own score (drop 0) and its held versions', ranked by the label drops
-        scores = torch.cat([pred[repeat_bases][None], held_pred]).T.reshape(-1)
-        drops = torch.tensor([0.0, *(-d for _, d, _ in levels)]).repeat(len(repeat_bases))
-        bases = torch.arange(len(repeat_bases)).repeat_interleave(len(levels) + 1)
+        own = [] if repeat_pairs == "held" else [pred[repeat_bases][None]]
+        scores = torch.cat([*own, held_pred]).T.reshape(-1)
+        drops = torch.tensor([0.0] * len(own) + [-d for _, d, _ in levels]).repeat(len(repeat_bases))
+        bases = torch.arange(len(repeat_bases)).repeat_interleave(len(levels) + len(own))
         repeat_loss = grouped_quality_loss(scores, drops, bases, dataclasses.replace(
             loss_cfg, kind="margin", batch_weight=0.0))
     loss = quality_loss(pred, mos, loss_cfg) if groups is None else grouped_quality_loss(pred, mos, groups, loss_cfg)
@@ -404,7 +405,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
                               condition=condition, condition_weight=cfg.condition_weight, conditions=conditions,
                               repeat_weight=cfg.repeat_weight, repeat_levels=cfg.repeat_levels, repeat_bases=bases,
                               repeat_phase=cfg.repeat_phase, frame_interval=sampling.frame_interval,
-                              repeat_inter=held_inter, parts=parts)
+                              repeat_inter=held_inter, repeat_pairs=cfg.repeat_pairs, parts=parts)
             for name in ("texture", "fidelity", "condition", "repeat"):
                 if name in parts:
                     part_losses.setdefault(name, []).append(parts[name])
