@@ -130,8 +130,8 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     show a k that does not exceed it, so such a k is skipped), with the video's inter embedding (or, given
     `repeat_inter`, with `repeat_inter(k)`: the bases' embeddings (n, S, Ce) of their videos held by k), and
     `margin_rank_loss` (the loss's `margin`) within each base asks the scores to fall by the label drops
-    (TrainConfig.repeat_weight; `repeat_pairs` "held": the held versions only, without the clip itself). Returns the total loss; `parts` receives "quality", "texture", "fidelity",
-    "condition" and "repeat"."""
+    (TrainConfig.repeat_weight; `repeat_pairs` "held": the held versions only, without the clip itself).
+    Returns the total loss; `parts` receives "quality", "texture", "fidelity", "condition" and "repeat"."""
     with_texture = texture is not None and texture_weight > 0
     with_fidelity = fidelity is not None and fidelity_weight > 0
     with_condition = condition is not None and condition_weight > 0
@@ -158,7 +158,7 @@ def train_step(model: torch.nn.Module, clips: torch.Tensor, inter: torch.Tensor,
     if with_repeat:
         pred, held_pred = pred[:b], pred[b:].view(len(levels), -1)
         feats = feats[:b * clips.shape[1]] if feats is not None else None
-        # per base: its own score (drop 0) and its held versions', ranked by the label drops
+        # per base: its own score (drop 0; not with "held") and its held versions', ranked by the label drops
         own = [] if repeat_pairs == "held" else [pred[repeat_bases][None]]
         scores = torch.cat([*own, held_pred]).T.reshape(-1)
         drops = torch.tensor([0.0] * len(own) + [-d for _, d, _ in levels]).repeat(len(repeat_bases))
