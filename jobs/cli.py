@@ -472,7 +472,7 @@ def _add_train(sub: Any) -> None:
                    "videos; default: a phase drawn per clip)")
     r.add_argument("--repeat-inter", action="store_true",
                    help="with --repeat-weight: the held clips also get their videos' inter segments held and embedded "
-                   "(decoded each step), so the target reaches the inter branch; use with --difference-stem")
+                   "(from the frame cache, or decoded, each step), so the target reaches the inter branch; use with --difference-stem")
     r.add_argument("--repeat-pairs", choices=("all", "held"),
                    help="with --repeat-weight: 'all' ranks each clip above its held versions and those by their "
                    "drops (default); 'held' only the held versions among themselves (fps k 2 above k 4)")

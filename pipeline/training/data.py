@@ -10,9 +10,8 @@ from torch.utils.data import Dataset
 
 from model import make_generator
 from model.rng import derive_seed
-from pipeline.stages.batching import open_video
 from pipeline.stages.inference import intra_clips
-from pipeline.training.frame_cache import FrameCache
+from pipeline.training.frame_cache import FrameCache, frames_of
 
 # ----------------------------------------------------------------------------- data
 
@@ -51,10 +50,7 @@ class ClipDataset(Dataset):
 
     def _clips(self, uri: str, seed: int | None) -> torch.Tensor:
         g = make_generator(seed)
-        cached = self.frame_cache.open(uri) if self.frame_cache is not None else None
-        if cached is not None:  # the same frames as the decoder's (tests/test_frame_cache.py)
-            return intra_clips(cached, self.sampling, self.num_clips, g)
-        with open_video(uri, self.storage_options) as video:
+        with frames_of(uri, self.frame_cache, self.storage_options) as video:  # cached: tests/test_frame_cache.py
             return intra_clips(video, self.sampling, self.num_clips, g)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple:

@@ -22,7 +22,8 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 
 from pipeline.io.storage import content_key
 
-__all__ = ["MIN_FREE_BYTES", "CachedFrames", "FrameCache"]
+__all__ = ["MIN_FREE_BYTES", "CachedFrames", "FrameCache", "frames_of"]
 
 log = logging.getLogger("securevqa.training")
 
@@ -134,3 +135,17 @@ class FrameCache:
         np.save(tmp, frames)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
         return True
+
+
+@contextmanager
+def frames_of(uri: str, cache: FrameCache | None, storage_options: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """The video's frame source (`info.num_frames`, `read`): its cached frames where `cache` holds them (the same
+    frames as the decoder's), else its decoder, closed on exit."""
+    cached = cache.open(uri) if cache is not None else None
+    if cached is not None:
+        yield cached
+        return
+    from pipeline.stages.batching import open_video
+
+    with open_video(uri, storage_options or {}) as video:
+        yield video

@@ -18,16 +18,15 @@ import torch
 from model import InterEmbedder
 from model.frame_repeat import repeat_frames
 from model.rng import resolve
-from pipeline.stages.batching import open_video
 from pipeline.stages.inference import inter_segments
-from pipeline.training.frame_cache import FrameCache
+from pipeline.training.frame_cache import FrameCache, frames_of
 
 
 class HeldInter:
     """Embeds videos' inter segments held by a factor. `inter`: the run's frozen InterEmbedder (on the training
     device); `phase`: where the held frames fall in each segment (None: drawn per segment; 0: from its first
     frame, as in a video that kept every k-th frame from frame 0 and is cut into segments at multiples of k);
-`frame_cache`: the run's decoded frames (videos it left out are decoded from their files)."""
+    `frame_cache`: the run's decoded frames (videos it left out are decoded from their files)."""
 
     def __init__(self, inter: InterEmbedder, storage_options: Mapping[str, Any] | None = None,
                  phase: int | None = None, frame_cache: FrameCache | None = None) -> None:
@@ -38,11 +37,7 @@ class HeldInter:
         """(n, S, 3, L, h, w) float 0-255 inter segments of the videos at `uris`, decoded as stage 1 does."""
         out = []
         for uri in uris:
-            cached = self.frame_cache.open(str(uri)) if self.frame_cache is not None else None
-            if cached is not None:
-                out.append(inter_segments(cached, self.inter))
-                continue
-            with open_video(str(uri), self.so) as video:
+            with frames_of(str(uri), self.frame_cache, self.so) as video:
                 out.append(inter_segments(video, self.inter))
         return torch.stack(out)
 
