@@ -18,19 +18,26 @@ from pathlib import Path
 from jobs.cli import main as cli
 
 
-def _forget_results_of_older_builds(out: Path) -> None:
-    """The score store keeps every video version it ever scored; a rebuilt demo set (new clips, new
-    labels) would report old and new rows side by side, so start its results afresh."""
+def forget_results_of_other_runs(out: Path) -> bool:
+    """Empty demo_output's inter cache, scores and report when the demo set or the default model changed
+    since the last run; True when it did. The score store keeps every video version each model ever scored,
+    so a rebuilt demo set (new clips, new labels) or a newly installed demo model (`make demo-model`) would
+    otherwise be reported side by side with the old rows, in one correlation."""
     import hashlib
     import shutil
 
+    from model.registry import default_weights
+
+    weights = default_weights()
     stamp = out / ".demo_manifest.sha256"
-    digest = hashlib.sha256((out / "videos" / "manifest.csv").read_bytes()).hexdigest()
+    digest = (hashlib.sha256((out / "videos" / "manifest.csv").read_bytes()).hexdigest()
+              + " " + (weights.sha256 or weights.name if weights is not None else "untrained"))
     if stamp.exists() and stamp.read_text() == digest:
-        return
+        return False
     for name in ("inter", "scores", "report"):
         shutil.rmtree(out / name, ignore_errors=True)
     stamp.write_text(digest)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     videos = build_demo_set(out / "videos")
     print(f"demo set: {len(videos)} clips from {videos['source'].nunique()} shipped videos -> {out / 'videos'}")
-    _forget_results_of_older_builds(out)
+    forget_results_of_other_runs(out)
     seed = [] if args.seed is None else ["--seed", str(args.seed)]
     run = ["--actors", "1", "--cpus-per-actor", "1", "--threads", "2", "--batch-size", "4", *seed]
     code = cli(["score", "--input", str(out / "videos" / "manifest.csv"), "--cache", str(out / "inter"),
