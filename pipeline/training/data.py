@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from model import make_generator
 from model.rng import derive_seed
@@ -32,7 +33,17 @@ class ClipDataset(Dataset):
     def __init__(self, rows: Sequence[Mapping[str, Any]], embeddings: Mapping[str, torch.Tensor], sampling: Any,
                  num_clips: int, seed: int | None, salt: str, storage_options: Mapping[str, Any],
                  frame_cache: FrameCache | None = None, with_reference: bool = False) -> None:
-        self.rows, self.embeddings, self.sampling = list(rows), embeddings, sampling
+        self.rows, self.sampling = list(rows), sampling
+        # One tensor for all rows' inter embeddings, not one per video: a loader process receives the dataset
+        # pickled (make_loader), and torch shares each tensor through its own file descriptor.
+        keys = list(dict.fromkeys(r["inter_key"] for r in self.rows))
+        missing = [k for k in keys if k not in embeddings][:5]
+        if missing:
+            raise KeyError(f"no inter embedding for {missing} (stage 1 must cover every row)")
+        sizes = [len(embeddings[k]) for k in keys]
+        self.inter = torch.cat([embeddings[k] for k in keys]) if keys else torch.empty(0)
+        starts = torch.tensor([0, *sizes]).cumsum(0).tolist()
+        self.inter_at = {k: (starts[j], sizes[j]) for j, k in enumerate(keys)}
         self.with_reference = with_reference
         if with_reference and not all(r.get("reference") for r in self.rows):
             missing = [r["video_id"] for r in self.rows if not r.get("reference")][:5]
@@ -67,7 +78,8 @@ class ClipDataset(Dataset):
             reference = self._clips(r["reference"], seed) if self.with_reference else None
         except Exception as exc:
             raise RuntimeError(f"training video {r['video_id']} ({r['uri']}): {exc}") from exc
-        item_ = (clips, self.embeddings[r["inter_key"]], float(r["mos"]), i)
+        start, n = self.inter_at[r["inter_key"]]
+        item_ = (clips, self.inter[start:start + n], float(r["mos"]), i)
         if reference is not None and reference.shape != clips.shape:
             raise RuntimeError(f"training video {r['video_id']}: its reference {r['reference']} gives clips of "
                                f"{tuple(reference.shape)}, not {tuple(clips.shape)}: it must be frame-aligned and "
@@ -126,3 +138,21 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
 def loader_init(_: int) -> None:
     """DataLoader `worker_init_fn`: one torch thread per decoding process."""
     torch.set_num_threads(1)  # decoding processes must not compete with the model's threads
+
+
+def make_loader(dataset: Dataset, num_workers: int, **kwargs: Any) -> DataLoader:
+    """The DataLoader of training and validation clips: `num_workers` decoding processes (0: decode in this one),
+    each with one torch thread, started from a fork server, never forked from the training process.
+
+    Why: a process forked after its parent decoded video inherits the decoder's locks in whatever state its
+    threads held them, and can wait on them forever (PyAV 18.1.1 did: docs/training.md "Loader processes").
+    The fork server is a fresh interpreter that imports torch, PyAV and this module once and decodes nothing,
+    so every loader process starts clean and still starts fast. `kwargs` go to `DataLoader` as they are.
+    """
+    if num_workers > 0:
+        context = multiprocessing.get_context("forkserver")
+        # Only takes effect before the server starts (once per process); replaces the default preload of
+        # `__main__`, which under Ray is its worker script.
+        context.set_forkserver_preload(["torch", "av", __name__])
+        kwargs = {"multiprocessing_context": context, **kwargs}
+    return DataLoader(dataset, num_workers=num_workers, worker_init_fn=loader_init, **kwargs)

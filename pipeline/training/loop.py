@@ -43,7 +43,7 @@ from pipeline.stages.inter import InterCache
 from pipeline.training.frame_cache import FrameCache
 
 from .config import STATE_FILE, TrainConfig, TrainRun
-from .data import ClipDataset, GroupedBatchSampler, loader_init
+from .data import ClipDataset, GroupedBatchSampler, make_loader
 from .held_inter import HeldInter
 from .history import epoch_line, publish, write_history
 
@@ -345,7 +345,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     if config["val"] and rank == 0:
         val_ds = ClipDataset(config["val"], emb, sampling, cfg.val_clips or sampling.test_clips, seed, "val", so,
                              frames)
-        val_loader = DataLoader(val_ds, batch_size=1, num_workers=run.loader_workers, worker_init_fn=loader_init)
+        val_loader = make_loader(val_ds, run.loader_workers, batch_size=1)
 
     def validate(record: dict[str, Any]) -> None:
         if val_loader is None:
@@ -378,8 +378,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
             batching = {"batch_sampler": GroupedBatchSampler(
                 [r["group"] for r in config["train"]], per_worker, cfg.group_size,
                 make_generator(derive_seed(seed, "shuffle", epoch)), aligned=cfg.align_groups)}
-        loader = DataLoader(train_ds, num_workers=run.loader_workers, worker_init_fn=loader_init,
-                            pin_memory=device.type == "cuda", persistent_workers=False, **batching)
+        loader = make_loader(train_ds, run.loader_workers, pin_memory=device.type == "cuda", **batching)
         torch.manual_seed(derive_seed(seed, "dropout", epoch, rank))  # dropout and drop-path, replayable
         vqa.train()
         losses: list[float] = []
