@@ -110,7 +110,7 @@ def test_a_cache_that_would_fill_its_disk_leaves_videos_to_the_decoder(clips, tm
 
     monkeypatch.setattr(fc.shutil, "disk_usage", usage)
     cache = FrameCache(tmp_path / "cache")
-    assert cache.min_free_bytes == fc.MIN_FREE_BYTES
+    assert cache.reserve() == fc.MIN_FREE_BYTES  # 6% of this disk is less
     assert cache.warm(uris) == 1  # the second no longer fits once the first is written
     assert cache.left_out == {uris[1]}
     assert cache.open(uris[0]) is not None and cache.open(uris[1]) is None
@@ -128,6 +128,23 @@ def test_a_cache_that_would_fill_its_disk_leaves_videos_to_the_decoder(clips, tm
     # an explicit reserve larger than the disk's free space: nothing is decoded at all
     none = FrameCache(tmp_path / "none", min_free_bytes=free + 1)
     assert none.warm(uris) == 0 and none.left_out == set(uris) and not list((tmp_path / "none").glob("*"))
+
+
+def test_a_large_disk_keeps_the_share_ray_needs_free(clips, tmp_path, monkeypatch):
+    import pipeline.training.frame_cache as fc
+
+    gib = 2**30
+    # stop 42's disk: 252 GiB with 11 GiB free; above 8 GiB, but Ray counts it full below 5% (12.6 GiB) free
+    monkeypatch.setattr(fc.shutil, "disk_usage", lambda path: SimpleNamespace(total=252 * gib, free=11 * gib))
+    cache = FrameCache(tmp_path / "cache")
+    assert cache.reserve() == int(fc.MIN_FREE_SHARE * 252 * gib) > 12.6 * gib
+    assert cache.warm([str(clips[0])]) == 0 and cache.left_out == {str(clips[0])}
+    # the same free space on a 100 GiB disk: 8 GiB is the larger reserve, and the video fits
+    monkeypatch.setattr(fc.shutil, "disk_usage", lambda path: SimpleNamespace(total=100 * gib, free=11 * gib))
+    assert FrameCache(tmp_path / "small").warm([str(clips[0])]) == 1
+    # an explicit reserve is kept as given
+    monkeypatch.setattr(fc.shutil, "disk_usage", lambda path: SimpleNamespace(total=252 * gib, free=11 * gib))
+    assert FrameCache(tmp_path / "given", min_free_bytes=8 * gib).warm([str(clips[0])]) == 1
 
 
 def test_a_video_that_cannot_fit_is_not_decoded_to_find_out(clips, tmp_path, monkeypatch):

@@ -11,8 +11,8 @@ Meant for training sets of short clips: a 64-frame 288x512 clip takes 28 MB; a 1
 would take 90 GB. Entries are keyed by the file's content identity (`storage.content_key`: size and
 mtime, or ETag and version on object stores), so a changed file is decoded again; writes are atomic.
 
-The cache never fills its disk: a video whose frames would leave less than `MIN_FREE_BYTES` of its disk free
-(or the `min_free_bytes` given) is not cached; `open` returns None for it and the caller decodes it as
+The cache never fills its disk: a video whose frames would leave less than the larger of `MIN_FREE_BYTES` and
+`MIN_FREE_SHARE` of its disk free (or the `min_free_bytes` given) is not cached; `open` returns None for it and the caller decodes it as
 without a cache (`ClipDataset` does), so training goes on at the uncached speed for those videos only.
 """
 
@@ -33,7 +33,7 @@ import torch
 
 from pipeline.io.storage import content_key
 
-__all__ = ["MIN_FREE_BYTES", "CachedFrames", "FrameCache", "frames_of"]
+__all__ = ["MIN_FREE_BYTES", "MIN_FREE_SHARE", "CachedFrames", "FrameCache", "frames_of"]
 
 log = logging.getLogger("securevqa.training")
 
@@ -41,6 +41,10 @@ log = logging.getLogger("securevqa.training")
 # checkpoints, Ray's object spilling, a package install (this project's virtual environment takes about
 # 5 GB). A 200-content training set takes about 64 GB of cache (docs/training.md).
 MIN_FREE_BYTES = 8 * 2**30
+# ... and at least this share of it: Ray counts a node's disk as full above 95% used (its default
+# local_fs_capacity_threshold) and then fails object creation and spilling; on a 252 GB disk 8 GiB left
+# free was 96.8% used (stop 42: "is over 95% full" from the raylet while a run trained).
+MIN_FREE_SHARE = 0.06
 
 
 @dataclass(frozen=True)
@@ -74,15 +78,16 @@ class FrameCache:
     """Every frame of each video, decoded once into `root` (a local folder).
 
     `open(uri)` decodes on first use (through `stages.open_video`, local or remote) and memory-maps after.
-    `min_free_bytes`: what the cache leaves free on its disk (default `MIN_FREE_BYTES`); videos that do not
-    fit are named in `left_out` and read by their decoder instead.
+    `min_free_bytes`: what the cache leaves free on its disk (default: the larger of `MIN_FREE_BYTES` and
+    `MIN_FREE_SHARE` of the disk; `reserve()` says how much that is); videos that do not fit are named in
+    `left_out` and read by their decoder instead.
     """
 
     def __init__(self, root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None,
                  min_free_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.storage_options = dict(storage_options or {})
-        self.min_free_bytes = MIN_FREE_BYTES if min_free_bytes is None else int(min_free_bytes)
+        self.min_free_bytes = None if min_free_bytes is None else int(min_free_bytes)  # None: the default rule
         self.left_out: set[str] = set()  # uris not cached for lack of room
 
     def path(self, uri: str) -> Path:
@@ -100,9 +105,16 @@ class FrameCache:
         those that did not fit)."""
         return sum(self._ensure(uri)[1] for uri in uris)
 
-    def _fits(self, nbytes: int) -> bool:
+    def reserve(self) -> int:
+        """Bytes the cache leaves free on its disk (the `min_free_bytes` given, else the default rule)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return shutil.disk_usage(self.root).free - nbytes >= self.min_free_bytes
+        if self.min_free_bytes is not None:
+            return self.min_free_bytes
+        return max(MIN_FREE_BYTES, int(MIN_FREE_SHARE * shutil.disk_usage(self.root).total))
+
+    def _fits(self, nbytes: int) -> bool:
+        reserve = self.reserve()  # creates root, whose disk is asked
+        return shutil.disk_usage(self.root).free - nbytes >= reserve
 
     def _ensure(self, uri: str) -> tuple[Path | None, bool]:
         """The entry's path (None: not cached, no room), and whether it was decoded and cached now."""
@@ -115,7 +127,7 @@ class FrameCache:
 
     def _leave_out(self, uri: str) -> None:
         if not self.left_out:
-            gib = self.min_free_bytes / 2**30
+            gib = self.reserve() / 2**30
             log.warning(f"frame cache {self.root}: {uri} would leave less than {gib:.1f} GiB of its disk free; "
                         "it and every video that does not fit are decoded each time instead of cached")
         self.left_out.add(uri)

@@ -268,7 +268,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
         todo = config["train"] + (config["val"] if rank == 0 else [])
         n = frames.warm(r["uri"] for r in todo)
         if rank == 0:
-            gib = frames.min_free_bytes / 2**30
+            gib = frames.reserve() / 2**30
             full = (f"; {len(frames.left_out)} not cached, the disk keeping {gib:.1f} GiB free"
                     if frames.left_out else "")
             log.info(f"train: frame cache {run.frame_cache}: {n} of {len(todo)} videos decoded{full} "
