@@ -12,8 +12,9 @@ would take 90 GB. Entries are keyed by the file's content identity (`storage.con
 mtime, or ETag and version on object stores), so a changed file is decoded again; writes are atomic.
 
 The cache never fills its disk: a video whose frames would leave less than the larger of `MIN_FREE_BYTES` and
-`MIN_FREE_SHARE` of its disk free (or the `min_free_bytes` given) is not cached; `open` returns None for it and the caller decodes it as
-without a cache (`ClipDataset` does), so training goes on at the uncached speed for those videos only.
+`MIN_FREE_SHARE` of its disk free (or the `min_free_bytes` given) is not cached; `open` returns None for it and
+the caller decodes it as without a cache (`ClipDataset` does), so training goes on at the uncached speed for
+those videos only.
 """
 
 from __future__ import annotations
